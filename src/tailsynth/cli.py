@@ -1,0 +1,153 @@
+"""The ``tailsynth`` command line: thin wrappers that parse, call the pipeline and print."""
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from .errors import TailsynthError
+
+DEFAULT_RUNS = "runs"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="tailsynth")
+def cli() -> None:
+    """Long-tailed recognition with synthetic tail images from adapted, guided diffusion models."""
+
+
+def _command_line() -> str:
+    return "tailsynth " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def _print_summary(report_dir: Path) -> None:
+    from .utils import read_json
+    results = read_json(report_dir / "results.json")
+    click.echo("\nmethod              FPR@95 ↓         AUROC ↑          bAcc-head ↑      bAcc-tail ↑")
+    for name, row in results["methods"].items():
+        cells = []
+        for key in ("fpr95", "auroc", "bacc_head", "bacc_tail"):
+            m = row.get(key)
+            cells.append(f"{100 * m['mean']:6.2f} ± {100 * m['std']:5.2f}" if m else "     -         ")
+        click.echo(f"{name:<18}  " + "   ".join(cells))
+    click.echo(f"\nreport: {(report_dir / 'report.html').resolve()}")
+
+
+def _run(config: str, overrides: tuple[str, ...], runs: str, force: tuple[str, ...], plan: bool,
+         results_dir: str | None) -> None:
+    from .pipeline.experiment import load_experiment
+    from .pipeline.experiment_run import run_experiment
+
+    cfg = load_experiment(config, list(overrides))
+    started = time.time()
+    result = run_experiment(cfg, runs, force=set(force), plan_only=plan, command=_command_line(),
+                            log=click.echo)
+    if plan:
+        click.echo(f"{'stage':<18} {'fingerprint':<18} {'state':<18} label")
+        for row in result.plan:
+            click.echo(f"{row['stage']:<18} {row['fingerprint']:<18} {row['state']:<18} {row['label']}")
+        todo = sum(r["state"] != "cached" for r in result.plan)
+        click.echo(f"{len(result.plan)} stages, {todo} to run")
+        return
+    _print_summary(result.report_dir)
+    if results_dir:
+        import shutil
+        out = Path(results_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        for name in ("report.md", "results.json", "report.html"):
+            shutil.copyfile(result.report_dir / name, out / name)
+        click.echo(f"copied report.md, results.json and report.html to {out}")
+    click.echo(f"wall time {time.time() - started:.0f}s")
+
+
+@cli.command()
+@click.argument("config")
+@click.argument("overrides", nargs=-1)
+@click.option("--runs", default=DEFAULT_RUNS, show_default=True, help="artifact directory")
+@click.option("--force", multiple=True, help="recompute this stage (repeatable)")
+@click.option("--plan", is_flag=True, help="print the stages and which are cached; run nothing")
+@click.option("--results-dir", default=None, help="also copy report.md/results.json/report.html here")
+def run(config, overrides, runs, force, plan, results_dir) -> None:
+    """Run an experiment: CONFIG is a YAML file or a shipped name; OVERRIDES are key.sub=value."""
+    _run(config, overrides, runs, force, plan, results_dir)
+
+
+@cli.command()
+@click.option("--runs", default=DEFAULT_RUNS, show_default=True, help="artifact directory")
+@click.argument("overrides", nargs=-1)
+def demo(runs, overrides) -> None:
+    """The whole pipeline on the built-in MNIST-5k long-tailed benchmark, in a tiny CPU profile."""
+    _run("demo", overrides, runs, (), False, None)
+
+
+@cli.command()
+@click.argument("runs_dir", default=DEFAULT_RUNS)
+def status(runs_dir) -> None:
+    """List the stages in RUNS_DIR with fingerprints, states and wall times."""
+    from .pipeline import ArtifactStore
+    rows = ArtifactStore(runs_dir).list()
+    if not rows:
+        click.echo(f"no artifacts in {runs_dir}")
+        return
+    click.echo(f"{'stage':<18} {'fingerprint':<18} {'state':<9} {'wall s':>8}")
+    for r in rows:
+        wall = f"{r['wall_time_s']:.1f}" if r["wall_time_s"] is not None else "-"
+        click.echo(f"{r['stage']:<18} {r['fingerprint']:<18} {r['state']:<9} {wall:>8}")
+
+
+@cli.group()
+def data() -> None:
+    """Build and inspect long-tailed benchmark splits."""
+
+
+@data.command("build")
+@click.option("--preset", default=None, help="a shipped benchmark (pbc-lt, mnist5k-lt, cifar10-lt, ...)")
+@click.option("--config", "config_path", default=None, help="a benchmark YAML file")
+@click.option("--seed", type=int, default=None, help="split seed (default: the config's)")
+@click.option("--out", default=None, help="manifest path (default runs/splits/<name>-seed<seed>.csv)")
+@click.argument("overrides", nargs=-1)
+def data_build(preset, config_path, seed, out, overrides) -> None:
+    """Write a split manifest (source id, class, role, split per sample) and print its count table."""
+    from .data import build_split, load_benchmark_config
+    if bool(preset) == bool(config_path):
+        raise TailsynthError("give exactly one of --preset NAME or --config FILE")
+    started = time.time()
+    cfg = load_benchmark_config(preset or config_path, list(overrides))
+    split = build_split(cfg, seed=seed)
+    path = Path(out or f"{DEFAULT_RUNS}/splits/{cfg.name}-seed{split.seed}.csv")
+    split.write(path)
+    click.echo(split.count_table())
+    click.echo(f"wrote {path} in {time.time() - started:.1f}s")
+
+
+@data.command("show")
+@click.argument("manifest")
+def data_show(manifest) -> None:
+    """Print the per-class, per-split count table of a split manifest."""
+    from .data import Split
+    click.echo(Split.read(manifest).count_table())
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except TailsynthError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("\ninterrupted: finished stages are kept; rerun the same command to resume.", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted: finished stages and checkpoints are kept; rerun the same command to resume.",
+                   err=True)
+        sys.exit(130)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(err.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""Experiment configs: a YAML file (+ dotted overrides) that names a benchmark, profile and methods."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..config import StrictConfig, apply_overrides, build_config, read_yaml
+from ..errors import TailsynthError
+from ..training.config import TrainConfig
+
+
+class DataConfig(StrictConfig):
+    """How images are decoded for the classifier: square ``image_size`` px, 1 or 3 channels."""
+
+    image_size: int = 32
+    channels: int = 3
+    skip_corrupt: bool = False
+
+
+class ExperimentConfig(StrictConfig):
+    """One experiment: a benchmark split, a training profile, methods x seeds, scores and a report."""
+
+    name: str
+    profile: str = "custom"
+    benchmark: str
+    benchmark_overrides: dict[str, Any] = {}
+    split_seed: int = 0
+    seeds: list[int] = [0, 1, 2]
+    data: DataConfig = DataConfig()
+    classifier: TrainConfig = TrainConfig()
+    crt_epochs: int = 10
+    method_params: dict[str, dict[str, Any]] = {}  # extra criterion parameters per method, e.g. drw_epoch
+    methods: list[str] = ["ce"]
+    scores: list[str] | None = None  # None: every registered score
+    primary_score: str = "p_tail"
+    report_method: str = "ce"  # the method whose scores fill the Table-1/3 comparison
+    device: str = "auto"
+
+
+def find_experiment(name_or_path: str) -> Path:
+    """A YAML path, or the name of a shipped config under ``configs/experiments/``."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = Path(__file__).resolve().parent.parent / "configs" / "experiments" / f"{name_or_path}.yaml"
+    if shipped.is_file():
+        return shipped
+    names = sorted(p.stem for p in shipped.parent.glob("*.yaml"))
+    raise TailsynthError(f"experiment config {name_or_path!r} not found (not a file, not a shipped config; "
+                         f"shipped: {', '.join(names)})")
+
+
+def load_experiment(name_or_path: str, overrides: list[str] | None = None) -> ExperimentConfig:
+    path = find_experiment(name_or_path)
+    data = apply_overrides(read_yaml(path), list(overrides or []))
+    cfg = build_config(ExperimentConfig, data, where=str(path))
+    if not cfg.seeds:
+        raise TailsynthError(f"{path}: 'seeds' is empty")
+    if cfg.data.channels not in (1, 3):
+        raise TailsynthError(f"{path}: data.channels must be 1 or 3, got {cfg.data.channels}")
+    return cfg

@@ -1,0 +1,99 @@
+"""Chain the stages of an experiment; shared stages run once (fingerprints); ``plan`` runs nothing."""
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .. import __version__
+from ..config import StrictConfig, to_dict
+from ..data import index_source, load_benchmark_config
+from ..training import METHODS
+from .experiment import ExperimentConfig
+from .runner import Runner, Stage
+from .stages import EVALUATE, SPLIT, TRAIN, EvalStageConfig, SplitStageConfig, TrainStageConfig, all_scores
+from .store import Artifact, ArtifactStore
+
+
+@dataclass
+class ExperimentResult:
+    evaluations: list[Artifact] = field(default_factory=list)
+    plan: list[dict[str, Any]] = field(default_factory=list)
+    report_dir: Path | None = None
+    wall_time_s: float = 0.0
+
+
+def _flatten(prefix: str, data: dict[str, Any]) -> list[str]:
+    items = []
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            items += _flatten(name + ".", value)
+        else:
+            items.append(f"{name}={value!r}" if isinstance(value, str) else f"{name}={value}")
+    return items
+
+
+class _Chain:
+    """Runs (or, in plan mode, only fingerprints) each stage in order."""
+
+    def __init__(self, runner: Runner, plan_only: bool):
+        self.runner, self.plan_only, self.plan = runner, plan_only, []
+
+    def __call__(self, stage: Stage, cfg: StrictConfig, inputs: dict[str, Artifact], seed: int | None,
+                 label: str) -> Artifact:
+        if self.plan_only:
+            fp, state = self.runner.plan(stage, cfg, inputs)
+            if not any(p["stage"] == stage.name and p["fingerprint"] == fp for p in self.plan):
+                self.plan.append({"stage": stage.name, "fingerprint": fp, "label": label, "state": state})
+            return Artifact(stage.name, fp, self.runner.store.final_dir(stage.name, fp))
+        return self.runner.run(stage, cfg, inputs, seed=seed, label=label)
+
+
+def run_experiment(cfg: ExperimentConfig, runs_dir: str | Path, *, force: set[str] | None = None,
+                   plan_only: bool = False, log: Callable[[str], None] = print,
+                   command: str = "") -> ExperimentResult:
+    started = time.time()
+    runner = Runner(ArtifactStore(runs_dir), force=set(force or ()), log=log)
+    chain = _Chain(runner, plan_only)
+    bench = load_benchmark_config(cfg.benchmark, _flatten("", cfg.benchmark_overrides))
+    split_cfg = SplitStageConfig(benchmark=bench, seed=cfg.split_seed,
+                                 source_fingerprint=index_source(bench.source).fingerprint)
+    split = chain(SPLIT, split_cfg, {}, cfg.split_seed, bench.name)
+    eval_cfg = EvalStageConfig(data=cfg.data, scores=all_scores(cfg.scores), primary_score=cfg.primary_score,
+                               device=cfg.device)
+    result = ExperimentResult()
+    for method in list(cfg.methods) + list(cfg.method_params):
+        METHODS.get(method)
+    for method in cfg.methods:
+        for seed in cfg.seeds:
+            classifier = _train(chain, cfg, method, seed, split)
+            result.evaluations.append(chain(EVALUATE, eval_cfg, {"split": split, "classifier": classifier},
+                                            seed, f"{method} seed {seed}"))
+    result.plan = chain.plan
+    result.wall_time_s = time.time() - started
+    if not plan_only:
+        from ..report import write_report
+        report_dir = Path(runs_dir) / "reports" / cfg.name
+        meta = {"command": command, "experiment": cfg.name, "profile": cfg.profile,
+                "machine": f"{platform.node()} {platform.machine()} {platform.processor() or ''}".strip(),
+                "package_version": __version__, "seeds": list(cfg.seeds), "methods": list(cfg.methods),
+                "report_method": cfg.report_method, "config": to_dict(cfg),
+                "timings": runner.timings, "wall_time_s": round(result.wall_time_s, 1)}
+        write_report([a.path for a in result.evaluations], report_dir, command=command, meta=meta)
+        result.report_dir = report_dir
+    return result
+
+
+def _train(chain: _Chain, cfg: ExperimentConfig, method: str, seed: int, split: Artifact) -> Artifact:
+    """The classifier artifact of ``method``; cRT first trains (or reuses) its base method's model."""
+    spec = METHODS.get(method)
+    inputs = {"split": split}
+    train_cfg = cfg.classifier
+    if spec.crt_from is not None:
+        inputs["base"] = _train(chain, cfg, spec.crt_from, seed, split)
+        train_cfg = train_cfg.model_copy(update={"epochs": cfg.crt_epochs})
+    stage_cfg = TrainStageConfig(method=method, criterion_params=cfg.method_params.get(method, {}), seed=seed, data=cfg.data, train=train_cfg, device=cfg.device)
+    return chain(TRAIN, stage_cfg, inputs, seed, f"{method} seed {seed}")

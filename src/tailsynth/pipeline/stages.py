@@ -1,0 +1,177 @@
+"""The stages of an experiment: split -> train classifier -> evaluate (-> report, in ``experiment_run``)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import StrictConfig
+from ..data import BenchmarkConfig, Split, build_split, load_images, split_arrays
+from ..errors import TailsynthError
+from ..losses import build_criterion
+from ..models import create_model
+from ..ood import SCORES, evaluate_scores
+from ..training import METHODS, ArrayData, TrainConfig, fit, predict
+from ..training.checkpoint import load_weights, save_weights
+from ..training.selection import make_selector
+from ..utils import atomic_write_bytes, atomic_write_json, read_json, resolve_device
+from .experiment import DataConfig
+from .runner import Stage
+from .store import Artifact
+
+SPLIT_FILE = "split.csv"
+
+
+class SplitStageConfig(StrictConfig):
+    benchmark: BenchmarkConfig
+    seed: int
+    source_fingerprint: str
+
+
+class TrainStageConfig(StrictConfig):
+    method: str
+    criterion_params: dict[str, Any] = {}
+    seed: int
+    data: DataConfig
+    train: TrainConfig
+    device: str = "auto"
+
+
+class EvalStageConfig(StrictConfig):
+    data: DataConfig
+    scores: list[str]
+    primary_score: str = "p_tail"
+    device: str = "auto"
+
+
+def run_split(cfg: SplitStageConfig, inputs: dict[str, Artifact], workdir: Path) -> dict[str, Any]:
+    split = build_split(cfg.benchmark, seed=cfg.seed)
+    split.write(workdir / SPLIT_FILE)
+    return {"counts": split.counts()}
+
+
+def read_split(artifact: Artifact) -> Split:
+    return Split.read(artifact.file(SPLIT_FILE))
+
+
+def split_data(split: Split, data: DataConfig, which: str) -> ArrayData:
+    """Decoded (cached) images and labels of one split of the benchmark."""
+    arrays = load_images(split.source, data.image_size, data.channels, skip_corrupt=data.skip_corrupt)
+    images, labels = split_arrays(split, arrays, which)
+    return ArrayData(images, labels)
+
+
+def model_card(cfg: TrainStageConfig, split: Split) -> dict[str, Any]:
+    """Everything needed to rebuild the network and interpret its outputs (``model.json``)."""
+    return {
+        "model": cfg.train.model, "width": cfg.train.width, "small_input": _small_input(cfg),
+        "num_classes": len(split.class_names), "in_channels": cfg.data.channels,
+        "image_size": cfg.data.image_size, "class_names": list(split.class_names),
+        "head_classes": list(split.head_classes), "tail_classes": list(split.tail_classes),
+        "preprocessing": "uint8 -> [-1, 1]", "method": cfg.method, "seed": cfg.seed,
+    }
+
+
+def _small_input(cfg: TrainStageConfig) -> bool:
+    return cfg.train.small_input if cfg.train.small_input is not None else cfg.data.image_size <= 64
+
+
+def build_model(card: dict[str, Any]) -> torch.nn.Module:
+    return create_model(card["model"], num_classes=card["num_classes"], in_channels=card["in_channels"],
+                        width=card["width"], small_input=card["small_input"])
+
+
+def load_classifier(artifact_dir: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    card = read_json(Path(artifact_dir) / "model.json")
+    model = build_model(card)
+    load_weights(model, Path(artifact_dir) / "model.safetensors")
+    model.eval()
+    return model, card
+
+
+def run_train(cfg: TrainStageConfig, inputs: dict[str, Artifact], workdir: Path) -> dict[str, Any]:
+    """Train one method with one seed; ``inputs['base']`` (cRT) is the model whose head is retrained."""
+    spec = METHODS.get(cfg.method)
+    split = read_split(inputs["split"])
+    train, val = split_data(split, cfg.data, "train"), split_data(split, cfg.data, "val")
+    counts = np.bincount(train.labels, minlength=len(split.class_names))
+    missing = [split.class_names[c] for c in range(len(counts)) if counts[c] == 0]
+    if missing:
+        raise TailsynthError(f"no training images for classes {missing} in {inputs['split'].path}")
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)  # weight initialisation
+    card = model_card(cfg, split)
+    model = build_model(card)
+    trainable = "all"
+    if spec.crt_from is not None:
+        load_weights(model, inputs["base"].file("model.safetensors"))
+        generator = torch.Generator().manual_seed(cfg.seed)
+        model.reset_head(generator=generator) if _accepts_generator(model) else model.reset_head()
+        trainable = "head"
+    criterion = build_criterion(spec.criterion, counts.tolist(), tail_classes=split.tail_classes,
+                                **{**spec.criterion_params, **cfg.criterion_params})
+    select = make_selector(cfg.train.selection, split.head_classes, split.tail_classes)
+    summary = fit(model, criterion, train, val, cfg.train, workdir, seed=cfg.seed, device=device,
+                  select=select, sampler=spec.sampler, trainable=trainable,
+                  drop_epoch=getattr(criterion, "drw_epoch", None))
+    save_weights(model, workdir / "model.safetensors")
+    atomic_write_json(workdir / "model.json", card)
+    atomic_write_json(workdir / "history.json", summary)
+    for name in ("last.safetensors", "optimizer.pt", "best.safetensors"):
+        (workdir / name).unlink(missing_ok=True)
+    return {"best_epoch": summary["best_epoch"], "best_score": summary["best_score"],
+            "train_counts": counts.tolist()}
+
+
+def _accepts_generator(model: torch.nn.Module) -> bool:
+    import inspect
+    return "generator" in inspect.signature(model.reset_head).parameters
+
+
+def run_evaluate(cfg: EvalStageConfig, inputs: dict[str, Artifact], workdir: Path) -> dict[str, Any]:
+    """Test-set metrics and every OOD score; the P(tail) threshold at 95 % head TPR is calibrated on val."""
+    split = read_split(inputs["split"])
+    model, card = load_classifier(inputs["classifier"].path)
+    device = resolve_device(cfg.device)
+    model.to(device)
+    outputs = {}
+    for which in ("train", "val", "test"):
+        data = split_data(split, cfg.data, which)
+        logits, feats = predict(model, data.images, device)
+        outputs[which] = (logits, feats, data.labels)
+    result, score_arrays = evaluate_scores(
+        outputs["test"], outputs["train"], outputs["val"], head_classes=split.head_classes,
+        tail_classes=split.tail_classes, groups=split.groups, score_names=cfg.scores,
+        primary=cfg.primary_score)
+    test_logits, _, test_labels = outputs["test"]
+    per_class = {name: float((test_logits.argmax(1)[test_labels == c] == c).mean())
+                 for c, name in enumerate(split.class_names) if (test_labels == c).any()}
+    metrics = {
+        "method": card["method"], "seed": card["seed"], "primary_score": cfg.primary_score,
+        "metrics": result["metrics"], "scores": result["scores"], "threshold": result.get("threshold"),
+        "per_class_acc": per_class, "class_names": list(split.class_names),
+        "head_classes": list(split.head_classes), "tail_classes": list(split.tail_classes),
+        "wall_time_s": inputs["classifier"].manifest.get("wall_time_s"),
+    }
+    atomic_write_json(workdir / "metrics.json", metrics)
+    import io
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, labels=test_labels, is_tail=np.isin(test_labels, split.tail_classes),
+                        **score_arrays)
+    atomic_write_bytes(workdir / "scores.npz", buffer.getvalue())
+    return {"metrics": result["metrics"]}
+
+
+SPLIT = Stage("split", "1", run_split, "long-tailed benchmark split manifest")
+TRAIN = Stage("train_classifier", "1", run_train, "classifier training (one method, one seed)")
+EVALUATE = Stage("evaluate", "1", run_evaluate, "test metrics and OOD scores")
+
+
+def all_scores(names: list[str] | None) -> list[str]:
+    if names is None:
+        return SCORES.names()
+    for name in names:
+        SCORES.get(name)
+    return list(names)

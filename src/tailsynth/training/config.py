@@ -1,0 +1,35 @@
+"""Configs of the classifier trainer (one loop for every method)."""
+from __future__ import annotations
+
+from typing import Literal
+
+from ..config import StrictConfig
+
+
+class AugmentConfig(StrictConfig):
+    """LoGex retraining augmentation: random horizontal/vertical flips and a random rotation."""
+
+    hflip: bool = True
+    vflip: bool = True
+    rotation_deg: float = 15.0
+
+
+class TrainConfig(StrictConfig):
+    """One classifier training run. Defaults follow the LoGex code (AdamW 1e-4 cosine to 1e-5, 60 epochs,
+    batch 128, model selection by bAcc-head minus FPR@95 on the validation split)."""
+
+    model: str = "resnet18"
+    width: float = 1.0
+    small_input: bool | None = None  # None: small stem when image_size <= 64
+    epochs: int = 60
+    batch_size: int = 128
+    eval_batch_size: int = 512
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = 1e-4
+    min_lr: float = 1e-5
+    weight_decay: float = 1e-2
+    momentum: float = 0.9
+    warmup_epochs: int = 0
+    augment: AugmentConfig = AugmentConfig()
+    selection: Literal["bacc_head_minus_fpr", "val_acc", "last"] = "bacc_head_minus_fpr"
+    amp: bool = True  # bf16 autocast, used only on CUDA

@@ -1,0 +1,38 @@
+"""Model-selection criteria on the validation split (never the test split)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import TailsynthError
+from ..ood.metrics import balanced_accuracy_on, fpr_at_tpr
+from .trainer import SelectFn
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def make_selector(name: str, head_classes: Sequence[int], tail_classes: Sequence[int]) -> SelectFn | None:
+    """``bacc_head_minus_fpr`` (LoGex: bAcc-head minus FPR@95 of P(tail)), ``val_acc``, or ``last``."""
+    if name == "last":
+        return None
+    if name == "val_acc":
+        return lambda logits, labels: float((logits.argmax(1) == labels).mean())
+    if name == "bacc_head_minus_fpr":
+        if len(tail_classes) == 0:
+            raise TailsynthError("selection 'bacc_head_minus_fpr' needs tail classes; use 'val_acc' or 'last'")
+        tail = np.asarray(tail_classes)
+
+        def select(logits: np.ndarray, labels: np.ndarray) -> float:
+            p_tail = softmax(logits.astype(np.float64))[:, tail].sum(1)
+            is_tail = np.isin(labels, tail)
+            fpr = fpr_at_tpr(p_tail[~is_tail], p_tail[is_tail])
+            bacc = balanced_accuracy_on(labels, logits.argmax(1), head_classes)
+            return float(bacc - fpr)
+
+        return select
+    raise TailsynthError(f"unknown selection {name!r}; valid: bacc_head_minus_fpr, val_acc, last")

@@ -1,0 +1,144 @@
+"""The staged runner: skip, force, fingerprints, atomic artifacts, resume after SIGKILL."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from tailsynth.config import StrictConfig
+from tailsynth.errors import TailsynthError
+from tailsynth.pipeline import ArtifactStore, Runner, Stage
+
+
+class CountCfg(StrictConfig):
+    value: int
+
+
+CALLS: list[int] = []
+
+
+def count_stage(cfg, inputs, workdir: Path):
+    CALLS.append(cfg.value)
+    base = int((inputs["up"].path / "out.txt").read_text()) if "up" in inputs else 0
+    (workdir / "out.txt").write_text(str(base + cfg.value))
+    return {"sum": base + cfg.value}
+
+
+STAGE_A = Stage("a", "1", count_stage)
+STAGE_B = Stage("b", "1", count_stage)
+
+
+def quiet(_msg):
+    pass
+
+
+def test_skip_force_and_fingerprints(tmp_path):
+    CALLS.clear()
+    runner = Runner(ArtifactStore(tmp_path), log=quiet)
+    a = runner.run(STAGE_A, CountCfg(value=2))
+    b = runner.run(STAGE_B, CountCfg(value=3), {"up": a})
+    assert (b.path / "out.txt").read_text() == "5"
+    assert CALLS == [2, 3]
+    manifest = json.loads((b.path / "manifest.json").read_text())
+    assert manifest["config"] == {"value": 3}
+    assert manifest["inputs"]["up"]["fingerprint"] == a.fingerprint
+    assert manifest["result"] == {"sum": 5}
+
+    # rerun: both cached
+    runner2 = Runner(ArtifactStore(tmp_path), log=quiet)
+    assert runner2.run(STAGE_A, CountCfg(value=2)).fingerprint == a.fingerprint
+    runner2.run(STAGE_B, CountCfg(value=3), {"up": a})
+    assert CALLS == [2, 3]
+
+    # a different config is a different artifact; a different version too
+    c = runner2.run(STAGE_A, CountCfg(value=4))
+    assert c.fingerprint != a.fingerprint
+    assert Runner(ArtifactStore(tmp_path), log=quiet).fingerprint(Stage("a", "2", count_stage), CountCfg(value=2), {}) != a.fingerprint
+
+    # force recomputes exactly once per runner
+    runner3 = Runner(ArtifactStore(tmp_path), force={"a"}, log=quiet)
+    runner3.run(STAGE_A, CountCfg(value=2))
+    runner3.run(STAGE_A, CountCfg(value=2))
+    assert CALLS == [2, 3, 4, 2]
+
+
+def test_failed_stage_leaves_no_complete_artifact(tmp_path):
+    def boom(cfg, inputs, workdir):
+        (workdir / "half.txt").write_text("x")
+        raise RuntimeError("crash")
+
+    stage = Stage("boom", "1", boom)
+    runner = Runner(ArtifactStore(tmp_path), log=quiet)
+    with pytest.raises(RuntimeError):
+        runner.run(stage, CountCfg(value=1))
+    fp = runner.fingerprint(stage, CountCfg(value=1), {})
+    assert runner.store.lookup("boom", fp) is None
+    assert (tmp_path / "boom" / f"{fp}.partial" / "half.txt").exists()
+    rows = runner.store.list()
+    assert [r["state"] for r in rows] == ["partial"]
+
+
+def test_sigkill_mid_stage_then_rerun_resumes(tmp_path):
+    script = textwrap.dedent(f"""
+        import sys, time
+        from pathlib import Path
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from tailsynth.pipeline import ArtifactStore, Runner, Stage
+        from test_runner import CountCfg
+
+        def slow(cfg, inputs, workdir):
+            step = int((workdir / "ckpt").read_text()) if (workdir / "ckpt").exists() else 0
+            while step < 6:
+                step += 1
+                (workdir / "ckpt").write_text(str(step))
+                time.sleep(0.3)
+            (workdir / "out.txt").write_text("done")
+            return {{"steps": step}}
+
+        Runner(ArtifactStore({str(tmp_path)!r}), log=print).run(Stage("slow", "1", slow), CountCfg(value=1))
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    partial = list(tmp_path.glob("slow/*.partial"))
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        partial = list(tmp_path.glob("slow/*.partial"))
+        if partial and (partial[0] / "ckpt").exists() and int((partial[0] / "ckpt").read_text() or 0) >= 2:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert partial, "the stage never started"
+    assert not [p for p in (tmp_path / "slow").iterdir() if p.is_dir() and not p.name.endswith(".partial")]
+    killed_at = int((partial[0] / "ckpt").read_text())
+    assert 2 <= killed_at < 6
+
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "[resume]" in proc.stdout
+    store = ArtifactStore(tmp_path)
+    rows = store.list()
+    assert [r["state"] for r in rows] == ["complete"]
+    manifest = json.loads((Path(rows[0]["path"]) / "manifest.json").read_text())
+    assert manifest["resumed"] is True and manifest["result"] == {"steps": 6}
+
+
+def test_disk_full_keeps_previous_file_and_names_path(tmp_path, monkeypatch):
+    import errno
+    import tailsynth.utils as utils
+
+    target = tmp_path / "metrics.json"
+    utils.atomic_write_json(target, {"v": 1})
+
+    def full(fd, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(utils.os, "fsync", full)
+    with pytest.raises(TailsynthError, match="metrics.json.*No space left"):
+        utils.atomic_write_json(target, {"v": 2})
+    assert json.loads(target.read_text()) == {"v": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no temp file left behind
