@@ -84,6 +84,23 @@ def demo(runs, overrides) -> None:
 
 
 @cli.command()
+@click.option("--benchmark", required=True, help="benchmark preset or YAML (e.g. pbc-lt)")
+@click.option("--method", "methods", multiple=True, required=True, help="method name (repeatable)")
+@click.option("--seeds", type=int, multiple=True, default=(0,), show_default=True, help="seed (repeatable)")
+@click.option("--profile", default="cpu", show_default=True, help="uses configs/experiments/<benchmark>-<profile>")
+@click.option("--config", "config", default=None, help="experiment YAML to take the training profile from")
+@click.option("--runs", default=DEFAULT_RUNS, show_default=True, help="artifact directory")
+@click.option("--results-dir", default=None, help="also copy report.md/results.json/report.html here")
+@click.argument("overrides", nargs=-1)
+def train(benchmark, methods, seeds, profile, config, runs, results_dir, overrides) -> None:
+    """Train and evaluate METHODs x SEEDS on a benchmark (a shortcut for ``tailsynth run``)."""
+    from .pipeline.experiment import find_experiment
+    config = config or str(find_experiment(f"{Path(benchmark).stem}-{profile}"))
+    extra = [f"benchmark={benchmark}", f"methods=[{','.join(methods)}]", f"seeds=[{','.join(map(str, seeds))}]"]
+    _run(config, tuple(extra) + tuple(overrides), runs, (), False, results_dir)
+
+
+@cli.command()
 @click.argument("runs_dir", default=DEFAULT_RUNS)
 def status(runs_dir) -> None:
     """List the stages in RUNS_DIR with fingerprints, states and wall times."""

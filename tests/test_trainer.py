@@ -1,0 +1,123 @@
+"""The one trainer: LR schedule formula, seeded determinism, exact resume after a kill, NaN stop."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from tailsynth.errors import TailsynthError
+from tailsynth.training import ArrayData, TrainConfig, fit, learning_rate
+from tailsynth.training.samplers import SAMPLERS
+from tailsynth.training.selection import make_selector
+
+
+class TinyNet(nn.Module):
+    """forward_features / forward_head contract on a few hundred parameters."""
+
+    def __init__(self, k=3):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.head = nn.Linear(4, k)
+
+    def forward_features(self, x):
+        return torch.relu(self.bn(self.conv(x))).mean((2, 3))
+
+    def forward_head(self, z):
+        return self.head(z)
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x))
+
+
+def make_data(n, seed):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, n)
+    images = (rng.random((n, 8, 8, 1)) * 60 + labels[:, None, None, None] * 70).astype(np.uint8)
+    return ArrayData(images, labels.astype(np.int64))
+
+
+CFG = TrainConfig(epochs=4, batch_size=16, lr=3e-2, min_lr=1e-4, augment={"rotation_deg": 15.0})
+
+
+def train(workdir, cfg=CFG, seed=0, **kw):
+    torch.manual_seed(seed)
+    model = TinyNet()
+    summary = fit(model, nn.CrossEntropyLoss(), make_data(64, 1), make_data(30, 2), cfg, workdir, seed=seed,
+                  device=torch.device("cpu"), select=make_selector("val_acc", [0, 1], [2]), log=lambda m: None,
+                  progress=False, **kw)
+    return model, summary
+
+
+def test_learning_rate_is_cosine_with_drw_drop():
+    cfg = TrainConfig(epochs=10, lr=1e-3, min_lr=1e-5)
+    assert learning_rate(cfg, 0, 100, 0, None) == pytest.approx(1e-3)
+    assert learning_rate(cfg, 50, 100, 5, None) == pytest.approx(1e-5 + 0.5 * (1e-3 - 1e-5))
+    assert learning_rate(cfg, 100, 100, 9, None) == pytest.approx(1e-5)
+    expected = (1e-5 + 0.5 * (1e-3 - 1e-5) * (1 + math.cos(math.pi * 0.7))) * 0.1
+    assert learning_rate(cfg, 70, 100, 7, drop_epoch=7) == pytest.approx(expected)
+
+
+def test_training_learns_and_is_deterministic(tmp_path):
+    m1, s1 = train(tmp_path / "a")
+    m2, s2 = train(tmp_path / "b")
+    for (k, v1), v2 in zip(m1.state_dict().items(), m2.state_dict().values()):
+        assert torch.equal(v1, v2), k
+    assert s1 == s2
+    losses = [h["train_loss"] for h in s1["history"]]
+    assert losses[-1] < losses[0]
+    assert s1["best_score"] > 0.6  # the classes are separable by brightness
+
+
+class KillAfter(Exception):
+    pass
+
+
+def test_resume_after_kill_gives_identical_weights(tmp_path):
+    reference, ref_summary = train(tmp_path / "ref")
+
+    calls = {"n": 0}
+
+    def dying_select(logits, labels):
+        calls["n"] += 1
+        if calls["n"] == 3:  # dies in epoch 3, after epochs 1-2 were checkpointed
+            raise KillAfter
+        return float((logits.argmax(1) == labels).mean())
+
+    torch.manual_seed(0)
+    with pytest.raises(KillAfter):
+        fit(TinyNet(), nn.CrossEntropyLoss(), make_data(64, 1), make_data(30, 2), CFG, tmp_path / "run", seed=0,
+            device=torch.device("cpu"), select=dying_select, log=lambda m: None, progress=False)
+    resumed, summary = train(tmp_path / "run")
+    assert [h["epoch"] for h in summary["history"]] == [1, 2, 3, 4]
+    for (k, v1), v2 in zip(reference.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(v1, v2), k
+    assert summary == ref_summary
+
+
+def test_nan_loss_stops_with_epoch_and_batch_named(tmp_path):
+    class NanAfter(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.calls = 0
+
+        def forward(self, logits, y):
+            self.calls += 1
+            loss = nn.functional.cross_entropy(logits, y)
+            return loss * float("nan") if self.calls == 6 else loss
+
+    torch.manual_seed(0)
+    with pytest.raises(TailsynthError, match=r"epoch 2, batch 2.*after epoch 1"):
+        fit(TinyNet(), NanAfter(), make_data(64, 1), make_data(30, 2), CFG, tmp_path, seed=0,
+            device=torch.device("cpu"), select=None, log=lambda m: None, progress=False)
+    assert (tmp_path / "last.safetensors").exists()
+
+
+def test_class_balanced_sampler_balances_classes():
+    labels = np.array([0] * 900 + [1] * 90 + [2] * 10)
+    order = SAMPLERS.get("class_balanced")(labels, torch.Generator().manual_seed(0))
+    frac = np.bincount(labels[order], minlength=3) / len(order)
+    assert np.allclose(frac, 1 / 3, atol=0.05)
+    plain = SAMPLERS.get("instance")(labels, torch.Generator().manual_seed(0))
+    assert sorted(plain.tolist()) == list(range(1000))
