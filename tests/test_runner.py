@@ -62,9 +62,13 @@ def test_skip_force_and_fingerprints(tmp_path):
 
     # force recomputes exactly once per runner
     runner3 = Runner(ArtifactStore(tmp_path), force={"a"}, log=quiet)
-    runner3.run(STAGE_A, CountCfg(value=2))
+    a3 = runner3.run(STAGE_A, CountCfg(value=2))
     runner3.run(STAGE_A, CountCfg(value=2))
     assert CALLS == [2, 3, 4, 2]
+    # ... and whatever was built from the old output is rebuilt too, once
+    runner3.run(STAGE_B, CountCfg(value=3), {"up": a3})
+    runner3.run(STAGE_B, CountCfg(value=3), {"up": a3})
+    assert CALLS == [2, 3, 4, 2, 3]
 
 
 def test_failed_stage_leaves_no_complete_artifact(tmp_path):

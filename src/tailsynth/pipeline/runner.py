@@ -38,13 +38,15 @@ class Runner:
     """Runs stages into an :class:`ArtifactStore`, skipping completed ones.
 
     ``force`` names stages to recompute (each at most once per runner, even when several downstream
-    stages ask for it). ``log`` receives one line per stage event.
+    stages ask for it); every stage downstream of a recomputed one is recomputed too, since its cached
+    result was made from the old output. ``log`` receives one line per stage event.
     """
 
     store: ArtifactStore
     force: set[str] = field(default_factory=set)
     log: Callable[[str], None] = print
     _forced_done: set[tuple[str, str]] = field(default_factory=set)
+    _recomputed: set[str] = field(default_factory=set)  # fingerprints rebuilt by force in this runner
     timings: list[dict[str, Any]] = field(default_factory=list)
 
     def fingerprint(self, stage: Stage, cfg: BaseModel, inputs: dict[str, Artifact]) -> str:
@@ -58,7 +60,10 @@ class Runner:
     def plan(self, stage: Stage, cfg: BaseModel, inputs: dict[str, Artifact]) -> tuple[str, str]:
         """(fingerprint, state) where state is 'cached', 'partial' or 'to run' (for ``--plan``)."""
         fp = self.fingerprint(stage, cfg, inputs)
-        if stage.name in self.force and (stage.name, fp) not in self._forced_done:
+        stale_input = any(a.fingerprint in self._recomputed for a in inputs.values())
+        if (stage.name in self.force or stale_input) and (stage.name, fp) not in self._forced_done:
+            self._forced_done.add((stage.name, fp))
+            self._recomputed.add(fp)
             return fp, "forced"
         if self.store.lookup(stage.name, fp) is not None:
             return fp, "cached"
@@ -72,10 +77,12 @@ class Runner:
         fp = self.fingerprint(stage, cfg, inputs)
         key = (stage.name, fp)
         name = f"{stage.name}/{fp}" + (f" ({label})" if label else "")
-        if stage.name in self.force and key not in self._forced_done:
-            self.log(f"[force] {name}: recomputing")
+        stale_input = any(a.fingerprint in self._recomputed for a in inputs.values())
+        if (stage.name in self.force or stale_input) and key not in self._forced_done:
+            self.log(f"[force] {name}: recomputing" + (" (an input was recomputed)" if stale_input else ""))
             self.store.remove(stage.name, fp)
             self._forced_done.add(key)
+            self._recomputed.add(fp)
         done = self.store.lookup(stage.name, fp)
         if done is not None:
             self.log(f"[cached] {name}")

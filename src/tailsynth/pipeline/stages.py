@@ -12,7 +12,7 @@ from ..data import BenchmarkConfig, Split, build_split, load_images, split_array
 from ..errors import TailsynthError
 from ..losses import build_criterion
 from ..models import create_model
-from ..ood import SCORES, evaluate_scores
+from ..ood import SCORES, build_score, evaluate_scores, head_threshold
 from ..training import METHODS, ArrayData, TrainConfig, fit, predict
 from ..training.checkpoint import load_weights, save_weights
 from ..training.selection import make_selector
@@ -94,6 +94,9 @@ def load_classifier(artifact_dir: Path) -> tuple[torch.nn.Module, dict[str, Any]
 def run_train(cfg: TrainStageConfig, inputs: dict[str, Artifact], workdir: Path) -> dict[str, Any]:
     """Train one method with one seed; ``inputs['base']`` (cRT) is the model whose head is retrained."""
     spec = METHODS.get(cfg.method)
+    if (workdir / "model.json").is_file() and (workdir / "history.json").is_file():
+        summary = read_json(workdir / "history.json")  # finished before an interruption: nothing to redo
+        return {"best_epoch": summary["best_epoch"], "best_score": summary["best_score"]}
     split = read_split(inputs["split"])
     train, val = split_data(split, cfg.data, "train"), split_data(split, cfg.data, "val")
     counts = np.bincount(train.labels, minlength=len(split.class_names))
@@ -117,12 +120,27 @@ def run_train(cfg: TrainStageConfig, inputs: dict[str, Artifact], workdir: Path)
                   select=select, sampler=spec.sampler, trainable=trainable,
                   drop_epoch=getattr(criterion, "drw_epoch", None))
     save_weights(model, workdir / "model.safetensors")
-    atomic_write_json(workdir / "model.json", card)
+    if split.tail_classes:
+        card["tail_threshold"] = calibrate_tail_threshold(model, val, split, device)
     atomic_write_json(workdir / "history.json", summary)
-    for name in ("last.safetensors", "optimizer.pt", "best.safetensors"):
+    atomic_write_json(workdir / "model.json", card)  # last: its presence marks the work as finished
+    for name in ("train_state.json", "last.safetensors", "optimizer.pt", "best.safetensors"):
         (workdir / name).unlink(missing_ok=True)
     return {"best_epoch": summary["best_epoch"], "best_score": summary["best_score"],
             "train_counts": counts.tolist()}
+
+
+def calibrate_tail_threshold(model: torch.nn.Module, val: ArrayData, split: Split, device: torch.device,
+                             tpr: float = 0.95) -> dict[str, Any]:
+    """P(tail) threshold that keeps ``tpr`` of the VALIDATION head images as head (stored with the model;
+    ``predict`` flags an image as rare when its P(tail) is above it)."""
+    logits, _ = predict(model, val.images, device)
+    p_tail = build_score("p_tail").fit(None, None, split.head_classes, split.tail_classes).score(logits)
+    head = ~np.isin(val.labels, split.tail_classes)
+    head_likeness_cut = head_threshold(p_tail[head], tpr)
+    return {"score": "p_tail", "value": float(-head_likeness_cut), "target_head_tpr": tpr,
+            "val_head_tpr": float(np.mean(p_tail[head] <= -head_likeness_cut)),
+            "val_tail_tpr": float(np.mean(p_tail[~head] > -head_likeness_cut)) if (~head).any() else None}
 
 
 def _accepts_generator(model: torch.nn.Module) -> bool:
@@ -139,7 +157,7 @@ def run_evaluate(cfg: EvalStageConfig, inputs: dict[str, Artifact], workdir: Pat
     outputs = {}
     for which in ("train", "val", "test"):
         data = split_data(split, cfg.data, which)
-        logits, feats = predict(model, data.images, device)
+        logits, feats = predict(model, data.images, device, amp=False)
         outputs[which] = (logits, feats, data.labels)
     result, score_arrays = evaluate_scores(
         outputs["test"], outputs["train"], outputs["val"], head_classes=split.head_classes,

@@ -149,7 +149,7 @@ def fit(model: torch.nn.Module, criterion: torch.nn.Module, train: ArrayData, va
         if cfg.selection == "last" or select is None:
             score = float(epoch)
         else:
-            val_logits, _ = predict(model, val.images, device, cfg.eval_batch_size, cfg.amp)
+            val_logits, _ = predict(model, val.images, device, cfg.eval_batch_size, amp=False)  # as evaluation
             score = float(select(val_logits, val.labels))
             record["val_selection"] = score
         if state["best_score"] is None or score > state["best_score"]:

@@ -1,0 +1,90 @@
+"""End to end on a tiny benchmark: split -> classifiers -> scores -> report; caching; no test-set leakage."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tailsynth.errors import TailsynthError
+from tailsynth.pipeline import ArtifactStore, Runner
+from tailsynth.pipeline import stages
+from tailsynth.pipeline.experiment import load_experiment
+from tailsynth.pipeline.experiment_run import run_experiment
+
+TINY = [
+    "benchmark=digits-lt", "seeds=[0]", "data.image_size=8", "data.channels=1",
+    "classifier.width=0.125", "classifier.epochs=2", "classifier.batch_size=64", "crt_epochs=1",
+    "method_params={ldam-rw-drw: {drw_epoch: 1}}", "methods=[ce,crt,ldam-rw-drw]",
+]
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TAILSYNTH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("TAILSYNTH_PROGRESS", "0")
+
+
+def quiet(_msg):
+    pass
+
+
+def test_tiny_experiment_end_to_end_and_cached_rerun(tmp_path, cache):
+    cfg = load_experiment("demo", TINY)
+    result = run_experiment(cfg, tmp_path / "runs", log=quiet, command="test")
+    assert len(result.evaluations) == 3
+    for art in result.evaluations:
+        metrics = json.loads((art.path / "metrics.json").read_text())
+        for key in ("fpr95", "auroc", "bacc_head", "bacc_tail", "acc"):
+            assert 0.0 <= metrics["metrics"][key] <= 1.0
+        assert set(metrics["scores"]) >= {"p_tail", "msp_head", "energy_head", "maha_head", "rmaha"}
+        scores = np.load(art.path / "scores.npz")
+        assert scores["p_tail"].shape == scores["labels"].shape
+    report = result.report_dir
+    results = json.loads((report / "results.json").read_text())
+    assert set(results["methods"]) == {"ce", "crt", "ldam-rw-drw"}
+    assert results["methods"]["ce"]["fpr95"]["values"] == [
+        json.loads((result.evaluations[0].path / "metrics.json").read_text())["metrics"]["fpr95"]]
+    assert (report / "report.html").stat().st_size > 1000
+    # crt reused the ce classifier as its base: 3 trainings for ce, crt, ldam (ce not trained twice)
+    trained = [p for p in (tmp_path / "runs" / "train_classifier").iterdir() if not p.name.startswith(".")]
+    assert len(trained) == 3
+
+    logs = []
+    again = run_experiment(cfg, tmp_path / "runs", log=logs.append, command="test")
+    assert all(line.startswith("[cached]") for line in logs)
+    assert [a.path for a in again.evaluations] == [a.path for a in result.evaluations]
+
+    plan = run_experiment(cfg, tmp_path / "runs", plan_only=True, log=quiet).plan
+    assert {row["state"] for row in plan} == {"cached"}
+    assert len(plan) == 1 + 3 + 3  # split, three trainings, three evaluations
+
+
+def test_training_never_reads_the_test_split(tmp_path, cache, monkeypatch):
+    seen = []
+    original = stages.split_data
+
+    def guarded(split, data, which):
+        seen.append(which)
+        if which == "test":
+            raise AssertionError("the training stage read the test split")
+        return original(split, data, which)
+
+    monkeypatch.setattr(stages, "split_data", guarded)
+    cfg = load_experiment("demo", TINY)
+    from tailsynth.data import index_source, load_benchmark_config
+    bench = load_benchmark_config("digits-lt")
+    runner = Runner(ArtifactStore(tmp_path / "runs"), log=quiet)
+    split = runner.run(stages.SPLIT, stages.SplitStageConfig(
+        benchmark=bench, seed=0, source_fingerprint=index_source(bench.source).fingerprint))
+    runner.run(stages.TRAIN, stages.TrainStageConfig(method="ce", seed=0, data=cfg.data, train=cfg.classifier),
+               {"split": split})
+    assert set(seen) == {"train", "val"}
+
+
+def test_bad_experiment_config_names_the_key(tmp_path):
+    with pytest.raises(TailsynthError, match="classifier.epochz"):
+        load_experiment("demo", ["classifier.epochz=3"])
+    with pytest.raises(TailsynthError, match="classifier.epochs"):
+        load_experiment("demo", ["classifier.epochs=many"])
+    with pytest.raises(TailsynthError, match="unknown method 'cee'.*ldam-rw-drw"):
+        run_experiment(load_experiment("demo", ["methods=[cee]"]), tmp_path, plan_only=True, log=quiet)
