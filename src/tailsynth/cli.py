@@ -115,6 +115,41 @@ def status(runs_dir) -> None:
         click.echo(f"{r['stage']:<18} {r['fingerprint']:<18} {r['state']:<9} {wall:>8}")
 
 
+@cli.command()
+@click.argument("run_dir")
+@click.argument("images", nargs=-1, required=True)
+@click.option("--out", default=None, help="write the table as CSV (.csv) or JSON (.json)")
+@click.option("--skip-bad", is_flag=True, help="skip unreadable images (listed at the end) instead of stopping")
+@click.option("--device", default="auto", show_default=True)
+def predict(run_dir, images, out, skip_bad, device) -> None:
+    """Label IMAGES (files or folders) with a trained classifier: head class, P(tail), rare flag."""
+    from .api import load
+    predictor = load(run_dir, device)
+    rows = [p.as_dict() for p in predictor.predict(images, skip_bad=skip_bad)]
+    thr = predictor.threshold
+    click.echo(f"rare flag: P(tail) > {thr:.4f} (95 % head TPR on validation)" if thr is not None
+               else "no tail classes: no rare flag")
+    click.echo(f"{'image':<48} {'predicted':<16} {'head class':<16} {'P(tail)':>8}  rare")
+    for r in rows:
+        click.echo(f"{r['source'][-48:]:<48} {r['predicted_class']:<16} {r['head_class']:<16} "
+                   f"{r['p_tail']:8.4f}  {'yes' if r['is_rare'] else 'no'}")
+    for path, why in getattr(predictor, "skipped", []):
+        click.echo(f"skipped {path}: {why}", err=True)
+    if out:
+        from .utils import atomic_write_json, atomic_write_text
+        if out.endswith(".json"):
+            atomic_write_json(out, rows)
+        else:
+            import csv
+            import io
+            buffer = io.StringIO()
+            writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["source"])
+            writer.writeheader()
+            writer.writerows(rows)
+            atomic_write_text(out, buffer.getvalue())
+        click.echo(f"wrote {out}")
+
+
 @cli.group()
 def data() -> None:
     """Build and inspect long-tailed benchmark splits."""

@@ -1,0 +1,158 @@
+"""Mean ± std over seeds, the ``results.json`` format, and its merge-on-write.
+
+Format (values are fractions in [0, 1]; tables multiply by 100 as LoGex Tables 1-3 do)::
+
+    {"methods": {NAME: {METRIC: {"mean": m, "std": s, "values": [one per seed, in seed order]}}},
+     "scores":  {NAME: {SCORE: {"fpr95" | "auroc": {"mean", "std", "values"}}}},
+     "seeds": [union of all seeds], "command": str, "primary_score": str,
+     "method_seeds": {NAME: [seeds]}, "method_commands": {NAME: command that produced the row},
+     "runs": {NAME: [{"seed", "path"}]}, "wall_time_s": {NAME: summed training wall time or null}}
+
+``std`` is the SAMPLE standard deviation (``ddof=1``) when a method has >= 2 seeds and 0.0 for a single
+seed (the LoGex tables give "mean ± std" over 5 seeds; a one-seed std would be undefined).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from ..errors import TailsynthError
+from ..utils import atomic_write_text
+from .runs import REQUIRED_METRICS, RunResult
+
+METRIC_ORDER = (*REQUIRED_METRICS, "acc", "acc_many", "acc_medium", "acc_few")
+
+
+def seed_stats(values: Iterable[float]) -> dict[str, Any]:
+    """{"mean", "std", "values"}: sample std (ddof=1) for >= 2 values, 0.0 for one value."""
+    vals = [float(v) for v in values]
+    if not vals:
+        raise TailsynthError("cannot aggregate an empty list of values")
+    arr = np.asarray(vals, dtype=np.float64)
+    std = float(np.std(arr, ddof=1)) if len(vals) >= 2 else 0.0
+    return {"mean": float(np.mean(arr)), "std": std, "values": vals}
+
+
+def _ordered_keys(per_run: list[Mapping[str, Any]]) -> list[str]:
+    """Keys present in EVERY run: the known metric order first, then the rest sorted."""
+    common = set(per_run[0])
+    for entry in per_run[1:]:
+        common &= set(entry)
+    return [k for k in METRIC_ORDER if k in common] + sorted(common - set(METRIC_ORDER))
+
+
+def group_by_method(runs: Iterable[RunResult]) -> dict[str, list[RunResult]]:
+    """{method: its runs sorted by seed}, methods in first-appearance order."""
+    groups: dict[str, list[RunResult]] = {}
+    for run in runs:
+        groups.setdefault(run.method, []).append(run)
+    for method in groups:
+        groups[method].sort(key=lambda r: r.seed)
+    return groups
+
+
+def _primary(runs: list[RunResult]) -> str:
+    names = sorted({r.primary_score for r in runs})
+    if len(names) > 1:
+        where = ", ".join(f"{r.path} ({r.primary_score})" for r in runs)
+        raise TailsynthError(f"runs of one report use different primary scores {names}: {where}")
+    return names[0]
+
+
+def _method_block(group: list[RunResult]) -> tuple[dict, dict]:
+    metrics = {k: seed_stats(r.metrics[k] for r in group) for k in _ordered_keys([r.metrics for r in group])}
+    scores = {}
+    for name in _ordered_keys([r.scores for r in group]):
+        keys = _ordered_keys([r.scores[name] for r in group])
+        scores[name] = {k: seed_stats(r.scores[name][k] for r in group) for k in keys}
+    return metrics, scores
+
+
+def aggregate(runs: Iterable[RunResult], command: str = "") -> dict[str, Any]:
+    """The ``results.json`` dict of ``runs`` (see the module docstring for the format)."""
+    runs = list(runs)
+    if not runs:
+        raise TailsynthError("cannot aggregate zero runs")
+    results: dict[str, Any] = {"methods": {}, "scores": {}, "seeds": sorted({r.seed for r in runs}),
+                               "command": command, "primary_score": _primary(runs), "method_seeds": {},
+                               "method_commands": {}, "runs": {}, "wall_time_s": {}}
+    for method, group in group_by_method(runs).items():
+        results["methods"][method], results["scores"][method] = _method_block(group)
+        results["method_seeds"][method] = [r.seed for r in group]
+        results["method_commands"][method] = command
+        results["runs"][method] = [{"seed": r.seed, "path": str(r.path)} for r in group]
+        walls = [r.wall_time_s for r in group]
+        results["wall_time_s"][method] = None if any(w is None for w in walls) else float(sum(walls))
+    return results
+
+
+def read_results(path: str | Path) -> dict[str, Any]:
+    """Read a ``results.json``; a corrupt file or one without a "methods" object is an error."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TailsynthError(f"results file not found: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise TailsynthError(f"corrupt results file {path}: {err}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("methods"), dict):
+        raise TailsynthError(f"corrupt results file {path}: no 'methods' object")
+    return data
+
+
+_PER_METHOD = ("methods", "scores", "method_seeds", "method_commands", "runs", "wall_time_s")
+
+
+def merge_results(old: Mapping[str, Any], new: Mapping[str, Any], where: str = "results.json") -> dict:
+    """Methods of ``new`` replace the same names of ``old``; old methods not in ``new`` are kept.
+
+    Kept methods stay in their old position, new ones are appended; ``seeds`` becomes the union.
+    """
+    old_primary, new_primary = old.get("primary_score"), new.get("primary_score")
+    if old_primary and new_primary and old_primary != new_primary:
+        raise TailsynthError(f"{where} holds results for primary score {old_primary!r}, the new runs use "
+                             f"{new_primary!r}; write the report to a new directory")
+    merged = {k: v for k, v in old.items() if k not in _PER_METHOD}
+    merged.update({k: v for k, v in new.items() if k not in _PER_METHOD})
+    for key in _PER_METHOD:
+        block = dict(old.get(key) or {})
+        block.update(new.get(key) or {})
+        merged[key] = block
+    seeds = set(old.get("seeds") or []) | set(new.get("seeds") or [])
+    merged["seeds"] = sorted(seeds)
+    return merged
+
+
+def write_results_json(path: str | Path, runs: Iterable[RunResult], command: str = "",
+                       extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Aggregate ``runs`` and write ``path`` atomically, merging with an existing file; returns the dict.
+
+    ``extra`` adds top-level keys (it may not replace the per-method blocks).
+    """
+    path = Path(path)
+    results = aggregate(runs, command)
+    for key, value in (extra or {}).items():
+        if key in _PER_METHOD or key in ("seeds", "primary_score"):
+            raise TailsynthError(f"write_results_json: extra key {key!r} would overwrite the aggregated results")
+        results[key] = value
+    if path.exists():
+        results = merge_results(read_results(path), results, str(path))
+    try:
+        text = json.dumps(results, indent=2, allow_nan=False, default=_json_default)
+    except (ValueError, TypeError) as err:  # NaN / inf or an odd object in ``extra``
+        raise TailsynthError(f"cannot write {path}: {err}") from None
+    atomic_write_text(path, text + "\n")
+    return results
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

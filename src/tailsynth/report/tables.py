@@ -1,0 +1,128 @@
+"""Tables as data (cells with best / second-best marks), shared by the Markdown and HTML renderers.
+
+* :func:`method_table` — LoGex Table 2: rows methods, columns FPR@95, AUROC, bAcc-head, bAcc-tail.
+* :func:`score_table` — LoGex Tables 1 / 3: one method's OOD scores, columns FPR@95 and AUROC.
+* :func:`accuracy_table` — top-1 and many / medium / few-shot accuracy, when the runs have them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from .format import (ACCURACY_LABELS, SCORE_COLUMNS, TABLE2_COLUMNS, fmt_cell, fmt_seconds, order_methods,
+                     order_scores, rank_marks, score_label)
+
+Cell = tuple[str, str]  # (text, mark) with mark in {"", "best", "second"}
+
+
+@dataclass
+class Table:
+    title: str
+    headers: list[str]
+    rows: list[list[Cell]] = field(default_factory=list)
+    caption: str = ""
+
+
+def _fill(table: Table, labels: Sequence[str], columns: Sequence[tuple[str, str, bool]],
+          stats_of: Mapping[str, Mapping[str, Any]]) -> Table:
+    """One row per label; each column's cells ranked among the rows."""
+    marks = {}
+    for key, _, higher in columns:
+        marks[key] = rank_marks([stats_of[label].get(key) for label in labels], higher)
+    for i, label in enumerate(labels):
+        row: list[Cell] = []
+        for key, _, _ in columns:
+            row.append((fmt_cell(stats_of[label].get(key)), marks[key][i]))
+        table.rows.append(row)
+    return table
+
+
+def _n_seeds_text(results: Mapping[str, Any], methods: Sequence[str]) -> str:
+    counts = sorted({len(results.get("method_seeds", {}).get(m, [])) for m in methods} - {0})
+    if not counts:
+        return "seeds"
+    return f"{'/'.join(str(c) for c in counts)} seed{'s' if counts != [1] else ''}"
+
+
+def method_table(results: Mapping[str, Any], order: Sequence[str] | None = None) -> Table:
+    """LoGex Table 2 over every method in ``results`` (``order`` first)."""
+    methods = order_methods(list(results["methods"]), order)
+    primary = score_label(results.get("primary_score", "p_tail"))
+    table = Table("Tail detection and balanced accuracy (Table 2)",
+                  ["method"] + [header for _, header, _ in TABLE2_COLUMNS],
+                  caption=f"Percent, mean ± sample std over {_n_seeds_text(results, methods)}; FPR@95 and "
+                          f"AUROC of the {primary} score. Bold: best, underlined: second best per column.")
+    _fill(table, methods, TABLE2_COLUMNS, results["methods"])
+    for method, row in zip(methods, table.rows):
+        row.insert(0, (method, ""))
+    return table
+
+
+def accuracy_table(results: Mapping[str, Any], order: Sequence[str] | None = None) -> Table | None:
+    """Top-1 / many / medium / few-shot accuracy; None when no method has any of them."""
+    methods = order_methods(list(results["methods"]), order)
+    keys = [k for k in ACCURACY_LABELS if any(k in results["methods"][m] for m in methods)]
+    if not keys:
+        return None
+    columns = [(k, ACCURACY_LABELS[k], True) for k in keys]
+    table = Table("Classification accuracy", ["method"] + [ACCURACY_LABELS[k] for k in keys],
+                  caption="Percent, mean ± sample std over seeds; predictions are argmax over all classes.")
+    _fill(table, methods, columns, results["methods"])
+    for method, row in zip(methods, table.rows):
+        row.insert(0, (method, ""))
+    return table
+
+
+def pick_score_method(results: Mapping[str, Any], wanted: str | None) -> str | None:
+    """``wanted`` (default "ce") when it has scores, else the first method that has any; None if none."""
+    scores = results.get("scores") or {}
+    wanted = wanted or "ce"
+    if scores.get(wanted):
+        return wanted
+    return next((m for m, block in scores.items() if block), None)
+
+
+def score_table(results: Mapping[str, Any], method: str | None = "ce") -> Table | None:
+    """LoGex Tables 1 / 3 for one method: rows OOD scores, columns FPR@95 and AUROC."""
+    chosen = pick_score_method(results, method)
+    if chosen is None:
+        return None
+    block = results["scores"][chosen]
+    names = order_scores(list(block))
+    primary = results.get("primary_score")
+    note = "" if chosen == (method or "ce") else f" (method {method!r} has no results; showing {chosen!r})"
+    table = Table(f"OOD scores of method {chosen} (Tables 1 and 3)", ["score"] + [h for _, h, _ in SCORE_COLUMNS],
+                  caption=f"Percent, mean ± sample std over seeds; higher score = more tail{note}.")
+    _fill(table, names, SCORE_COLUMNS, block)
+    for name, row in zip(names, table.rows):
+        label = score_label(name) + (" (primary)" if name == primary else "")
+        row.insert(0, (label, ""))
+    return table
+
+
+def meta_rows(results: Mapping[str, Any], meta: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(field, value) lines of the run's provenance: command, machine, wall time, seeds, version."""
+    rows = []
+    for key, label in (("experiment", "experiment"), ("profile", "profile")):
+        if meta.get(key):
+            rows.append((label, str(meta[key])))
+    rows.append(("command", str(meta.get("command") or results.get("command") or "–")))
+    rows.append(("machine", str(meta.get("machine") or "–")))
+    rows.append(("wall time", fmt_seconds(meta.get("wall_time_s"))))
+    seeds = meta.get("seeds") or results.get("seeds") or []
+    rows.append(("seeds", ", ".join(str(s) for s in seeds) or "–"))
+    rows.append(("primary score", score_label(results.get("primary_score", "p_tail"))))
+    rows.append(("package version", str(meta.get("package_version") or "–")))
+    return rows
+
+
+def timings_table(meta: Mapping[str, Any]) -> Table | None:
+    """Stage timings recorded by the runner (``meta["timings"]``: stage, label, state, wall_time_s)."""
+    timings = meta.get("timings") or []
+    if not timings:
+        return None
+    table = Table("Stage timings", ["stage", "label", "state", "wall time"])
+    for t in timings:
+        table.rows.append([(str(t.get("stage", "")), ""), (str(t.get("label", "")), ""),
+                           (str(t.get("state", "")), ""), (fmt_seconds(t.get("wall_time_s")), "")])
+    return table

@@ -1,0 +1,51 @@
+"""``write_report``: run directories -> ``results.json`` (merged), ``report.md`` and ``report.html``."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from ..errors import TailsynthError
+from ..utils import atomic_write_text
+from .aggregate import write_results_json
+from .html import Section, render_html
+from .markdown import render_markdown
+from .runs import RunResult, load_runs
+
+RESULTS_JSON, REPORT_MD, REPORT_HTML = "results.json", "report.md", "report.html"
+_META_KEYS = ("experiment", "profile", "machine", "package_version", "wall_time_s")
+
+
+def _kept_runs(results: Mapping[str, Any], new_methods: set[str]) -> list[RunResult]:
+    """Runs of methods kept from an earlier results.json whose run directories still exist (for plots)."""
+    kept = []
+    for method, entries in (results.get("runs") or {}).items():
+        if method in new_methods or method not in results["methods"]:
+            continue
+        try:
+            kept += load_runs([e["path"] for e in entries])
+        except (TailsynthError, KeyError, TypeError):
+            continue  # moved or deleted: its table rows stay, its curves are left out
+    return kept
+
+
+def write_report(run_dirs: Iterable[str | Path], out_dir: str | Path, command: str = "",
+                 meta: Mapping[str, Any] | None = None,
+                 extra_sections: Sequence[Section] = ()) -> tuple[Path, Path, Path]:
+    """Read the runs, write ``results.json`` (merged with an existing one: methods in ``run_dirs`` replace
+    their old rows, other methods are kept), then ``report.md`` and ``report.html`` from the merged results.
+
+    Figures use the given runs plus, for kept methods, their recorded run directories if they still exist.
+    Returns ``(md_path, html_path, json_path)``.
+    """
+    out_dir = Path(out_dir)
+    meta = dict(meta or {})
+    meta.setdefault("command", command)
+    runs = load_runs(run_dirs)
+    json_path = out_dir / RESULTS_JSON
+    extra = {"meta": {k: meta[k] for k in _META_KEYS if meta.get(k) is not None}}
+    results = write_results_json(json_path, runs, command, extra=extra)
+    plot_runs = runs + _kept_runs(results, {r.method for r in runs})
+    md_path = out_dir / REPORT_MD
+    atomic_write_text(md_path, render_markdown(results, meta))
+    html_path = render_html(results, plot_runs, meta, out_dir / REPORT_HTML, extra_sections)
+    return md_path, html_path, json_path
