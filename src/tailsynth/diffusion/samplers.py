@@ -1,0 +1,154 @@
+"""Samplers as explicit loops: DDIM (Song et al. 2021, eq. 12) and DDPM ancestral (Ho et al. 2020, Alg. 2).
+
+Each sampler is a pure function of (eps_fn, x_T, cond, uncond, schedule, generator): no scheduler object,
+no hidden state, so a guidance method (DiG-IN, LoGex §3 step 3) can backpropagate from the final sample
+or from any step's x0-hat back to x_T and to the conditions. ``checkpoint=True`` wraps each step in
+``torch.utils.checkpoint`` to trade compute for memory along the chain. Noise is drawn from the
+``torch.Generator`` passed in (same seed -> same images); noise for a step is drawn outside the
+checkpointed function so recomputation is exact.
+
+Classifier-free guidance (Ho & Salimans 2022): eps = eps_u + w (eps_c - eps_u), computed in one batched
+forward pass; w = 1 or ``uncond=None`` uses the conditional prediction only.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch.utils.checkpoint import checkpoint as torch_checkpoint
+
+from ..errors import TailsynthError
+from .schedule import alpha_at, ddim_timesteps, predict_x0
+
+EpsFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class SampleOutput:
+    sample: torch.Tensor  # x_0 in diffusion space (B, C, h, w)
+    x0_hats: list[torch.Tensor] = field(default_factory=list)  # Tweedie x0-hat per step, if requested
+    timesteps: list[int] = field(default_factory=list)
+
+
+def guided_eps(eps_fn: EpsFn, x_t: torch.Tensor, t: int, cond: torch.Tensor, uncond: torch.Tensor | None,
+               guidance_scale: float) -> torch.Tensor:
+    """CFG noise prediction eps_u + w (eps_c - eps_u) at integer timestep ``t`` for a batch x_t (B, C, h, w)."""
+    b = x_t.shape[0]
+    if uncond is None or guidance_scale == 1.0:
+        return eps_fn(x_t, torch.full((b,), t, dtype=torch.long, device=x_t.device), cond)
+    tt = torch.full((2 * b,), t, dtype=torch.long, device=x_t.device)
+    eps_u, eps_c = eps_fn(torch.cat([x_t, x_t]), tt, torch.cat([uncond, cond])).chunk(2)
+    return eps_u + guidance_scale * (eps_c - eps_u)
+
+
+def ddim_update(x_t: torch.Tensor, eps: torch.Tensor, a_t: torch.Tensor, a_prev: torch.Tensor, eta: float = 0.0,
+                noise: torch.Tensor | None = None, clip_x0: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """One DDIM step (eq. 12) from x_t to x_{t'}; returns (x_prev, x0_hat).
+
+    sigma_t = eta sqrt((1-a_prev)/(1-a_t)) sqrt(1 - a_t/a_prev) (eq. 16);
+    x_prev = sqrt(a_prev) x0_hat + sqrt(1 - a_prev - sigma^2) eps + sigma * noise.
+    """
+    x0 = predict_x0(x_t, eps, a_t)
+    if clip_x0:
+        x0 = x0.clamp(-1.0, 1.0)
+    sigma = eta * ((1 - a_prev) / (1 - a_t)) ** 0.5 * (1 - a_t / a_prev) ** 0.5
+    x_prev = a_prev**0.5 * x0 + (1 - a_prev - sigma**2) ** 0.5 * eps
+    if eta > 0:
+        if noise is None:
+            raise TailsynthError("ddim_update with eta > 0 needs a noise tensor")
+        x_prev = x_prev + sigma * noise
+    return x_prev, x0
+
+
+def _at_step(cond, i: int):
+    return cond[i] if isinstance(cond, (list, tuple)) else cond
+
+
+def _check_per_step(cond, uncond, num_steps: int) -> None:
+    for name, c in (("cond", cond), ("uncond", uncond)):
+        if isinstance(c, (list, tuple)) and len(c) != num_steps:
+            raise TailsynthError(f"{name} has {len(c)} per-step conditions for {num_steps} DDIM steps")
+
+
+def _noise(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Standard normal noise drawn on the generator's device, then moved to ``like``'s device."""
+    gen_device = generator.device if generator is not None else like.device
+    z = torch.randn(like.shape, generator=generator, device=gen_device, dtype=torch.float32)
+    return z.to(device=like.device, dtype=like.dtype)
+
+
+def initial_noise(shape: tuple[int, ...], generator: torch.Generator, device: torch.device | str = "cpu",
+                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """x_T ~ N(0, I) from ``generator`` (drawn on its device so CPU seeds give the same x_T on any device)."""
+    z = torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32)
+    return z.to(device=device, dtype=dtype)
+
+
+def ddim_sample(eps_fn: EpsFn, x_T: torch.Tensor, cond, uncond,
+                alphas_cumprod: torch.Tensor, num_steps: int = 20, guidance_scale: float = 3.0, eta: float = 0.0,
+                generator: torch.Generator | None = None, steps_offset: int = 1,
+                final_alpha_cumprod: float | None = None, clip_x0: bool = False, checkpoint: bool = False,
+                return_x0_hats: bool = False) -> SampleOutput:
+    """DDIM sampling from x_T (B, C, h, w) with "leading" timesteps (:func:`ddim_timesteps`).
+
+    eta = 0 is deterministic and differentiable end to end (used by DiG-IN / LoGex with 20 steps, CFG 3).
+    ``cond`` / ``uncond`` are (B, L, D) tensors or lists of one tensor per step (DiG-IN optimises per-timestep
+    deltas on the embeddings). ``return_x0_hats`` keeps each step's Tweedie x0-hat (in the autograd graph).
+    ``final_alpha_cumprod`` None uses alphas_cumprod[0] for the last step (SD's set_alpha_to_one=False).
+    """
+    if eta > 0 and generator is None:
+        raise TailsynthError("ddim_sample with eta > 0 needs a torch.Generator")
+    T = alphas_cumprod.shape[0]
+    acp = alphas_cumprod.to(x_T.device)
+    timesteps = [int(t) for t in ddim_timesteps(num_steps, T, steps_offset)]
+    _check_per_step(cond, uncond, num_steps)
+    x, out = x_T, SampleOutput(sample=x_T, timesteps=timesteps)
+    for i, t in enumerate(timesteps):
+        c_i, u_i = _at_step(cond, i), _at_step(uncond, i)
+        a_t, a_prev = acp[t], alpha_at(acp, t - T // num_steps, final_alpha_cumprod).to(x.device)
+        noise = _noise(x, generator) if eta > 0 else None
+
+        def step(x_in: torch.Tensor, cond_in: torch.Tensor, uncond_in: torch.Tensor | None,
+                 t=t, a_t=a_t, a_prev=a_prev, noise=noise) -> tuple[torch.Tensor, torch.Tensor]:
+            eps = guided_eps(eps_fn, x_in, t, cond_in, uncond_in, guidance_scale)
+            return ddim_update(x_in, eps, a_t, a_prev, eta, noise, clip_x0)
+
+        if checkpoint and torch.is_grad_enabled():
+            x, x0 = torch_checkpoint(step, x, c_i, u_i, use_reentrant=False)
+        else:
+            x, x0 = step(x, c_i, u_i)
+        if return_x0_hats:
+            out.x0_hats.append(x0)
+    out.sample = x
+    return out
+
+
+def ddpm_sample(eps_fn: EpsFn, x_T: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor | None,
+                alphas_cumprod: torch.Tensor, generator: torch.Generator, num_steps: int | None = None,
+                guidance_scale: float = 1.0, clip_x0: bool = False) -> SampleOutput:
+    """Ancestral sampling (DDPM Alg. 2) with the posterior q(x_{t'} | x_t, x0_hat) and variance beta~ ("fixed_small").
+
+    With ``num_steps`` < T the chain is respaced to the "leading" timesteps (steps_offset 0), as diffusers'
+    DDPMScheduler does: beta_t = 1 - a_t / a_{t'}; mean = sqrt(a_{t'}) beta_t/(1-a_t) x0_hat
+    + sqrt(1-beta_t)(1-a_{t'})/(1-a_t) x_t; variance = (1-a_{t'})/(1-a_t) beta_t (clamped at 1e-20).
+    """
+    T = alphas_cumprod.shape[0]
+    n = num_steps or T
+    acp = alphas_cumprod.to(x_T.device)
+    timesteps = [int(t) for t in ddim_timesteps(n, T, steps_offset=0)]
+    x = x_T
+    for t in timesteps:
+        a_t = acp[t]
+        a_prev = acp[t - T // n] if t - T // n >= 0 else torch.ones((), device=x.device)
+        beta = 1 - a_t / a_prev
+        eps = guided_eps(eps_fn, x, t, cond, uncond, guidance_scale)
+        x0 = predict_x0(x, eps, a_t)
+        if clip_x0:
+            x0 = x0.clamp(-1.0, 1.0)
+        mean = (a_prev**0.5 * beta / (1 - a_t)) * x0 + ((1 - beta) ** 0.5 * (1 - a_prev) / (1 - a_t)) * x
+        if t > 0:
+            var = ((1 - a_prev) / (1 - a_t) * beta).clamp(min=1e-20)
+            mean = mean + var**0.5 * _noise(x, generator)
+        x = mean
+    return SampleOutput(sample=x, timesteps=timesteps)

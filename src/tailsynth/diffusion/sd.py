@@ -1,0 +1,127 @@
+"""Stable Diffusion 1.x latent backend, loaded from a LOCAL diffusers folder (never downloads).
+
+Components (Rombach et al. 2022): CLIP tokenizer + text encoder (condition = last hidden state,
+(B, 77, 768) for SD-1.4), UNet :math:`\\varepsilon_\\theta(z_t, t, c)`, VAE with latent scaling factor from
+its config (0.18215 for SD-1.x). Class ids become prompts through ``prompt_template``; LoGex (§3, step 2)
+uses "A histopathological slide from a patient with <class>". The null condition is the embedded empty
+prompt. The noise schedule is read from ``scheduler/scheduler_config.json`` (SD: scaled-linear,
+0.00085..0.012, 1000 steps). ``dtype`` fp16/bf16 is meant for GPUs; outputs of ``eps`` are float32.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from ..config import StrictConfig, build_config
+from ..errors import TailsynthError
+from .backend import BACKENDS
+from .schedule import make_alphas_cumprod
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class SDBackendConfig(StrictConfig):
+    path: str  # local diffusers folder of an SD-1.x model
+    class_names: list[str] = []
+    prompt_template: str = "A histopathological slide from a patient with {class_name}"
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+
+
+def _schedule_from_folder(root: Path) -> torch.Tensor:
+    cfg_path = root / "scheduler" / "scheduler_config.json"
+    sched = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+    kind = sched.get("beta_schedule", "scaled_linear")
+    kind = "cosine" if kind == "squaredcos_cap_v2" else kind
+    return make_alphas_cumprod(kind, int(sched.get("num_train_timesteps", 1000)),
+                               float(sched.get("beta_start", 0.00085)), float(sched.get("beta_end", 0.012)))
+
+
+@BACKENDS.register("sd")
+class SDBackend(torch.nn.Module):
+    """Stable Diffusion 1.x; implements :class:`~tailsynth.diffusion.backend.DiffusionBackend`."""
+
+    def __init__(self, cfg: SDBackendConfig | dict, seed: int = 0):
+        super().__init__()
+        self.cfg = cfg if isinstance(cfg, SDBackendConfig) else build_config(SDBackendConfig, cfg, "sd backend")
+        root = Path(self.cfg.path)
+        missing = [s for s in ("unet", "vae", "text_encoder", "tokenizer") if not (root / s).is_dir()]
+        if missing:
+            raise TailsynthError(f"{root} is not a local Stable Diffusion folder: missing {', '.join(missing)}")
+        dtype = DTYPES[self.cfg.dtype]
+        kw = dict(local_files_only=True)
+        try:
+            self.tokenizer = CLIPTokenizer.from_pretrained(str(root), subfolder="tokenizer", **kw)
+            self.text_encoder = CLIPTextModel.from_pretrained(str(root), subfolder="text_encoder", dtype=dtype, **kw)
+            self.unet = UNet2DConditionModel.from_pretrained(str(root), subfolder="unet", torch_dtype=dtype, **kw)
+            self.vae = AutoencoderKL.from_pretrained(str(root), subfolder="vae", torch_dtype=dtype, **kw)
+        except (OSError, ValueError) as err:
+            raise TailsynthError(f"cannot load Stable Diffusion from {root}: {err}") from None
+        for module in (self.text_encoder, self.unet, self.vae):
+            module.requires_grad_(False)
+            module.eval()
+        self.dtype = dtype
+        self.scaling_factor = float(self.vae.config.scaling_factor)
+        self.class_names = list(self.cfg.class_names)
+        self.alphas_cumprod = _schedule_from_folder(root)
+
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        return self.unet
+
+    def _device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    def prompts_for(self, class_ids: torch.Tensor) -> list[str]:
+        ids = [int(i) for i in torch.as_tensor(class_ids).view(-1)]
+        bad = [i for i in ids if not 0 <= i < len(self.class_names)]
+        if bad:
+            raise TailsynthError(f"class ids {bad[:5]} out of range 0..{len(self.class_names) - 1} "
+                                 f"(class_names: {self.class_names})")
+        return [self.cfg.prompt_template.format(class_name=self.class_names[i]) for i in ids]
+
+    @torch.no_grad()
+    def _embed(self, prompts: list[str]) -> torch.Tensor:
+        tok = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt")
+        return self.text_encoder(tok.input_ids.to(self._device()))[0]
+
+    def encode_condition(self, class_ids: torch.Tensor | None = None, prompts: list[str] | None = None) -> torch.Tensor:
+        """CLIP last hidden state (B, 77, D) for ``prompts`` or the template filled with class names."""
+        if (class_ids is None) == (prompts is None):
+            raise TailsynthError("encode_condition needs exactly one of class_ids or prompts")
+        return self._embed(list(prompts) if prompts is not None else self.prompts_for(class_ids))
+
+    def null_condition(self, batch: int) -> torch.Tensor:
+        return self._embed([""]).expand(batch, -1, -1)
+
+    def eps(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        t = torch.as_tensor(t, device=x_t.device).expand(x_t.shape[0])
+        return self.unet(x_t.to(self.dtype), t, encoder_hidden_states=cond.to(self.dtype)).sample.float()
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """VAE posterior mode times the scaling factor (deterministic; no sampling of the posterior)."""
+        posterior = self.vae.encode((images * 2.0 - 1.0).to(self.dtype)).latent_dist
+        return posterior.mode().float() * self.scaling_factor
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        images = self.vae.decode((z / self.scaling_factor).to(self.dtype)).sample.float()
+        return ((images + 1.0) / 2.0).clamp(0.0, 1.0)
+
+    def latent_shape(self, image_size: int) -> tuple[int, int, int]:
+        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        if image_size % factor:
+            raise TailsynthError(f"image size {image_size} is not divisible by the VAE downsampling factor {factor}")
+        return (int(self.unet.config.in_channels), image_size // factor, image_size // factor)
+
+    def add_classes(self, names: list[str]) -> list[int]:
+        """New classes are just new names in the prompt template (SD already has words)."""
+        if not names:
+            raise TailsynthError("add_classes needs at least one class name")
+        start = len(self.class_names)
+        self.class_names.extend(names)
+        return list(range(start, start + len(names)))

@@ -1,0 +1,235 @@
+"""The one training loop for denoisers: base training (pixel backend) and LoRA adaptation share it.
+
+Objective (DDPM eq. 14, "simple" loss): E_{x0, c, t, eps} || eps - eps_theta(sqrt(a_t) x0 + sqrt(1-a_t) eps, t, c) ||^2
+with t ~ U{0..T-1}, eps ~ N(0, I), and the condition c replaced by the null condition with probability
+``cond_dropout`` (10 % by default) so the model also learns the unconditional score for classifier-free
+guidance (Ho & Salimans 2022). AdamW, optional warmup + cosine learning rate, optional EMA of the trained
+weights (decay min(ema_decay, (1+step)/(10+step))), random flips. Which parameters train is an argument
+(all for base training; LoRA adapters and new class tokens for adaptation, see :mod:`tailsynth.diffusion.lora`).
+
+Every ``checkpoint_every`` steps the workdir gets the trained parameters and their EMA (safetensors), the
+AdamW state (``torch.save`` of tensors and numbers only, read back with ``weights_only=True``), the
+noise generator state and ``train_state.json`` (written last). A resumed run reproduces the uninterrupted
+run exactly: batch order is a function of (seed, epoch) and all other randomness comes from the saved
+generator.
+"""
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from tqdm.auto import tqdm
+
+from ..config import StrictConfig, to_dict
+from ..errors import TailsynthError
+from ..utils import atomic_write_bytes, atomic_write_json, derive_seed, read_json, stable_hash
+from .schedule import add_noise
+
+STATE = "train_state.json"
+
+
+class DenoiserTrainConfig(StrictConfig):
+    steps: int = 20000
+    batch_size: int = 64
+    lr: float = 2e-4
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 1.0  # max global grad norm; 0 disables
+    cond_dropout: float = 0.1
+    ema_decay: float = 0.9999  # 0 disables EMA
+    hflip: bool = True
+    vflip: bool = False
+    checkpoint_every: int = 1000
+    mixed_precision: Literal["no", "bf16"] = "no"  # bf16 autocast on CUDA only
+    progress: bool = True
+
+
+@dataclass
+class TrainResult:
+    workdir: Path
+    step: int  # steps done in total
+    finished: bool
+    losses: list[float] = field(default_factory=list)  # this call's per-step losses
+
+
+def check_images(images, labels, num_ids: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 (N, H, W, 3) images and (N,) integer labels as tensors; clear errors otherwise."""
+    x = torch.as_tensor(np.asarray(images))
+    y = torch.as_tensor(np.asarray(labels)).long().view(-1)
+    if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[-1] != 3:
+        raise TailsynthError(f"images must be uint8 of shape (N, H, W, 3), got {x.dtype} {tuple(x.shape)}")
+    if y.shape[0] != x.shape[0] or x.shape[0] == 0:
+        raise TailsynthError(f"{x.shape[0]} images but {y.shape[0]} labels (need the same, > 0)")
+    if num_ids is not None and (int(y.min()) < 0 or int(y.max()) >= num_ids):
+        raise TailsynthError(f"labels must be in 0..{num_ids - 1}, got {int(y.min())}..{int(y.max())}")
+    return x, y
+
+
+def lr_factor(step: int, cfg: DenoiserTrainConfig) -> float:
+    """Linear warmup then constant or half-cosine decay to 0 (diffusers' get_cosine_schedule_with_warmup)."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "constant":
+        return 1.0
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def batch_indices(step: int, batch: int, n: int, seed: int) -> torch.Tensor:
+    """Indices of batch ``step`` in the stream of per-epoch permutations (permutation e seeded by (seed, e))."""
+    positions = torch.arange(step * batch, (step + 1) * batch)
+    out = torch.empty(batch, dtype=torch.long)
+    for epoch in positions.div(n, rounding_mode="floor").unique().tolist():
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(seed, "order", epoch)))
+        mask = positions.div(n, rounding_mode="floor") == epoch
+        out[mask] = perm[positions[mask] % n]
+    return out
+
+
+def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    atomic_write_bytes(path, st_save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}))
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise TailsynthError(f"checkpoint file missing: {path}")
+    return st_load(path.read_bytes())
+
+
+def _copy_into(params: dict[str, torch.nn.Parameter], tensors: dict[str, torch.Tensor], where: Path) -> None:
+    if set(tensors) != set(params):
+        raise TailsynthError(f"{where} does not hold the trained parameters (differs in "
+                             f"{sorted(set(tensors) ^ set(params))[:5]})")
+    with torch.no_grad():
+        for k, p in params.items():
+            p.copy_(tensors[k].to(p.device, p.dtype))
+
+
+def fit_denoiser(backend, params: dict[str, torch.nn.Parameter], images, cond_ids, cfg: DenoiserTrainConfig,
+                 workdir: str | Path, device: torch.device | str, seed: int,
+                 max_new_steps: int | None = None) -> TrainResult:
+    """Train ``params`` (name -> Parameter of ``backend``) on uint8 images with condition ids ``cond_ids``.
+
+    ``max_new_steps`` stops (after a checkpoint) once this call has done that many steps; a later call
+    with the same workdir resumes. A finished workdir loads its final weights and returns at once.
+    """
+    workdir, device = Path(workdir), torch.device(device)
+    x_all, y_all = check_images(images, cond_ids, len(backend.class_names))
+    if x_all.shape[1] != x_all.shape[2]:
+        raise TailsynthError(f"images must be square, got {x_all.shape[1]}x{x_all.shape[2]}")
+    backend.latent_shape(int(x_all.shape[1]))  # raises if the backend cannot take this resolution
+    fingerprint = stable_hash({"cfg": to_dict(cfg), "seed": seed, "params": sorted(params), "n": len(y_all)})
+    backend.to(device)
+    named = dict(sorted(params.items()))
+    opt = torch.optim.AdamW(list(named.values()), lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
+    ema = {k: p.detach().float().clone() for k, p in named.items()} if cfg.ema_decay > 0 else {}
+    gen = torch.Generator().manual_seed(seed)  # t, noise, dropout and flips
+    step = 0
+    if (workdir / STATE).is_file():
+        state = read_json(workdir / STATE)
+        if state.get("fingerprint") != fingerprint:
+            raise TailsynthError(f"{workdir} holds a run with another config/seed/data; use a fresh workdir")
+        if state.get("finished"):
+            _copy_into(named, _load_tensors(workdir / "final.safetensors"), workdir)
+            return TrainResult(workdir, int(state["step"]), True)
+        step = _resume(workdir, named, ema, opt, gen, device)
+    T = backend.alphas_cumprod.shape[0]
+    acp = backend.alphas_cumprod.to(device)
+    stop = cfg.steps if max_new_steps is None else min(cfg.steps, step + max_new_steps)
+    losses: list[float] = []
+    backend.denoiser.train()
+    bar = tqdm(range(step, stop), desc="denoiser", disable=not cfg.progress, initial=step, total=cfg.steps)
+    for step in bar:
+        idx = batch_indices(step, cfg.batch_size, len(y_all), seed)
+        x0 = x_all[idx].permute(0, 3, 1, 2).float().div(255.0)
+        x0 = torch.where((torch.rand(len(idx), generator=gen) < 0.5).view(-1, 1, 1, 1) & cfg.hflip, x0.flip(-1), x0)
+        x0 = torch.where((torch.rand(len(idx), generator=gen) < 0.5).view(-1, 1, 1, 1) & cfg.vflip, x0.flip(-2), x0)
+        t = torch.randint(0, T, (len(idx),), generator=gen)
+        drop = (torch.rand(len(idx), generator=gen) < cfg.cond_dropout).to(device).view(-1, 1, 1)
+        with torch.no_grad():
+            z0 = backend.encode(x0.to(device))
+        noise = torch.randn(z0.shape, generator=gen).to(device)
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr * lr_factor(step, cfg)
+        with torch.autocast(device.type, dtype=torch.bfloat16,
+                            enabled=cfg.mixed_precision == "bf16" and device.type == "cuda"):
+            cond = backend.encode_condition(y_all[idx].to(device))
+            cond = torch.where(drop, backend.null_condition(len(idx)).to(cond.dtype), cond)
+            pred = backend.eps(add_noise(z0, noise, t.to(device), acp), t.to(device), cond)
+        loss = F.mse_loss(pred.float(), noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(list(named.values()), cfg.grad_clip)
+        opt.step()
+        decay = min(cfg.ema_decay, (1 + step) / (10 + step))  # EMA warmup (diffusers' EMAModel)
+        with torch.no_grad():
+            for k, p in named.items() if ema else ():
+                ema[k].lerp_(p.detach().float(), 1.0 - decay)
+        losses.append(float(loss.detach()))
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        done = step + 1
+        if done % cfg.checkpoint_every == 0 or done == stop:
+            _checkpoint(workdir, named, ema, opt, gen, done, fingerprint, cfg)
+    step = stop
+    backend.denoiser.eval()
+    finished = step >= cfg.steps
+    if finished:
+        _finish(workdir, named, ema, step, fingerprint, cfg)
+    return TrainResult(workdir, step, finished, losses)
+
+
+def _checkpoint(workdir: Path, named, ema, opt, gen, step: int, fingerprint: str, cfg) -> None:
+    _save_tensors(workdir / "ckpt_params.safetensors", dict(named))
+    if ema:
+        _save_tensors(workdir / "ckpt_ema.safetensors", ema)
+    _save_tensors(workdir / "ckpt_rng.safetensors", {"noise_generator": gen.get_state()})
+    buffer = io.BytesIO()
+    torch.save(opt.state_dict(), buffer)
+    atomic_write_bytes(workdir / "ckpt_optimizer.pt", buffer.getvalue())
+    atomic_write_json(workdir / STATE, {"step": step, "finished": False, "fingerprint": fingerprint,
+                                        "config": to_dict(cfg)})
+
+
+def _resume(workdir: Path, named, ema, opt, gen, device) -> int:
+    state = read_json(workdir / STATE)
+    _copy_into(named, _load_tensors(workdir / "ckpt_params.safetensors"), workdir)
+    if ema:
+        ema.update({k: v.to(device) for k, v in _load_tensors(workdir / "ckpt_ema.safetensors").items()})
+    gen.set_state(_load_tensors(workdir / "ckpt_rng.safetensors")["noise_generator"])
+    opt.load_state_dict(torch.load(workdir / "ckpt_optimizer.pt", map_location=device, weights_only=True))
+    return int(state["step"])
+
+
+def _finish(workdir: Path, named, ema, step: int, fingerprint: str, cfg) -> None:
+    """Copy the EMA weights (if any) into the model and write ``final.safetensors``."""
+    if ema:
+        with torch.no_grad():
+            for k, p in named.items():
+                p.copy_(ema[k].to(p.dtype))
+    _save_tensors(workdir / "final.safetensors", dict(named))
+    atomic_write_json(workdir / STATE, {"step": step, "finished": True, "fingerprint": fingerprint,
+                                        "config": to_dict(cfg)})
+
+
+def train_denoiser(backend, images, labels, cfg: DenoiserTrainConfig, workdir: str | Path,
+                   device: torch.device | str, generator_seed: int, max_new_steps: int | None = None) -> TrainResult:
+    """Base training (e.g. the pixel backend on the head classes): every parameter of the backend trains.
+
+    ``labels`` are condition ids 0..len(backend.class_names)-1. After training, the backend holds the EMA
+    weights (when ``ema_decay`` > 0) and ``workdir/final.safetensors`` stores them.
+    """
+    params = {k: p for k, p in backend.named_parameters() if p.requires_grad}
+    if not params:
+        raise TailsynthError("train_denoiser: the backend has no trainable parameters")
+    return fit_denoiser(backend, params, images, labels, cfg, workdir, device, generator_seed, max_new_steps)
