@@ -63,11 +63,11 @@ class TrainResult:
 
 
 def check_images(images, labels, num_ids: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 (N, H, W, 3) images and (N,) integer labels as tensors; clear errors otherwise."""
+    """uint8 (N, H, W, C) images (C = 1 or 3) and (N,) integer labels as tensors; clear errors otherwise."""
     x = torch.as_tensor(np.asarray(images))
     y = torch.as_tensor(np.asarray(labels)).long().view(-1)
-    if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[-1] != 3:
-        raise TailsynthError(f"images must be uint8 of shape (N, H, W, 3), got {x.dtype} {tuple(x.shape)}")
+    if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[-1] not in (1, 3):
+        raise TailsynthError(f"images must be uint8 of shape (N, H, W, 1 or 3), got {x.dtype} {tuple(x.shape)}")
     if y.shape[0] != x.shape[0] or x.shape[0] == 0:
         raise TailsynthError(f"{x.shape[0]} images but {y.shape[0]} labels (need the same, > 0)")
     if num_ids is not None and (int(y.min()) < 0 or int(y.max()) >= num_ids):

@@ -35,6 +35,9 @@ class ExperimentConfig(StrictConfig):
     primary_score: str = "p_tail"
     report_method: str = "ce"  # the method whose scores fill the Table-1/3 comparison
     device: str = "auto"
+    diffusion: dict[str, Any] = {}  # DiffusionConfig (pipeline.diffusion_stages), used by synthesis methods
+    synthesis: dict[str, Any] = {}  # SynthesisConfig (pipeline.synthesis_methods)
+    oracle: dict[str, Any] | None = None  # TrainConfig of the oracle (LoGex §4.4); None: no oracle
 
 
 def find_experiment(name_or_path: str) -> Path:

@@ -67,9 +67,10 @@ def run_experiment(cfg: ExperimentConfig, runs_dir: str | Path, *, force: set[st
     result = ExperimentResult()
     for method in list(cfg.methods) + list(cfg.method_params):
         METHODS.get(method)
+    synth_cache: dict[str, Artifact] = {}
     for method in cfg.methods:
         for seed in cfg.seeds:
-            classifier = _train(chain, cfg, method, seed, split)
+            classifier = _train(chain, cfg, method, seed, split, synth_cache)
             result.evaluations.append(chain(EVALUATE, eval_cfg, {"split": split, "classifier": classifier},
                                             seed, f"{method} seed {seed}"))
     result.plan = chain.plan
@@ -87,13 +88,45 @@ def run_experiment(cfg: ExperimentConfig, runs_dir: str | Path, *, force: set[st
     return result
 
 
-def _train(chain: _Chain, cfg: ExperimentConfig, method: str, seed: int, split: Artifact) -> Artifact:
-    """The classifier artifact of ``method``; cRT first trains (or reuses) its base method's model."""
+def _train(chain: _Chain, cfg: ExperimentConfig, method: str, seed: int, split: Artifact,
+           synth_cache: dict[str, Artifact]) -> Artifact:
+    """The classifier artifact of ``method``; cRT first trains (or reuses) its base method's model;
+    a synthesis method first builds (or reuses) its synthetic tail set."""
     spec = METHODS.get(method)
     inputs = {"split": split}
     train_cfg = cfg.classifier
+    if spec.synthesis is not None:
+        if spec.synthesis not in synth_cache:
+            synth_cache[spec.synthesis] = _synthesize(chain, cfg, spec.synthesis, split, synth_cache)
+        inputs["synthetic"] = synth_cache[spec.synthesis]
     if spec.crt_from is not None:
-        inputs["base"] = _train(chain, cfg, spec.crt_from, seed, split)
+        inputs["base"] = _train(chain, cfg, spec.crt_from, seed, split, synth_cache)
         train_cfg = train_cfg.model_copy(update={"epochs": cfg.crt_epochs})
     stage_cfg = TrainStageConfig(method=method, criterion_params=cfg.method_params.get(method, {}), seed=seed, data=cfg.data, train=train_cfg, device=cfg.device)
     return chain(TRAIN, stage_cfg, inputs, seed, f"{method} seed {seed}")
+
+
+def _diffusion_cfgs(cfg: ExperimentConfig):
+    from ..config import build_config
+    from .diffusion_stages import DiffusionConfig, DiffusionStageConfig
+    from .synthesis_methods import SynthesisConfig
+    diffusion = build_config(DiffusionConfig, cfg.diffusion, "experiment key 'diffusion'")
+    synthesis = build_config(SynthesisConfig, cfg.synthesis, "experiment key 'synthesis'")
+    return DiffusionStageConfig(diffusion=diffusion, data=cfg.data, device=cfg.device), synthesis
+
+
+def _synthesize(chain: _Chain, cfg: ExperimentConfig, name: str, split: Artifact,
+                synth_cache: dict[str, Artifact]) -> Artifact:
+    """base diffusion (head only) -> LoRA (tail only) -> auxiliary classifier -> synthetic tail images."""
+    from .diffusion_stages import ADAPT_LORA, SYNTHESIZE, TRAIN_DIFFUSION, SynthStageConfig
+    from .synthesis_methods import SYNTHESIS
+    SYNTHESIS.get(name)
+    stage_cfg, synthesis = _diffusion_cfgs(cfg)
+    base = chain(TRAIN_DIFFUSION, stage_cfg, {"split": split}, stage_cfg.diffusion.seed, "base diffusion")
+    lora = chain(ADAPT_LORA, stage_cfg, {"split": split, "base": base}, stage_cfg.diffusion.seed, "LoRA on tail")
+    aux = _train(chain, cfg, synthesis.aux_method, synthesis.aux_seed, split, synth_cache)
+    synth_cfg = SynthStageConfig(
+        method=name, synthesis=synthesis.model_copy(update={"params": {name: synthesis.params.get(name, {})}}),
+        diffusion=stage_cfg.diffusion, data=cfg.data, device=cfg.device)
+    return chain(SYNTHESIZE, synth_cfg, {"split": split, "base": base, "lora": lora, "aux": aux},
+                 synthesis.seed, f"synthesis {name}")

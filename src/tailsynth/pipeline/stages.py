@@ -99,6 +99,10 @@ def run_train(cfg: TrainStageConfig, inputs: dict[str, Artifact], workdir: Path)
         return {"best_epoch": summary["best_epoch"], "best_score": summary["best_score"]}
     split = read_split(inputs["split"])
     train, val = split_data(split, cfg.data, "train"), split_data(split, cfg.data, "val")
+    if "synthetic" in inputs:  # synthetic tail images join the training split only
+        from .diffusion_stages import read_synthetic
+        syn_images, syn_labels = read_synthetic(inputs["synthetic"].path, split.class_names, cfg.data)
+        train = ArrayData(np.concatenate([train.images, syn_images]), np.concatenate([train.labels, syn_labels]))
     counts = np.bincount(train.labels, minlength=len(split.class_names))
     missing = [split.class_names[c] for c in range(len(counts)) if counts[c] == 0]
     if missing:

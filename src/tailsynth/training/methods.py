@@ -13,13 +13,15 @@ from ..registry import Registry
 @dataclass(frozen=True)
 class MethodSpec:
     """``criterion`` names a loss in ``tailsynth.losses``; ``crt_from`` makes the method a second stage
-    that re-initialises the classifier layer of that method's model and retrains it alone."""
+    that re-initialises the classifier layer of that method's model and retrains it alone; ``synthesis``
+    names the synthesis method whose images are added to the training split (never to val or test)."""
 
     name: str
     criterion: str
     criterion_params: dict[str, Any] = field(default_factory=dict)
     sampler: str = "instance"
     crt_from: str | None = None
+    synthesis: str | None = None  # a synthesis method: real + its synthetic tail images train the classifier
     reference: str = ""
 
 
@@ -40,5 +42,8 @@ _add(MethodSpec("focal-rw", "focal-rw", reference="focal loss with class-balance
 _add(MethodSpec("ldam", "ldam", reference="Cao et al. 2019, max margin 0.5, s 30"))
 _add(MethodSpec("ldam-rw", "ldam-rw", reference="LDAM with class-balanced weights"))
 _add(MethodSpec("ldam-rw-drw", "ldam-rw-drw", reference="LDAM + deferred re-weighting (lr x0.1 at the DRW epoch)"))
+
+_add(MethodSpec("logex-lora", "ce", synthesis="lora",
+                reference="LoGex 'only LoRA': CE on real + LoRA-adapted diffusion samples (no guidance)"))
 
 TABLE2_METHODS = ["ce", "ce-rw", "hod", "crt", "focal", "focal-rw", "ldam", "ldam-rw", "ldam-rw-drw"]
