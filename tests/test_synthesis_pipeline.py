@@ -21,7 +21,7 @@ TINY = [
     "cross_attention_dim: 16, attention_head_dim: 8, tokens_per_class: 2}",
     "diffusion.base={steps: 6, batch_size: 16, checkpoint_every: 3, progress: false}",
     "diffusion.lora={train: {steps: 4, batch_size: 8, checkpoint_every: 2, progress: false}}",
-    "synthesis={n_per_class: 3, shard_size: 2, num_steps: 3, aux_method: ce}",
+    "synthesis={n_per_class: 3, shard_size: 2, num_steps: 3, aux_method: ce}", "oracle={epochs: 1}",
 ]
 
 
@@ -71,3 +71,12 @@ def test_logex_lora_pipeline_and_resumed_synthesis(tmp_path, monkeypatch):
         marker.unlink()
     run_experiment(cfg, tmp_path / "runs", log=quiet)
     assert digest(synth_dir) == reference
+
+    # the oracle's verdict and the sample grid reach the report
+    quality = json.loads(next((tmp_path / "runs" / "synthetic_quality").glob("*/quality.json")).read_text())
+    assert set(quality) == {"real_tail_test", "lora"}
+    assert quality["lora"]["n"] == len(rows)
+    assert 0.0 <= quality["lora"]["overall"] <= 1.0
+    report_md = (result.report_dir / "report.md").read_text()
+    assert "oracle acc." in report_md and "synthetic: lora" in report_md
+    assert (result.report_dir / "report.html").read_text().count("data:image/png;base64,") >= 4

@@ -73,6 +73,7 @@ def run_experiment(cfg: ExperimentConfig, runs_dir: str | Path, *, force: set[st
             classifier = _train(chain, cfg, method, seed, split, synth_cache)
             result.evaluations.append(chain(EVALUATE, eval_cfg, {"split": split, "classifier": classifier},
                                             seed, f"{method} seed {seed}"))
+    quality = _quality(chain, cfg, split, synth_cache) if synth_cache and cfg.oracle is not None else None
     result.plan = chain.plan
     result.wall_time_s = time.time() - started
     if not plan_only:
@@ -83,7 +84,12 @@ def run_experiment(cfg: ExperimentConfig, runs_dir: str | Path, *, force: set[st
                 "package_version": __version__, "seeds": list(cfg.seeds), "methods": list(cfg.methods),
                 "report_method": cfg.report_method, "config": to_dict(cfg),
                 "timings": runner.timings, "wall_time_s": round(result.wall_time_s, 1)}
-        write_report([a.path for a in result.evaluations], report_dir, command=command, meta=meta)
+        sections = _quality_sections(quality) if quality is not None else []
+        md_path, _, _ = write_report([a.path for a in result.evaluations], report_dir, command=command, meta=meta,
+                                     extra_sections=sections)
+        if quality is not None:
+            with open(md_path, "a") as fh:
+                fh.write("\n" + _quality_markdown(quality))
         result.report_dir = report_dir
     return result
 
@@ -130,3 +136,47 @@ def _synthesize(chain: _Chain, cfg: ExperimentConfig, name: str, split: Artifact
         diffusion=stage_cfg.diffusion, data=cfg.data, device=cfg.device)
     return chain(SYNTHESIZE, synth_cfg, {"split": split, "base": base, "lora": lora, "aux": aux},
                  synthesis.seed, f"synthesis {name}")
+
+
+def _quality(chain: _Chain, cfg: ExperimentConfig, split: Artifact, synth_cache: dict[str, Artifact]) -> Artifact:
+    """Oracle on the full pool (report only) and its verdict on every synthetic set (LoGex §4.4)."""
+    from ..config import build_config
+    from ..training import TrainConfig
+    from .quality_stages import QUALITY, TRAIN_ORACLE, OracleStageConfig, QualityStageConfig
+    train = build_config(TrainConfig, {**cfg.classifier.model_dump(), **(cfg.oracle or {})}, "experiment key 'oracle'")
+    oracle = chain(TRAIN_ORACLE, OracleStageConfig(data=cfg.data, train=train, device=cfg.device),
+                   {"split": split}, 0, "oracle")
+    inputs = {"split": split, "oracle": oracle, **{f"synthetic:{k}": v for k, v in synth_cache.items()}}
+    return chain(QUALITY, QualityStageConfig(data=cfg.data, device=cfg.device), inputs, None, "synthetic quality")
+
+
+def _quality_rows(quality: Artifact) -> tuple[list[str], list[list[str]]]:
+    from ..utils import read_json
+    data = read_json(quality.file("quality.json"))
+    classes = list(data["real_tail_test"]["per_class"])
+    header = ["images", "oracle acc."] + classes
+    rows = []
+    for name, entry in data.items():
+        label = "real tail (test)" if name == "real_tail_test" else f"synthetic: {name}"
+        cells = [f"{100 * entry['per_class'][c]:.1f}" if c in entry["per_class"] else "-" for c in classes]
+        rows.append([label, f"{100 * entry['overall']:.1f}" if entry["overall"] is not None else "-"] + cells)
+    return header, rows
+
+
+def _quality_markdown(quality: Artifact) -> str:
+    header, rows = _quality_rows(quality)
+    lines = ["## Synthetic image quality (oracle accuracy, %, LoGex §4.4)", "",
+             "The oracle is trained on every non-test image of every class; it is used for this table only.", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _quality_sections(quality: Artifact) -> list[tuple[str, Any]]:
+    import html
+    header, rows = _quality_rows(quality)
+    table = "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>" + "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows) + "</table>"
+    return [("Synthetic image quality: oracle accuracy (%)", table),
+            ("Samples: train images | synthetic images (oracle prediction below each)",
+             quality.file("samples.png").read_bytes())]

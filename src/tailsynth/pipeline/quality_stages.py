@@ -1,0 +1,149 @@
+"""Quality of synthetic images (LoGex §4.4): an oracle classifier trained on the full pool.
+
+The oracle sees every class with all its images outside the test split (before long-tail subsampling);
+it is reported only and never used in any training or model selection. It reports its accuracy on each
+method's synthetic images per tail class and on the real tail test images, and draws the sample grid
+of LoGex Fig. 2/5 (train images | synthetic images of each method, titled with the oracle's prediction).
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import StrictConfig
+from ..data import load_images
+from ..errors import TailsynthError
+from ..training import ArrayData, TrainConfig, fit, predict
+from ..utils import atomic_write_bytes, atomic_write_json, resolve_device
+from .diffusion_stages import read_synthetic
+from .experiment import DataConfig
+from .runner import Stage
+from .stages import build_model, load_classifier, read_split, split_data
+from .store import Artifact
+
+
+class OracleStageConfig(StrictConfig):
+    data: DataConfig
+    train: TrainConfig
+    seed: int = 0
+    device: str = "auto"
+
+
+class QualityStageConfig(StrictConfig):
+    data: DataConfig
+    grid_per_class: int = 4
+    device: str = "auto"
+
+
+def oracle_pool(split, data: DataConfig) -> ArrayData:
+    """Every source image of the benchmark's classes that is not in the test split."""
+    arrays = load_images(split.source, data.image_size, data.channels, skip_corrupt=data.skip_corrupt)
+    test_ids = set(split.ids("test"))
+    index = {name: i for i, name in enumerate(split.class_names)}
+    keep, labels = [], []
+    for row, (sid, y) in enumerate(zip(arrays.ids, arrays.labels.tolist())):
+        name = arrays.class_names[y]
+        if name in index and sid not in test_ids:
+            keep.append(row)
+            labels.append(index[name])
+    return ArrayData(arrays.images[keep], np.array(labels, dtype=np.int64))
+
+
+def run_train_oracle(cfg: OracleStageConfig, inputs: dict[str, Artifact], workdir: Path) -> dict[str, Any]:
+    from ..losses import build_criterion
+    from ..training.checkpoint import save_weights
+    split = read_split(inputs["split"])
+    pool, val = oracle_pool(split, cfg.data), split_data(split, cfg.data, "val")
+    torch.manual_seed(cfg.seed)
+    card = {"model": cfg.train.model, "width": cfg.train.width,
+            "small_input": cfg.train.small_input if cfg.train.small_input is not None else cfg.data.image_size <= 64,
+            "num_classes": len(split.class_names), "in_channels": cfg.data.channels,
+            "image_size": cfg.data.image_size, "class_names": list(split.class_names),
+            "head_classes": list(split.head_classes), "tail_classes": list(split.tail_classes),
+            "preprocessing": "uint8 -> [-1, 1]", "method": "oracle", "seed": cfg.seed}
+    model = build_model(card)
+    counts = np.bincount(pool.labels, minlength=len(split.class_names)).tolist()
+    train_cfg = cfg.train.model_copy(update={"selection": "last"})  # the oracle makes no choice on val
+    summary = fit(model, build_criterion("ce", counts), pool, val, train_cfg, workdir, seed=cfg.seed,
+                  device=resolve_device(cfg.device), select=None)
+    save_weights(model, workdir / "model.safetensors")
+    atomic_write_json(workdir / "model.json", card)
+    for name in ("train_state.json", "last.safetensors", "optimizer.pt", "best.safetensors"):
+        (workdir / name).unlink(missing_ok=True)
+    return {"n_train": int(len(pool.labels)), "train_counts": counts, "epochs": len(summary["history"])}
+
+
+def run_quality(cfg: QualityStageConfig, inputs: dict[str, Artifact], workdir: Path) -> dict[str, Any]:
+    """``quality.json`` (oracle accuracy per method and tail class) and ``samples.png`` (the grid)."""
+    split = read_split(inputs["split"])
+    device = resolve_device(cfg.device)
+    oracle, _ = load_classifier(inputs["oracle"].path)
+    oracle.to(device)
+    names = split.class_names
+    test = split_data(split, cfg.data, "test")
+    tail_mask = np.isin(test.labels, split.tail_classes)
+    pred = predict(oracle, test.images[tail_mask], device)[0].argmax(1)
+    result: dict[str, Any] = {"real_tail_test": _accuracy(pred, test.labels[tail_mask], split)}
+    columns: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]] = []
+    train = split_data(split, cfg.data, "train")
+    for key in sorted(k for k in inputs if k.startswith("synthetic:")):
+        method = key.split(":", 1)[1]
+        images, labels = read_synthetic(inputs[key].path, names, cfg.data)
+        pred = predict(oracle, images, device)[0].argmax(1) if len(images) else np.zeros(0, int)
+        result[method] = _accuracy(pred, labels, split)
+        columns.append((method, images, labels, pred))
+    tr_mask = np.isin(train.labels, split.tail_classes)
+    tr_pred = predict(oracle, train.images[tr_mask], device)[0].argmax(1)
+    columns.insert(0, ("train", train.images[tr_mask], train.labels[tr_mask], tr_pred))
+    atomic_write_json(workdir / "quality.json", result)
+    atomic_write_bytes(workdir / "samples.png", sample_grid(columns, split, cfg.grid_per_class))
+    return {k: v["overall"] for k, v in result.items()}
+
+
+def _accuracy(pred: np.ndarray, labels: np.ndarray, split) -> dict[str, Any]:
+    per_class = {split.class_names[c]: float((pred[labels == c] == c).mean())
+                 for c in split.tail_classes if (labels == c).any()}
+    return {"overall": float((pred == labels).mean()) if len(labels) else None, "per_class": per_class,
+            "n": int(len(labels))}
+
+
+def sample_grid(columns, split, per_class: int) -> bytes:
+    """Rows: tail classes; column blocks: train images, then each method's synthetic images; each image
+    titled with the oracle's predicted class (green when right, red when wrong)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    tail = list(split.tail_classes)
+    n_cols = per_class * len(columns)
+    fig = Figure(figsize=(1.1 * n_cols + 1.5, 1.25 * len(tail) + 0.6))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(tail), n_cols, squeeze=False)
+    for r, c in enumerate(tail):
+        for b, (title, images, labels, pred) in enumerate(columns):
+            idx = np.flatnonzero(labels == c)[:per_class]
+            for j in range(per_class):
+                ax = axes[r][b * per_class + j]
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if r == 0 and j == 0:
+                    ax.set_title(title, fontsize=9, loc="left", fontweight="bold")
+                if b == 0 and j == 0:
+                    ax.set_ylabel(split.class_names[c], fontsize=8)
+                if j >= len(idx):
+                    ax.axis("off")
+                    continue
+                img = images[idx[j]]
+                ax.imshow(img[:, :, 0] if img.shape[2] == 1 else img, cmap="gray" if img.shape[2] == 1 else None)
+                ok = pred[idx[j]] == c
+                ax.set_xlabel(split.class_names[int(pred[idx[j]])][:12], fontsize=6, color="green" if ok else "red")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=80)
+    return buffer.getvalue()
+
+
+TRAIN_ORACLE = Stage("train_oracle", "1", run_train_oracle, "oracle classifier on the full pool (report only)")
+QUALITY = Stage("synthetic_quality", "1", run_quality, "oracle accuracy on synthetic images and sample grid")
