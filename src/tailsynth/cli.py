@@ -46,9 +46,10 @@ def _run(config: str, overrides: tuple[str, ...], runs: str, force: tuple[str, .
     result = run_experiment(cfg, runs, force=set(force), plan_only=plan, command=_command_line(),
                             log=click.echo)
     if plan:
-        click.echo(f"{'stage':<18} {'fingerprint':<18} {'state':<18} label")
+        click.echo(f"{'stage':<18} {'fingerprint':<18} {'state':<18} {'label':<24} work")
         for row in result.plan:
-            click.echo(f"{row['stage']:<18} {row['fingerprint']:<18} {row['state']:<18} {row['label']}")
+            click.echo(f"{row['stage']:<18} {row['fingerprint']:<18} {row['state']:<18} {row['label']:<24} "
+                       f"{row['cost']}")
         todo = sum(r["state"] != "cached" for r in result.plan)
         click.echo(f"{len(result.plan)} stages, {todo} to run")
         return

@@ -47,9 +47,25 @@ class _Chain:
         if self.plan_only:
             fp, state = self.runner.plan(stage, cfg, inputs)
             if not any(p["stage"] == stage.name and p["fingerprint"] == fp for p in self.plan):
-                self.plan.append({"stage": stage.name, "fingerprint": fp, "label": label, "state": state})
+                self.plan.append({"stage": stage.name, "fingerprint": fp, "label": label, "state": state,
+                                  "cost": describe_cost(stage.name, cfg)})
             return Artifact(stage.name, fp, self.runner.store.final_dir(stage.name, fp))
         return self.runner.run(stage, cfg, inputs, seed=seed, label=label)
+
+
+def describe_cost(stage: str, cfg: StrictConfig) -> str:
+    """A rough size of a stage's work for ``--plan`` (epochs, optimisation steps, images)."""
+    if stage in ("train_classifier", "train_oracle"):
+        return f"{cfg.train.epochs} epochs x batch {cfg.train.batch_size}"
+    if stage == "train_diffusion":
+        d = cfg.diffusion
+        return "none (pretrained SD)" if d.backend == "sd" else f"{d.base.steps} steps x batch {d.base.batch_size}"
+    if stage == "adapt_lora":
+        return f"{cfg.diffusion.lora.train.steps} steps x batch {cfg.diffusion.lora.train.batch_size}"
+    if stage == "synthesize":
+        s = cfg.synthesis
+        return f"{s.n_per_class} images/tail class x {s.num_steps} DDIM steps ({cfg.method})"
+    return "small"
 
 
 def run_experiment(cfg: ExperimentConfig, runs_dir: str | Path, *, force: set[str] | None = None,
