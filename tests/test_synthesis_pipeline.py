@@ -80,3 +80,20 @@ def test_logex_lora_pipeline_and_resumed_synthesis(tmp_path, monkeypatch):
     report_md = (result.report_dir / "report.md").read_text()
     assert "oracle acc." in report_md and "synthetic: lora" in report_md
     assert (result.report_dir / "report.html").read_text().count("data:image/png;base64,") >= 4
+
+
+def test_stable_diffusion_backend_through_the_pipeline(tmp_path):
+    """`--sd-path` with a tiny SD pipeline saved from configs: LoRA on the tail prompts, synthesis, classifier."""
+    from tailsynth.diffusion import build_tiny_sd_pipeline
+    sd = build_tiny_sd_pipeline(tmp_path / "tiny-sd")
+    overrides = [o for o in TINY if not o.startswith(("diffusion.pixel", "diffusion.base", "oracle"))] + [
+        "diffusion.backend=sd", f"diffusion.sd_path={sd}", "diffusion.sd_resolution=16", "data.channels=3"]
+    result = run_experiment(load_experiment("demo", overrides), tmp_path / "runs", log=quiet)
+    synth_dir = next(p for p in (tmp_path / "runs" / "synthesize").iterdir() if not p.name.startswith("."))
+    rows = list(csv.DictReader(open(synth_dir / "synthetic.csv")))
+    assert len(rows) == 3 * 5
+    from PIL import Image
+    assert Image.open(synth_dir / rows[0]["file"]).size == (16, 16)
+    base = json.loads(next((tmp_path / "runs" / "train_diffusion").glob("*/base.json")).read_text())
+    assert base["backend"] == "sd"
+    assert len(result.evaluations) == 1

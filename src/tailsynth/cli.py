@@ -37,8 +37,10 @@ def _print_summary(report_dir: Path) -> None:
 
 
 def _run(config: str, overrides: tuple[str, ...], runs: str, force: tuple[str, ...], plan: bool,
-         results_dir: str | None) -> None:
+         results_dir: str | None, sd_path: str | None = None) -> None:
     from .pipeline.experiment import load_experiment
+    if sd_path:
+        overrides = tuple(overrides) + ("diffusion.backend=sd", f"diffusion.sd_path={sd_path}")
     from .pipeline.experiment_run import run_experiment
 
     cfg = load_experiment(config, list(overrides))
@@ -71,9 +73,10 @@ def _run(config: str, overrides: tuple[str, ...], runs: str, force: tuple[str, .
 @click.option("--force", multiple=True, help="recompute this stage (repeatable)")
 @click.option("--plan", is_flag=True, help="print the stages and which are cached; run nothing")
 @click.option("--results-dir", default=None, help="also copy report.md/results.json/report.html here")
-def run(config, overrides, runs, force, plan, results_dir) -> None:
+@click.option("--sd-path", default=None, help="a local Stable Diffusion 1.x folder: generate with it")
+def run(config, overrides, runs, force, plan, results_dir, sd_path) -> None:
     """Run an experiment: CONFIG is a YAML file or a shipped name; OVERRIDES are key.sub=value."""
-    _run(config, overrides, runs, force, plan, results_dir)
+    _run(config, overrides, runs, force, plan, results_dir, sd_path)
 
 
 @cli.command()

@@ -37,6 +37,7 @@ class DiffusionConfig(StrictConfig):
     backend: Literal["pixel", "sd"] = "pixel"
     pixel: dict[str, Any] = {}  # PixelBackendConfig fields (size/channels/classes come from the data)
     sd_path: str | None = None
+    sd_resolution: int = 512  # SD generates (and LoRA trains) at this size; images are resized to the classifier's
     prompt_template: str = "A histopathological slide from a patient with {class_name}"
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     base: DenoiserTrainConfig = DenoiserTrainConfig()
@@ -107,19 +108,13 @@ def run_adapt_lora(cfg: DiffusionStageConfig, inputs: dict[str, Artifact], workd
         raise TailsynthError("LoRA adaptation needs tail classes; the benchmark has none")
     images, labels = _images_of(split, cfg.data, tail)
     if cfg.diffusion.backend == "sd":
-        images = _resize_for(backend, images, cfg.data)
+        from ..data import convert_array
+        images = convert_array(images, cfg.diffusion.sd_resolution, 3)
     result = adapt_lora(backend, images, labels, [split.class_names[c] for c in tail], cfg.diffusion.lora,
                         workdir / "train", device, cfg.diffusion.seed)
     losses = result.train.losses[-100:]
     return {"steps": result.train.step, "final_loss": float(np.mean(losses)) if losses else None,
             "n_images": int(len(images)), "lora_dir": "train/lora"}
-
-
-def _resize_for(backend, images: np.ndarray, data: DataConfig) -> np.ndarray:
-    """SD works at its own resolution (512 px for SD-1.x): resize the decoded images to it."""
-    from ..data import convert_array
-    size = getattr(backend, "native_size", None) or data.image_size
-    return convert_array(images, size, 3)
 
 
 def load_adapted(base_dir: Path, lora_dir: Path, d: DiffusionConfig, split, device: torch.device):
@@ -147,7 +142,7 @@ def run_synthesize(cfg: SynthStageConfig, inputs: dict[str, Artifact], workdir: 
     aux, card = load_classifier(inputs["aux"].path)
     guide = ConfidenceGuide(aux.to(device), card["image_size"], card["in_channels"])
     method = SYNTHESIS.get(cfg.method)
-    size = getattr(backend, "native_size", None) or cfg.data.image_size
+    size = cfg.diffusion.sd_resolution if cfg.diffusion.backend == "sd" else cfg.data.image_size
     latent = backend.latent_shape(size)
     shard_dir = workdir / "shards"
     shard_dir.mkdir(exist_ok=True)

@@ -1,0 +1,68 @@
+"""A tailsynth classifier as a differentiable guidance function images [0, 1] -> logits.
+
+Guidance methods (DiG-IN, LoGex §2.1 / §3 step 3; FG-Entropy, Hemmat et al. 2023) feed decoded diffusion
+samples to the auxiliary classifier and backpropagate its output. The classifier was trained on uint8 images
+mapped to [-1, 1] (x01 * 2 - 1) at its own resolution and channel count, so the guide
+
+1. resizes (B, C, H, W) to ``image_size`` with bilinear interpolation, antialias off (differentiable;
+   LoGex's copy of DiG-IN resizes bicubically to 256 px),
+2. converts channels: RGB -> gray by ITU-R BT.601 luma weights (0.299, 0.587, 0.114), gray -> RGB by repeat,
+3. maps [0, 1] -> [-1, 1].
+
+The model is put in eval mode and its parameters are frozen (``requires_grad=False``): gradients flow to the
+images only.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...errors import TailsynthError
+
+LUMA = (0.299, 0.587, 0.114)
+
+
+class ClassifierGuide(nn.Module):
+    """``guide(images)`` -> logits (B, K) for images (B, C, H, W) in [0, 1]; differentiable w.r.t. images."""
+
+    def __init__(self, model: nn.Module, image_size: int, channels: int, mode: str = "bilinear"):
+        super().__init__()
+        if channels not in (1, 3):
+            raise TailsynthError(f"ClassifierGuide: channels must be 1 or 3, got {channels}")
+        if image_size < 1:
+            raise TailsynthError(f"ClassifierGuide: image_size must be >= 1, got {image_size}")
+        if mode not in ("bilinear", "bicubic"):
+            raise TailsynthError(f"ClassifierGuide: mode must be 'bilinear' or 'bicubic', got {mode!r}")
+        self.model = model.eval()
+        self.model.requires_grad_(False)
+        self.image_size, self.channels, self.mode = int(image_size), int(channels), mode
+        self.register_buffer("luma", torch.tensor(LUMA).view(1, 3, 1, 1), persistent=False)
+
+    def train(self, mode: bool = True) -> "ClassifierGuide":
+        """The wrapped classifier always stays in eval mode (BatchNorm running statistics)."""
+        super().train(mode)
+        self.model.eval()
+        return self
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) in [0, 1] -> (B, channels, image_size, image_size) in [-1, 1]."""
+        if images.dim() != 4 or images.shape[1] not in (1, 3):
+            raise TailsynthError(f"ClassifierGuide expects images (B, 1|3, H, W), got {tuple(images.shape)}")
+        x = images
+        if x.shape[-2:] != (self.image_size, self.image_size):
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode=self.mode, align_corners=False,
+                              antialias=False)
+        if x.shape[1] == 3 and self.channels == 1:
+            x = (x * self.luma.to(x.dtype)).sum(dim=1, keepdim=True)
+        elif x.shape[1] == 1 and self.channels == 3:
+            x = x.expand(-1, 3, -1, -1)
+        return x * 2.0 - 1.0
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.preprocess(images)
+        return self.model.forward_head(self.model.forward_features(x)).float()
+
+    def target_prob(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """softmax(logits)[b, targets[b]], shape (B,)."""
+        return self(images).softmax(dim=1).gather(1, targets.view(-1, 1)).squeeze(1)

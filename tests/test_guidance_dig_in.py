@@ -1,0 +1,194 @@
+"""DiG-IN guidance (LoGex §3 step 3) and the classifier guide on a tiny pixel backend at 16 px."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tailsynth.diffusion import LoraAdaptConfig, PixelBackend, attach_lora, initial_noise
+from tailsynth.diffusion.guidance import (ClassifierGuide, DigInConfig, PerSampleAdam, dig_in, dig_in_reference,
+                                          last_k_weights)
+from tailsynth.diffusion.guidance.dig_in import _reproject, evaluate
+from tailsynth.config import build_config
+from tailsynth.errors import TailsynthError
+from tailsynth.models import FeatureClassifier
+
+TINY = dict(num_classes=3, image_size=16, block_out_channels=(8, 16), attention_levels=(False, True),
+            norm_num_groups=8, cross_attention_dim=16, attention_head_dim=8, tokens_per_class=2)
+
+
+class TinyClassifier(FeatureClassifier):
+    """conv 3x3 -> tanh -> 2x2 average pool -> linear: moderate logits at random init."""
+
+    def __init__(self, num_classes=4, in_channels=3, seed=0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.conv = nn.Conv2d(in_channels, 6, 3, padding=1)
+        self.head = nn.Linear(24, num_classes)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+        self.num_features = 24
+
+    def forward_features(self, x):
+        return F.adaptive_avg_pool2d(torch.tanh(self.conv(x)), 2).flatten(1)
+
+
+def _setup(n=3, seed=0):
+    backend = PixelBackend(TINY, seed=0).eval()
+    guide = ClassifierGuide(TinyClassifier(), 16, 3)
+    x_T = initial_noise((n, 3, 16, 16), torch.Generator().manual_seed(seed))
+    ids = torch.arange(n) % 3
+    return backend, guide, ids, backend.encode_condition(ids), backend.null_condition(n), x_T
+
+
+CFG = dict(num_steps=4, max_opt_steps=3, lr_latent=0.05, lr_embed=0.05, checkpoint=False)
+
+
+def test_classifier_guide_preprocessing_frozen_and_differentiable():
+    model = TinyClassifier(in_channels=1).train()
+    guide = ClassifierGuide(model, 8, 1)
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
+    guide.train()
+    assert not model.training  # stays in eval mode
+    img = torch.rand(2, 3, 16, 16, requires_grad=True)
+    gray = (img * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    ref = F.interpolate(gray, size=(8, 8), mode="bilinear", align_corners=False) * 2 - 1
+    assert torch.allclose(guide.preprocess(img), ref, atol=1e-6)
+    guide(img).sum().backward()
+    assert img.grad is not None and img.grad.abs().sum() > 0 and model.conv.weight.grad is None
+    rgb = ClassifierGuide(TinyClassifier(), 16, 3).preprocess(torch.full((1, 1, 16, 16), 0.25))
+    assert rgb.shape == (1, 3, 16, 16) and torch.allclose(rgb, torch.full_like(rgb, -0.5))
+    with pytest.raises(TailsynthError, match="channels"):
+        ClassifierGuide(model, 8, 2)
+
+
+def test_last_k_weights_are_linear():
+    assert last_k_weights(3) == pytest.approx([1 / 6, 2 / 6, 3 / 6])
+    assert sum(last_k_weights(5)) == pytest.approx(1.0)
+
+
+def test_per_sample_adam_matches_torch_adam_and_slices_exactly():
+    g = torch.Generator().manual_seed(0)
+    p0 = torch.randn(3, 5, generator=g)
+    grads = [torch.randn(3, 5, generator=g) for _ in range(4)]
+    ref = p0.clone().requires_grad_(True)
+    opt = torch.optim.Adam([ref], lr=0.1)
+    ours, adam = p0.clone(), PerSampleAdam(p0, 0.1, batch_dim=0)
+    for k, gr in enumerate(grads):
+        ref.grad = gr.clone()
+        opt.step()
+        adam.step(ours, gr, torch.full((3,), k + 1.0))
+    assert torch.allclose(ours, ref.detach(), atol=1e-6)
+    # drop sample 1 and add a fresh one: rows 0 and 2 continue as before, the new row starts at step 1
+    adam.select(torch.tensor([0, 2]))
+    adam.append(1)
+    ours = torch.cat([ours[[0, 2]], torch.zeros(1, 5)])
+    gr = torch.randn(3, 5, generator=g)
+    ref.grad = torch.cat([gr[:1], torch.zeros(1, 5), gr[1:2]])
+    opt.step()
+    adam.step(ours, gr, torch.tensor([5.0, 5.0, 1.0]))
+    assert torch.allclose(ours[:2], ref.detach()[[0, 2]], atol=1e-6)
+    assert torch.allclose(ours[2], -0.1 * torch.sign(gr[2]), atol=1e-5)  # first Adam step = -lr * sign(g)
+
+
+def test_reprojection_keeps_initial_norm():
+    x = torch.randn(4, 3, 2, 2)
+    norm0 = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    _reproject(x, norm0)
+    assert torch.allclose(x.flatten(1).norm(dim=1), norm0, atol=1e-5)
+
+
+def test_loss_decreases_confidence_rises_and_x_T_stays_on_its_shell():
+    backend, guide, ids, cond, uncond, x_T = _setup()
+    targets = torch.tensor([0, 1, 2])
+    res = dig_in(backend, guide, targets, cond, uncond, x_T, DigInConfig(**CFG, threshold=1.1))
+    start = dig_in(backend, guide, targets, cond, uncond, x_T, DigInConfig(**{**CFG, "max_opt_steps": 0}))
+    assert torch.all(res.trace[-1] > res.trace[0] + 0.02), res.trace  # weighted confidence up = loss down
+    assert torch.all(res.confidence > start.confidence + 0.02)
+    assert res.opt_steps.tolist() == [3, 3, 3] and start.opt_steps.tolist() == [0, 0, 0]
+    assert torch.allclose(start.images, res.images * 0 + start.images) and start.images.shape == (3, 3, 16, 16)
+    assert torch.allclose(res.x_T.flatten(1).norm(dim=1), x_T.flatten(1).norm(dim=1), rtol=1e-5)
+    assert (res.x_T - x_T).abs().max() > 1e-3
+    again = dig_in(backend, guide, targets, cond, uncond, x_T, DigInConfig(**CFG, threshold=1.1))
+    assert torch.equal(again.images, res.images) and torch.equal(again.confidence, res.confidence)
+
+
+def test_gradients_reach_only_x_T_and_deltas_with_lora():
+    backend, guide, ids, cond, uncond, x_T = _setup(n=2)
+    lora = attach_lora(backend, LoraAdaptConfig(rank=2))
+    for p in lora.values():
+        torch.nn.init.normal_(p, std=0.1)  # non-zero B so the adapters act
+    before = {k: v.clone() for k, v in backend.state_dict().items()}
+    clf_before = {k: v.clone() for k, v in guide.state_dict().items()}
+    cfg = DigInConfig(**CFG, threshold=1.1)
+    x = x_T.clone().requires_grad_(True)
+    d_c = torch.zeros(4, 2, *cond.shape[1:], requires_grad=True)
+    d_u = torch.zeros(4, 2, *uncond.shape[1:], requires_grad=True)
+    from tailsynth.diffusion.guidance.common import frozen
+    with frozen(backend, guide):
+        conf, _, _ = evaluate(backend, guide, x, [cond.detach() + d_c[s] for s in range(4)],
+                              [uncond.detach() + d_u[s] for s in range(4)], torch.tensor([0, 1]), cfg, False, False)
+        (-conf.sum()).backward()
+    assert all(t.grad is not None and t.grad.abs().sum() > 0 for t in (x, d_c, d_u))
+    assert all(p.grad is None for p in list(backend.parameters()) + list(guide.parameters()))
+    assert all(p.requires_grad for p in lora.values())  # flags restored after guidance
+    dig_in(backend, guide, torch.tensor([0, 1]), cond, uncond, x_T, cfg)
+    dig_in_reference(backend, guide, torch.tensor([0, 1]), cond, uncond, x_T, cfg)
+    assert all(p.grad is None for p in list(backend.parameters()) + list(guide.parameters()))
+    assert all(torch.equal(v, backend.state_dict()[k]) for k, v in before.items())
+    assert all(torch.equal(v, guide.state_dict()[k]) for k, v in clf_before.items())
+
+
+def test_checkpointing_gives_the_same_gradients():
+    backend, guide, ids, cond, uncond, x_T = _setup(n=2)
+    cfg = DigInConfig(**CFG)
+    grads = []
+    for ckpt in (False, True):
+        x = x_T.clone().requires_grad_(True)
+        d_c = torch.zeros(4, 2, *cond.shape[1:], requires_grad=True)
+        d_u = torch.zeros(4, 2, *uncond.shape[1:], requires_grad=True)
+        conf, _, _ = evaluate(backend, guide, x, [cond.detach() + d_c[s] for s in range(4)],
+                              [uncond.detach() + d_u[s] for s in range(4)], torch.tensor([1, 2]), cfg, ckpt, False)
+        grads.append(torch.autograd.grad(conf.sum(), [x, d_c, d_u]))
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_batched_equals_reference_without_early_exit():
+    backend, guide, ids, cond, uncond, x_T = _setup()
+    targets = torch.tensor([2, 0, 1])
+    cfg = DigInConfig(**CFG, threshold=1.1, batch_size=3)
+    ours = dig_in(backend, guide, targets, cond, uncond, x_T, cfg)
+    ref = dig_in_reference(backend, guide, targets, cond, uncond, x_T, cfg)
+    assert torch.allclose(ours.images, ref.images, atol=1e-4)
+    assert torch.allclose(ours.confidence, ref.confidence, atol=1e-5)
+    assert torch.allclose(ours.trace, ref.trace, atol=1e-5) and torch.equal(ours.opt_steps, ref.opt_steps)
+
+
+def test_per_sample_results_do_not_depend_on_batch_composition():
+    backend, guide, ids, cond, uncond, x_T = _setup(n=5, seed=3)
+    targets = torch.tensor([0, 1, 2, 3, 0])
+    probe = dig_in(backend, guide, targets, cond, uncond, x_T, DigInConfig(**CFG, threshold=1.1, batch_size=5))
+    thr = float(probe.trace[1:].max(dim=0).values.median())  # some samples stop early, others run to the end
+    cfg = DigInConfig(**CFG, threshold=thr, batch_size=2)
+    ours = dig_in(backend, guide, targets, cond, uncond, x_T, cfg)
+    assert len(set(ours.opt_steps.tolist())) > 1  # samples left at different steps; the batch was refilled
+    perm = torch.tensor([4, 2, 0, 3, 1])
+    shuffled = dig_in(backend, guide, targets[perm], cond[perm], uncond[perm], x_T[perm],
+                      DigInConfig(**CFG, threshold=thr, batch_size=3))
+    ref = dig_in_reference(backend, guide, targets, cond, uncond, x_T, cfg)
+    for other, order in ((ref, torch.arange(5)), (shuffled, perm)):
+        assert torch.equal(other.opt_steps, ours.opt_steps[order])
+        assert torch.allclose(other.images, ours.images[order], atol=1e-4)
+        assert torch.allclose(other.confidence, ours.confidence[order], atol=1e-5)
+    assert torch.equal(ours.accepted, ours.confidence >= thr)
+
+
+def test_bad_inputs_raise():
+    backend, guide, ids, cond, uncond, x_T = _setup(n=2)
+    with pytest.raises(TailsynthError, match="target class out of range"):
+        dig_in(backend, guide, torch.tensor([0, 9]), cond, uncond, x_T, DigInConfig(**CFG))
+    with pytest.raises(TailsynthError, match="3 rows for 2 samples"):
+        dig_in(backend, guide, torch.tensor([0, 1]), torch.cat([cond, cond[:1]]), uncond, x_T, DigInConfig(**CFG))
+    with pytest.raises(TailsynthError, match="last_k"):
+        build_config(DigInConfig, {"num_steps": 2, "last_k": 3}, "dig_in")
