@@ -97,3 +97,23 @@ def test_stable_diffusion_backend_through_the_pipeline(tmp_path):
     base = json.loads(next((tmp_path / "runs" / "train_diffusion").glob("*/base.json")).read_text())
     assert base["backend"] == "sd"
     assert len(result.evaluations) == 1
+
+
+def test_guided_methods_through_the_pipeline(tmp_path):
+    """logex (DiG-IN) and fg-entropy share the base and LoRA; their sets differ from the unguided one."""
+    overrides = [o for o in TINY if not o.startswith(("methods", "synthesis"))] + [
+        "methods=[logex-lora,logex,fg-entropy]",
+        "synthesis={n_per_class: 2, shard_size: 2, num_steps: 3, aux_method: ce, "
+        "params: {logex: {max_opt_steps: 2, threshold: 0.99, batch_size: 2}, fg-entropy: {every: 1}}}"]
+    result = run_experiment(load_experiment("demo", overrides), tmp_path / "runs", log=quiet)
+    assert len(list((tmp_path / "runs" / "train_diffusion").glob("*/manifest.json"))) == 1
+    assert len(list((tmp_path / "runs" / "adapt_lora").glob("*/manifest.json"))) == 1
+    sets = {}
+    for manifest in (tmp_path / "runs" / "synthesize").glob("*/manifest.json"):
+        rows = list(csv.DictReader(open(manifest.parent / "synthetic.csv")))
+        sets[rows[0]["method"]] = {r["file"]: float(r["aux_confidence"]) for r in rows}
+    assert set(sets) == {"lora", "logex", "fg-entropy"}
+    # DiG-IN raises the auxiliary classifier's confidence over plain sampling from the same seeds
+    assert np.mean(list(sets["logex"].values())) > np.mean(list(sets["lora"].values()))
+    results = json.loads((result.report_dir / "results.json").read_text())
+    assert set(results["methods"]) == {"logex-lora", "logex", "fg-entropy"}

@@ -28,7 +28,8 @@ from .experiment import DataConfig
 from .runner import Stage
 from .stages import load_classifier, read_split, split_data
 from .store import Artifact
-from .synthesis_methods import SYNTHESIS, ConfidenceGuide, SynthesisConfig
+from ..diffusion.guidance import ClassifierGuide
+from .synthesis_methods import SYNTHESIS, SynthesisConfig
 
 
 class DiffusionConfig(StrictConfig):
@@ -140,7 +141,7 @@ def run_synthesize(cfg: SynthStageConfig, inputs: dict[str, Artifact], workdir: 
     s = cfg.synthesis
     backend, cond_of = load_adapted(inputs["base"].path, inputs["lora"].path, cfg.diffusion, split, device)
     aux, card = load_classifier(inputs["aux"].path)
-    guide = ConfidenceGuide(aux.to(device), card["image_size"], card["in_channels"])
+    guide = ClassifierGuide(aux.to(device), card["image_size"], card["in_channels"]).to(device)
     method = SYNTHESIS.get(cfg.method)
     size = cfg.diffusion.sd_resolution if cfg.diffusion.backend == "sd" else cfg.data.image_size
     latent = backend.latent_shape(size)

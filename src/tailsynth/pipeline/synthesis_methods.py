@@ -8,10 +8,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from ..config import StrictConfig
+from ..config import StrictConfig, build_config
 from ..diffusion import ddim_sample
+from ..diffusion.guidance import DigInConfig, FgEntropyConfig, dig_in, fg_entropy_sample
 from ..registry import Registry
 
 SYNTHESIS: Registry = Registry("synthesis method")
@@ -30,30 +30,10 @@ class SynthesisConfig(StrictConfig):
     params: dict[str, dict[str, Any]] = {}  # per synthesis method, e.g. {"logex": {"threshold": 0.4}}
 
 
-class ConfidenceGuide(torch.nn.Module):
-    """A classifier as a differentiable function of images in [0, 1]: the classifier's own preprocessing
-    (resize to its input size, channel conversion, [0,1] -> [-1,1]) then logits. Parameters frozen."""
-
-    def __init__(self, model: torch.nn.Module, image_size: int, channels: int):
-        super().__init__()
-        self.model, self.image_size, self.channels = model.eval(), image_size, channels
-        self.model.requires_grad_(False)
-
-    def forward(self, images01: torch.Tensor) -> torch.Tensor:
-        x = images01
-        if x.shape[1] != self.channels:
-            if self.channels == 1:
-                weights = torch.tensor([0.299, 0.587, 0.114], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-                x = (x * weights).sum(1, keepdim=True)
-            else:
-                x = x.repeat(1, self.channels, 1, 1)
-        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
-        return self.model(x * 2 - 1)
-
-    @torch.no_grad()
-    def confidence(self, images01: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return self(images01).float().softmax(1).gather(1, targets[:, None])[:, 0]
+@torch.no_grad()
+def target_confidence(guide, images01: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The auxiliary classifier's softmax of the target class on final images."""
+    return guide(images01).float().softmax(1).gather(1, targets[:, None])[:, 0]
 
 
 @SYNTHESIS.register("lora")
@@ -63,4 +43,24 @@ def sample_lora(backend, guide, targets, cond, uncond, x_T, cfg: SynthesisConfig
         out = ddim_sample(backend.eps, x_T, cond, uncond, backend.alphas_cumprod, num_steps=cfg.num_steps,
                           guidance_scale=cfg.guidance_scale)
         images = backend.decode(out.sample).clamp(0, 1)
-        return images, guide.confidence(images, targets)
+        return images, target_confidence(guide, images, targets)
+
+
+@SYNTHESIS.register("logex")
+def sample_logex(backend, guide, targets, cond, uncond, x_T, cfg: SynthesisConfig, params, generator):
+    """Full LoGex: DiG-IN guidance (optimise x_T and per-step embedding deltas through the DDIM chain until
+    the auxiliary classifier is confident); keeps the most confident iterate (no rejection)."""
+    dig_cfg = build_config(DigInConfig, {"num_steps": cfg.num_steps, "guidance_scale": cfg.guidance_scale,
+                                         **params}, "synthesis.params.logex")
+    result = dig_in(backend, guide, targets, cond, uncond, x_T, dig_cfg)
+    return result.images.clamp(0, 1), result.confidence
+
+
+@SYNTHESIS.register("fg-entropy")
+def sample_fg_entropy(backend, guide, targets, cond, uncond, x_T, cfg: SynthesisConfig, params, generator):
+    """FG-Entropy (Hemmat et al. 2023): every 5th DDIM step, a step on x_t along the classifier-entropy
+    gradient of the blended x0-hat, rescaled to 0.03 ||x_t|| (entropy ascent, as the official code)."""
+    fg_cfg = build_config(FgEntropyConfig, {"num_steps": cfg.num_steps, "guidance_scale": cfg.guidance_scale,
+                                            **params}, "synthesis.params.fg-entropy")
+    result = fg_entropy_sample(backend, guide, cond, uncond, x_T, fg_cfg, generator, target_classes=targets)
+    return result.images.clamp(0, 1), target_confidence(guide, result.images.clamp(0, 1), targets)

@@ -46,4 +46,9 @@ _add(MethodSpec("ldam-rw-drw", "ldam-rw-drw", reference="LDAM + deferred re-weig
 _add(MethodSpec("logex-lora", "ce", synthesis="lora",
                 reference="LoGex 'only LoRA': CE on real + LoRA-adapted diffusion samples (no guidance)"))
 
+_add(MethodSpec("logex", "ce", synthesis="logex",
+                reference="LoGex: CE on real + LoRA samples guided by DiG-IN through the DDIM chain"))
+_add(MethodSpec("fg-entropy", "ce", synthesis="fg-entropy",
+                reference="Hemmat et al. 2023: CE on real + samples with classifier-entropy feedback"))
+
 TABLE2_METHODS = ["ce", "ce-rw", "hod", "crt", "focal", "focal-rw", "ldam", "ldam-rw", "ldam-rw-drw"]

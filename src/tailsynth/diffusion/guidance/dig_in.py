@@ -99,6 +99,8 @@ def evaluate(backend, guide: ClassifierGuide, x: torch.Tensor, conds: list[torch
 
 def _prepare(backend, guide, target_classes, cond, uncond, x_T, where):
     n = x_T.shape[0]
+    if x_T.dim() != 4 or n < 1:
+        raise TailsynthError(f"{where}: x_T must be (N >= 1, C, h, w), got {tuple(x_T.shape)}")
     num_classes = getattr(guide.model, "num_classes", None) if isinstance(guide, ClassifierGuide) else None
     targets = check_targets(target_classes, n, num_classes, where).to(x_T.device)
     return targets, as_batch("cond", cond, n, where), as_batch("uncond", uncond, n, where)

@@ -92,8 +92,10 @@ def dig_in(backend, guide: ClassifierGuide, target_classes: torch.Tensor, cond: 
             c_rows, u_rows = cond[batch.idx], uncond[batch.idx]
             conds = [c_rows + d_c[s] for s in range(S)]
             unconds = [u_rows + d_u[s] for s in range(S)]
-            weighted, clean, img = evaluate(backend, guide, x, conds, unconds, targets[batch.idx], cfg,
-                                            checkpoint=cfg.checkpoint, bf16=cfg.bf16)
+            last = bool((batch.steps >= cfg.max_opt_steps).all())  # no Adam step follows: no graph needed
+            with torch.set_grad_enabled(not last):
+                weighted, clean, img = evaluate(backend, guide, x, conds, unconds, targets[batch.idx], cfg,
+                                                checkpoint=cfg.checkpoint, bf16=cfg.bf16)
             trace[batch.steps, batch.idx] = weighted.detach()
             better = clean > batch.best  # keep the iterate with the highest clean confidence
             batch.best = torch.where(better, clean, batch.best)

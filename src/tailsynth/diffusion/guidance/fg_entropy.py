@@ -10,8 +10,9 @@ gradient of the classifier's predictive entropy, as the official code does
     H      = - sum_k p_k log p_k,  p = softmax(f(minmax(D(s))))              (entropy of the classifier)
     g      = dH/dx_t,  x_t <- x_t + sign * g * (scale ||x_t|| / ||g||)      (per sample, scale 0.03)
 
-``sign = +1`` is entropy ASCENT, as the official code (``latents += g``); the paper's text speaks of the
-entropy criterion as a feedback to favour informative (uncertain) samples. ``sign = -1`` descends.
+``sign = +1`` is entropy ASCENT, as the official code does (``latents += g``: samples the classifier is
+uncertain about, i.e. informative ones); LoGex §2.2 describes FG-entropy as "enforcing low entropy", which is
+``sign = -1`` (descent). The default follows the official code.
 ``every = 0`` disables the feedback (plain DDIM, identical to :func:`~tailsynth.diffusion.ddim_sample`).
 """
 from __future__ import annotations

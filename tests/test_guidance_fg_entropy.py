@@ -1,0 +1,99 @@
+"""FG-Entropy (Hemmat et al. 2023; official code's entropy-ascent step) on a tiny pixel backend at 16 px."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tailsynth.config import build_config
+from tailsynth.diffusion import PixelBackend, ddim_sample, initial_noise
+from tailsynth.diffusion.guidance import ClassifierGuide, FgEntropyConfig, entropy, feedback_step, fg_entropy_sample
+from tailsynth.errors import TailsynthError
+from tailsynth.models import FeatureClassifier
+
+TINY = dict(num_classes=3, image_size=16, block_out_channels=(8, 16), attention_levels=(False, True),
+            norm_num_groups=8, cross_attention_dim=16, attention_head_dim=8, tokens_per_class=2)
+
+
+class TinyClassifier(FeatureClassifier):
+    """conv 3x3 -> tanh -> 2x2 average pool -> linear (same as in test_guidance_dig_in.py)."""
+
+    def __init__(self, num_classes=4, in_channels=3, seed=0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.conv = nn.Conv2d(in_channels, 6, 3, padding=1)
+        self.head = nn.Linear(24, num_classes)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+        self.num_features = 24
+
+    def forward_features(self, x):
+        return F.adaptive_avg_pool2d(torch.tanh(self.conv(x)), 2).flatten(1)
+
+
+def _setup(n=4):
+    backend = PixelBackend(TINY, seed=1).eval()
+    guide = ClassifierGuide(TinyClassifier(seed=2), 16, 3)
+    ids = torch.arange(n) % 3
+    x_T = initial_noise((n, 3, 16, 16), torch.Generator().manual_seed(7))
+    return backend, guide, backend.encode_condition(ids), backend.null_condition(n), x_T
+
+
+def test_entropy_formula():
+    logits = torch.tensor([[0.0, 0.0], [10.0, -10.0]])
+    assert torch.allclose(entropy(logits), torch.tensor([0.6931472, 0.0]), atol=1e-6)
+
+
+def test_without_feedback_equals_plain_ddim():
+    backend, guide, cond, uncond, x_T = _setup()
+    res = fg_entropy_sample(backend, guide, cond, uncond, x_T, FgEntropyConfig(num_steps=6, every=0))
+    plain = ddim_sample(backend.eps, x_T, cond.detach(), uncond, backend.alphas_cumprod, 6, 5.0).sample
+    assert torch.allclose(res.images, backend.decode(plain), atol=1e-6)
+    probs = guide(res.images).softmax(1)
+    assert torch.allclose(res.confidence, probs.max(1).values, atol=1e-6)
+
+
+def test_feedback_step_is_norm_scaled_and_moves_entropy():
+    backend, guide, cond, uncond, x_T = _setup()
+    cfg = FgEntropyConfig(step_scale=0.03)
+    t, a_t = 501, backend.alphas_cumprod[501]
+    x_new = feedback_step(backend, guide, x_T, t, a_t, cond, cfg)
+    step = (x_new - x_T).flatten(1).norm(dim=1)
+    assert torch.allclose(step, 0.03 * x_T.flatten(1).norm(dim=1), rtol=1e-4)
+    assert all(p.grad is None for p in list(backend.parameters()) + list(guide.parameters()))
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_entropy_moves_in_the_configured_direction(sign):
+    backend, guide, cond, uncond, x_T = _setup()
+    base = dict(num_steps=10, every=1, step_scale=0.05)
+    plain = fg_entropy_sample(backend, guide, cond, uncond, x_T, FgEntropyConfig(**{**base, "every": 0}))
+    guided = fg_entropy_sample(backend, guide, cond, uncond, x_T, FgEntropyConfig(**base, sign=sign))
+    diff = sign * (guided.entropy - plain.entropy)
+    assert diff.mean() > 0.005 and bool((diff > 0).all()), (guided.entropy, plain.entropy)
+
+
+def test_same_generator_same_images_with_eta():
+    backend, guide, cond, uncond, x_T = _setup(n=2)
+    cfg = FgEntropyConfig(num_steps=5, every=2, eta=0.5)
+    a = fg_entropy_sample(backend, guide, cond, uncond, x_T, cfg, torch.Generator().manual_seed(3))
+    b = fg_entropy_sample(backend, guide, cond, uncond, x_T, cfg, torch.Generator().manual_seed(3))
+    c = fg_entropy_sample(backend, guide, cond, uncond, x_T, cfg, torch.Generator().manual_seed(4))
+    assert torch.equal(a.images, b.images) and torch.equal(a.entropy, b.entropy)
+    assert not torch.equal(a.images, c.images)
+    tgt = fg_entropy_sample(backend, guide, cond, uncond, x_T, cfg, torch.Generator().manual_seed(3),
+                            target_classes=torch.tensor([1, 3]))
+    assert torch.allclose(tgt.confidence, guide(a.images).softmax(1)[[0, 1], [1, 3]], atol=1e-6)
+    with pytest.raises(TailsynthError, match="needs a torch.Generator"):
+        fg_entropy_sample(backend, guide, cond, uncond, x_T, cfg)
+    with pytest.raises(TailsynthError, match="every >= 0"):
+        build_config(FgEntropyConfig, {"every": -1}, "fg_entropy")
+
+
+def test_guidance_registry_by_name():
+    from tailsynth.diffusion.guidance import GUIDANCE, DigInConfig, dig_in
+    from tailsynth.errors import UnknownNameError
+    assert GUIDANCE.get("dig_in") == (DigInConfig, dig_in)
+    assert GUIDANCE.get("fg_entropy")[0] is FgEntropyConfig
+    with pytest.raises(UnknownNameError, match="dig_in, dig_in_reference, fg_entropy"):
+        GUIDANCE.get("minority")
