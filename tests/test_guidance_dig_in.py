@@ -33,8 +33,11 @@ class TinyClassifier(FeatureClassifier):
         return F.adaptive_avg_pool2d(torch.tanh(self.conv(x)), 2).flatten(1)
 
 
-def _setup(n=3, seed=0):
+def _setup(n=3, seed=0, clip=False):
     backend = PixelBackend(TINY, seed=0).eval()
+    # x0-clipping makes the chain non-smooth: a batch-dependent rounding difference of 1e-7 can flip a pixel
+    # across the clip and Adam amplifies it, so the exact-equivalence tests run the smooth (unclipped) chain.
+    backend.clip_x0 = clip
     guide = ClassifierGuide(TinyClassifier(), 16, 3)
     x_T = initial_noise((n, 3, 16, 16), torch.Generator().manual_seed(seed))
     ids = torch.arange(n) % 3
@@ -99,14 +102,14 @@ def test_reprojection_keeps_initial_norm():
 
 
 def test_loss_decreases_confidence_rises_and_x_T_stays_on_its_shell():
-    backend, guide, ids, cond, uncond, x_T = _setup()
+    backend, guide, ids, cond, uncond, x_T = _setup(clip=True)  # as the pixel backend samples
     targets = torch.tensor([0, 1, 2])
     res = dig_in(backend, guide, targets, cond, uncond, x_T, DigInConfig(**CFG, threshold=1.1))
     start = dig_in(backend, guide, targets, cond, uncond, x_T, DigInConfig(**{**CFG, "max_opt_steps": 0}))
     assert torch.all(res.trace[-1] > res.trace[0] + 0.02), res.trace  # weighted confidence up = loss down
     assert torch.all(res.confidence > start.confidence + 0.02)
     assert res.opt_steps.tolist() == [3, 3, 3] and start.opt_steps.tolist() == [0, 0, 0]
-    plain = ddim_sample(backend.eps, x_T, cond.detach(), uncond, backend.alphas_cumprod, 4, 3.0).sample
+    plain = ddim_sample(backend.eps, x_T, cond.detach(), uncond, backend.alphas_cumprod, 4, 3.0, clip_x0=True).sample
     assert torch.allclose(start.images, backend.decode(plain), atol=1e-6)  # iterate 0 = unguided DDIM
     assert torch.allclose(res.x_T.flatten(1).norm(dim=1), x_T.flatten(1).norm(dim=1), rtol=1e-5)
     assert (res.x_T - x_T).abs().max() > 1e-3

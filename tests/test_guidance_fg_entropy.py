@@ -47,7 +47,8 @@ def test_entropy_formula():
 def test_without_feedback_equals_plain_ddim():
     backend, guide, cond, uncond, x_T = _setup()
     res = fg_entropy_sample(backend, guide, cond, uncond, x_T, FgEntropyConfig(num_steps=6, every=0))
-    plain = ddim_sample(backend.eps, x_T, cond.detach(), uncond, backend.alphas_cumprod, 6, 5.0).sample
+    plain = ddim_sample(backend.eps, x_T, cond.detach(), uncond, backend.alphas_cumprod, 6, 5.0,
+                        clip_x0=backend.clip_x0).sample
     assert torch.allclose(res.images, backend.decode(plain), atol=1e-6)
     probs = guide(res.images).softmax(1)
     assert torch.allclose(res.confidence, probs.max(1).values, atol=1e-6)

@@ -74,6 +74,7 @@ def _unet(cfg: PixelBackendConfig) -> UNet2DConditionModel:
 
 @BACKENDS.register("pixel")
 class PixelBackend(torch.nn.Module):
+    clip_x0 = True  # pixel-space samplers clip the Tweedie x0-hat to [-1, 1] (Ho et al. 2020; ADM)
     """Class-token conditioned pixel UNet; implements :class:`~tailsynth.diffusion.backend.DiffusionBackend`."""
 
     def __init__(self, cfg: PixelBackendConfig | dict, seed: int = 0):

@@ -45,6 +45,8 @@ def _schedule_from_folder(root: Path) -> torch.Tensor:
 class SDBackend(torch.nn.Module):
     """Stable Diffusion 1.x; implements :class:`~tailsynth.diffusion.backend.DiffusionBackend`."""
 
+    clip_x0 = False  # VAE latents are not bounded: no clipping (as SD's DDIM scheduler, clip_sample=False)
+
     def __init__(self, cfg: SDBackendConfig | dict, seed: int = 0):
         super().__init__()
         self.cfg = cfg if isinstance(cfg, SDBackendConfig) else build_config(SDBackendConfig, cfg, "sd backend")

@@ -203,4 +203,4 @@ def read_synthetic(artifact_dir: Path, class_names: list[str], data: DataConfig)
 
 TRAIN_DIFFUSION = Stage("train_diffusion", "1", run_train_diffusion, "base denoiser on the head classes")
 ADAPT_LORA = Stage("adapt_lora", "1", run_adapt_lora, "LoRA (+ tail tokens) on the tail images")
-SYNTHESIZE = Stage("synthesize", "1", run_synthesize, "synthetic tail images")
+SYNTHESIZE = Stage("synthesize", "2", run_synthesize, "synthetic tail images")

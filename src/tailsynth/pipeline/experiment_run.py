@@ -53,6 +53,16 @@ class _Chain:
         return self.runner.run(stage, cfg, inputs, seed=seed, label=label)
 
 
+def machine_description() -> str:
+    """Where the numbers were measured: CPU cores, accelerator, torch version."""
+    import os
+
+    import torch
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{platform.machine()} Linux, {os.cpu_count()} CPU cores, {gpu}, torch {torch.__version__}, "
+            f"Python {platform.python_version()}")
+
+
 def describe_cost(stage: str, cfg: StrictConfig) -> str:
     """A rough size of a stage's work for ``--plan`` (epochs, optimisation steps, images)."""
     if stage in ("train_classifier", "train_oracle"):
@@ -96,10 +106,13 @@ def run_experiment(cfg: ExperimentConfig, runs_dir: str | Path, *, force: set[st
         from ..report import write_report
         report_dir = Path(runs_dir) / "reports" / cfg.name
         meta = {"command": command, "experiment": cfg.name, "profile": cfg.profile,
-                "machine": f"{platform.node()} {platform.machine()} {platform.processor() or ''}".strip(),
+                "machine": machine_description(),
                 "package_version": __version__, "seeds": list(cfg.seeds), "methods": list(cfg.methods),
                 "report_method": cfg.report_method, "config": to_dict(cfg),
-                "timings": runner.timings, "wall_time_s": round(result.wall_time_s, 1)}
+                "timings": runner.timings,
+                # compute time of every stage of the experiment, whether it ran now or earlier (cached)
+                "wall_time_s": round(sum(t["wall_time_s"] or 0.0 for t in runner.timings), 1),
+                "this_invocation_s": round(result.wall_time_s, 1)}
         sections = _quality_sections(quality) if quality is not None else []
         md_path, _, _ = write_report([a.path for a in result.evaluations], report_dir, command=command, meta=meta,
                                      extra_sections=sections)

@@ -41,7 +41,7 @@ def sample_lora(backend, guide, targets, cond, uncond, x_T, cfg: SynthesisConfig
     """LoGex "only LoRA": deterministic DDIM (eta 0) with classifier-free guidance, no classifier guidance."""
     with torch.no_grad():
         out = ddim_sample(backend.eps, x_T, cond, uncond, backend.alphas_cumprod, num_steps=cfg.num_steps,
-                          guidance_scale=cfg.guidance_scale)
+                          guidance_scale=cfg.guidance_scale, clip_x0=getattr(backend, "clip_x0", False))
         images = backend.decode(out.sample).clamp(0, 1)
         return images, target_confidence(guide, images, targets)
 

@@ -106,7 +106,7 @@ def fg_entropy_sample(backend, guide: ClassifierGuide, cond: torch.Tensor, uncon
             noise = _noise(x, generator) if cfg.eta > 0 else None
             with torch.no_grad(), autocast_for(x.device, cfg.bf16):
                 eps = guided_eps(backend.eps, x, t, cond, uncond, cfg.guidance_scale)
-                x, _ = ddim_update(x, eps.float(), a_t, a_prev, cfg.eta, noise)
+                x, _ = ddim_update(x, eps.float(), a_t, a_prev, cfg.eta, noise, getattr(backend, "clip_x0", False))
         with torch.no_grad():
             images = backend.decode(x).float()
             logits = guide(images)
