@@ -111,7 +111,8 @@ def run_experiment(cfg: ExperimentConfig, runs_dir: str | Path, *, force: set[st
                 "report_method": cfg.report_method, "config": to_dict(cfg),
                 "timings": runner.timings,
                 # compute time of every stage of the experiment, whether it ran now or earlier (cached)
-                "wall_time_s": round(sum(t["wall_time_s"] or 0.0 for t in runner.timings), 1),
+                "wall_time_s": round(sum({(t["stage"], t["fingerprint"]): t["wall_time_s"] or 0.0
+                                          for t in runner.timings}.values()), 1),
                 "this_invocation_s": round(result.wall_time_s, 1)}
         sections = _quality_sections(quality) if quality is not None else []
         md_path, _, _ = write_report([a.path for a in result.evaluations], report_dir, command=command, meta=meta,
