@@ -1,6 +1,5 @@
 """End to end on a tiny benchmark: split -> classifiers -> scores -> report; caching; no test-set leakage."""
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

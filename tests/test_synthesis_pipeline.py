@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from tailsynth.data import Split
 from tailsynth.pipeline.diffusion_stages import read_synthetic

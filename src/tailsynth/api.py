@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
-import torch
 
 from .errors import TailsynthError
 from .utils import read_json, resolve_device

@@ -16,7 +16,6 @@ import torch
 
 from ..config import StrictConfig
 from ..data import load_images
-from ..errors import TailsynthError
 from ..training import ArrayData, TrainConfig, fit, predict
 from ..utils import atomic_write_bytes, atomic_write_json, resolve_device
 from .diffusion_stages import read_synthetic
