@@ -21,7 +21,7 @@ from ..utils import atomic_write_bytes, atomic_write_json, resolve_device
 from .diffusion_stages import read_synthetic
 from .experiment import DataConfig
 from .runner import Stage
-from .stages import build_model, load_classifier, read_split, split_data
+from .stages import build_model, drop_checkpoints, load_classifier, model_card, read_split, split_data
 from .store import Artifact
 
 
@@ -58,12 +58,7 @@ def run_train_oracle(cfg: OracleStageConfig, inputs: dict[str, Artifact], workdi
     split = read_split(inputs["split"])
     pool, val = oracle_pool(split, cfg.data), split_data(split, cfg.data, "val")
     torch.manual_seed(cfg.seed)
-    card = {"model": cfg.train.model, "width": cfg.train.width,
-            "small_input": cfg.train.small_input if cfg.train.small_input is not None else cfg.data.image_size <= 64,
-            "num_classes": len(split.class_names), "in_channels": cfg.data.channels,
-            "image_size": cfg.data.image_size, "class_names": list(split.class_names),
-            "head_classes": list(split.head_classes), "tail_classes": list(split.tail_classes),
-            "preprocessing": "uint8 -> [-1, 1]", "method": "oracle", "seed": cfg.seed}
+    card = model_card(cfg.train, cfg.data, split, "oracle", cfg.seed)
     model = build_model(card)
     counts = np.bincount(pool.labels, minlength=len(split.class_names)).tolist()
     train_cfg = cfg.train.model_copy(update={"selection": "last"})  # the oracle makes no choice on val
@@ -71,8 +66,7 @@ def run_train_oracle(cfg: OracleStageConfig, inputs: dict[str, Artifact], workdi
                   device=resolve_device(cfg.device), select=None)
     save_weights(model, workdir / "model.safetensors")
     atomic_write_json(workdir / "model.json", card)
-    for name in ("train_state.json", "last.safetensors", "optimizer.pt", "best.safetensors"):
-        (workdir / name).unlink(missing_ok=True)
+    drop_checkpoints(workdir)
     return {"n_train": int(len(pool.labels)), "train_counts": counts, "epochs": len(summary["history"])}
 
 

@@ -1,6 +1,7 @@
 """The stages of an experiment: split -> train classifier -> evaluate (-> report, in ``experiment_run``)."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -63,19 +64,25 @@ def split_data(split: Split, data: DataConfig, which: str) -> ArrayData:
     return ArrayData(images, labels)
 
 
-def model_card(cfg: TrainStageConfig, split: Split) -> dict[str, Any]:
+def model_card(train: TrainConfig, data: DataConfig, split: Split, method: str, seed: int) -> dict[str, Any]:
     """Everything needed to rebuild the network and interpret its outputs (``model.json``)."""
+    small = train.small_input if train.small_input is not None else data.image_size <= 64
     return {
-        "model": cfg.train.model, "width": cfg.train.width, "small_input": _small_input(cfg),
-        "num_classes": len(split.class_names), "in_channels": cfg.data.channels,
-        "image_size": cfg.data.image_size, "class_names": list(split.class_names),
+        "model": train.model, "width": train.width, "small_input": small,
+        "num_classes": len(split.class_names), "in_channels": data.channels,
+        "image_size": data.image_size, "class_names": list(split.class_names),
         "head_classes": list(split.head_classes), "tail_classes": list(split.tail_classes),
-        "preprocessing": "uint8 -> [-1, 1]", "method": cfg.method, "seed": cfg.seed,
+        "preprocessing": "uint8 -> [-1, 1]", "method": method, "seed": seed,
     }
 
 
-def _small_input(cfg: TrainStageConfig) -> bool:
-    return cfg.train.small_input if cfg.train.small_input is not None else cfg.data.image_size <= 64
+CHECKPOINT_FILES = ("train_state.json", "last.safetensors", "optimizer.pt", "best.safetensors")
+
+
+def drop_checkpoints(workdir: Path) -> None:
+    """Remove the trainer's resume files once the final weights are written (state file first)."""
+    for name in CHECKPOINT_FILES:
+        (workdir / name).unlink(missing_ok=True)
 
 
 def build_model(card: dict[str, Any]) -> torch.nn.Module:
@@ -109,13 +116,13 @@ def run_train(cfg: TrainStageConfig, inputs: dict[str, Artifact], workdir: Path)
         raise TailsynthError(f"no training images for classes {missing} in {inputs['split'].path}")
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)  # weight initialisation
-    card = model_card(cfg, split)
+    card = model_card(cfg.train, cfg.data, split, cfg.method, cfg.seed)
     model = build_model(card)
     trainable = "all"
     if spec.crt_from is not None:
         load_weights(model, inputs["base"].file("model.safetensors"))
         generator = torch.Generator().manual_seed(cfg.seed)
-        model.reset_head(generator=generator) if _accepts_generator(model) else model.reset_head()
+        model.reset_head(generator=generator)
         trainable = "head"
     criterion = build_criterion(spec.criterion, counts.tolist(), tail_classes=split.tail_classes,
                                 **{**spec.criterion_params, **cfg.criterion_params})
@@ -128,8 +135,7 @@ def run_train(cfg: TrainStageConfig, inputs: dict[str, Artifact], workdir: Path)
         card["tail_threshold"] = calibrate_tail_threshold(model, val, split, device)
     atomic_write_json(workdir / "history.json", summary)
     atomic_write_json(workdir / "model.json", card)  # last: its presence marks the work as finished
-    for name in ("train_state.json", "last.safetensors", "optimizer.pt", "best.safetensors"):
-        (workdir / name).unlink(missing_ok=True)
+    drop_checkpoints(workdir)
     return {"best_epoch": summary["best_epoch"], "best_score": summary["best_score"],
             "train_counts": counts.tolist()}
 
@@ -145,11 +151,6 @@ def calibrate_tail_threshold(model: torch.nn.Module, val: ArrayData, split: Spli
     return {"score": "p_tail", "value": float(-head_likeness_cut), "target_head_tpr": tpr,
             "val_head_tpr": float(np.mean(p_tail[head] <= -head_likeness_cut)),
             "val_tail_tpr": float(np.mean(p_tail[~head] > -head_likeness_cut)) if (~head).any() else None}
-
-
-def _accepts_generator(model: torch.nn.Module) -> bool:
-    import inspect
-    return "generator" in inspect.signature(model.reset_head).parameters
 
 
 def run_evaluate(cfg: EvalStageConfig, inputs: dict[str, Artifact], workdir: Path) -> dict[str, Any]:
@@ -178,7 +179,6 @@ def run_evaluate(cfg: EvalStageConfig, inputs: dict[str, Artifact], workdir: Pat
         "wall_time_s": inputs["classifier"].manifest.get("wall_time_s"),
     }
     atomic_write_json(workdir / "metrics.json", metrics)
-    import io
     buffer = io.BytesIO()
     np.savez_compressed(buffer, labels=test_labels, is_tail=np.isin(test_labels, split.tail_classes),
                         **score_arrays)
