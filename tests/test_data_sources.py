@@ -252,3 +252,23 @@ def test_process_pool_matches_in_process_decoding(data_folder, tmp_path, monkeyp
     pooled = images_module.decode_files(files, 6, 3)
     assert np.array_equal(serial[0], pooled[0])
     assert serial[1] == pooled[1] == [files.index(str(data_folder / "beta" / "broken.png"))]
+
+
+def test_fingerprint_follows_content_not_mtime_or_location(data_folder, tmp_path):
+    """A copied or touched data set keeps its fingerprint (finished runs stay valid); one changed pixel
+    in a file of unchanged size changes it."""
+    import shutil
+    before = index_source(FolderSource(path=str(data_folder))).fingerprint
+    copy = tmp_path / "copy"
+    shutil.copytree(data_folder, copy)  # new mtimes, new location
+    for f in copy.rglob("*"):
+        os.utime(f, ns=(1, 10**18))
+    assert index_source(FolderSource(path=str(copy))).fingerprint == before
+    target = copy / "alpha" / "blue.bmp"  # BMP: same size after a pixel change
+    stat = target.stat()
+    solid("RGB", (12, 12), (10, 30, 201)).save(target)
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert target.stat().st_size == stat.st_size
+    # same (size, mtime) as the memo: the memo is trusted, so a content change needs a new mtime or size
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
+    assert index_source(FolderSource(path=str(copy))).fingerprint != before

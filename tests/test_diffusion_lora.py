@@ -110,3 +110,18 @@ def test_tiny_stable_diffusion_load_lora_and_sample(tmp_path):
     t = torch.tensor([500, 20])
     with torch.no_grad():
         assert torch.equal(fresh.eps(x_T, t, cond), sd.eps(x_T, t, cond))
+
+
+def test_tail_tokens_get_their_own_learning_rate(tmp_path):
+    """Adam's first step moves every parameter with a non-zero gradient by lr (m/sqrt(v) = sign(g)):
+    LoRA B by train.lr, the new tail tokens by token_lr (no weight decay on them)."""
+    b = PixelBackend(TINY, seed=0)
+    images, labels = _tail()
+    cfg = LoraAdaptConfig(token_lr=3e-2, train=dict(steps=1, batch_size=4, lr=2e-3, lr_schedule="constant",
+                                                    grad_clip=0.0, checkpoint_every=10, progress=False))
+    start = b.class_tokens[1:].detach().mean(0)  # new tokens start at the mean of the base tokens
+    adapt_lora(b, images, labels, ["tailA", "tailB"], cfg, tmp_path / "w", "cpu", generator_seed=0)
+    token_step = (b.extra_tokens.detach() - start).abs()
+    assert token_step.max().item() == pytest.approx(3e-2, rel=1e-3)
+    lora_b = [p.detach().abs().max().item() for k, p in b.named_parameters() if "lora_B" in k]
+    assert max(lora_b) == pytest.approx(2e-3, rel=1e-3)

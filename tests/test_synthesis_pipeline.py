@@ -116,3 +116,31 @@ def test_guided_methods_through_the_pipeline(tmp_path):
     assert np.mean(list(sets["logex"].values())) > np.mean(list(sets["lora"].values()))
     results = json.loads((result.report_dir / "results.json").read_text())
     assert set(results["methods"]) == {"logex-lora", "logex", "fg-entropy"}
+
+
+def test_images_per_class_sweep_uses_prefixes_of_one_synthesis(tmp_path):
+    """synthetic_sweep (LoGex Fig. 3): one synthesis for the largest count; each row trains on the first N
+    images per class, and those are the images a smaller synthesis would have made."""
+    run_experiment(load_experiment("demo", TINY), tmp_path / "a", log=quiet)
+    cfg = load_experiment("demo", TINY + ["synthetic_sweep={logex-lora: [1, 5]}"])
+    result = run_experiment(cfg, tmp_path / "b", log=quiet)
+    synth_small = next(p for p in (tmp_path / "a" / "synthesize").iterdir() if not p.name.startswith("."))
+    synth_big = next(p for p in (tmp_path / "b" / "synthesize").iterdir() if not p.name.startswith("."))
+    rows_big = list(csv.DictReader(open(synth_big / "synthetic.csv")))
+    rows_small = list(csv.DictReader(open(synth_small / "synthetic.csv")))
+    classes = sorted({r["class"] for r in rows_big})
+    assert len(rows_big) == 5 * len(classes) and len(rows_small) == 3 * len(classes)
+    for name in classes:  # the first 3 of 5 per class are byte-identical to the 3-image synthesis
+        big = [r["file"] for r in rows_big if r["class"] == name][:3]
+        little = [r["file"] for r in rows_small if r["class"] == name]
+        assert [(synth_big / f).read_bytes() for f in big] == [(synth_small / f).read_bytes() for f in little]
+    split = Split.read(next((tmp_path / "b" / "split").glob("*/split.csv")))
+    counts = {}
+    for manifest in (tmp_path / "b" / "train_classifier").glob("*/manifest.json"):
+        m = json.loads(manifest.read_text())
+        counts[m["config"]["label"] or m["config"]["method"]] = m["result"]["train_counts"]
+    real = {c: split.counts()[split.class_names[c]]["train"] for c in split.tail_classes}
+    for label, n in (("logex-lora", 3), ("logex-lora@1", 1), ("logex-lora@5", 5)):
+        assert all(counts[label][c] == real[c] + n for c in split.tail_classes), label
+    methods = [json.loads((p.path / "metrics.json").read_text())["method"] for p in result.evaluations]
+    assert methods == ["logex-lora", "logex-lora@1", "logex-lora@5"]

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import TailsynthError
 from .builtin import BUILTINS
+from .content_hash import content_digest, file_sha256
 from .decode import is_image_file
 from .sources import BuiltinSource, CsvSource, FolderSource, NpzSource, SourceConfig, resolve_data_path
 
@@ -38,14 +39,6 @@ class SourceIndex:
     files: list[str] = field(default_factory=list, repr=False)
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def index_folder(src: FolderSource) -> SourceIndex:
     root = resolve_data_path(src.path)
     if not root.is_dir():
@@ -55,24 +48,22 @@ def index_folder(src: FolderSource) -> SourceIndex:
     if not class_dirs:
         raise TailsynthError(f"image folder {root} has no class sub-folders (expected one folder per class)")
     ids, labels, files = [], [], []
-    digest = hashlib.sha256()
     for label, class_dir in enumerate(class_dirs):
         count = 0
         for entry in sorted(class_dir.iterdir(), key=lambda p: p.name):
             if not entry.is_file() or not is_image_file(entry):
                 ignored += 1
                 continue
-            stat = entry.stat()
             rel = f"{class_dir.name}/{entry.name}"
-            digest.update(f"{rel}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
             ids.append(rel)
             labels.append(label)
             files.append(str(entry))
             count += 1
         if count == 0:
             raise TailsynthError(f"class folder {class_dir} contains no images (JPEG, PNG, BMP or TIFF)")
+    fingerprint = content_digest(root, [(rel, Path(f)) for rel, f in zip(ids, files)])
     return SourceIndex(ids, np.array(labels, dtype=np.int64), [d.name for d in class_dirs], None,
-                       digest.hexdigest(), ignored, files)
+                       fingerprint, ignored, files)
 
 
 def open_npz(path: Path, role: str):
@@ -161,7 +152,6 @@ def index_csv(src: CsvSource) -> SourceIndex:
         raise TailsynthError(f"CSV manifest {path} has no rows")
     names = list(src.class_names) if src.class_names else sorted({r["label"] for r in rows})
     lookup = {name: i for i, name in enumerate(names)}
-    digest = hashlib.sha256(file_sha256(path).encode())
     ids, labels, files, splits = [], [], [], []
     for line, row in enumerate(rows, start=2):
         if row["label"] not in lookup:
@@ -172,8 +162,6 @@ def index_csv(src: CsvSource) -> SourceIndex:
         split = (row.get("split") or "").strip()
         if "split" in row and split not in SPLIT_NAMES:
             raise TailsynthError(f"{path} line {line}: split {split!r} is not one of {list(SPLIT_NAMES)}")
-        stat = file.stat()
-        digest.update(f"{row['path']}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
         ids.append(row["path"])
         labels.append(lookup[row["label"]])
         files.append(str(file))
@@ -181,7 +169,9 @@ def index_csv(src: CsvSource) -> SourceIndex:
     if len(set(ids)) != len(ids):
         raise TailsynthError(f"{path}: an image path is listed more than once")
     official = np.array(splits, dtype="<U5") if "split" in rows[0] else None
-    return SourceIndex(ids, np.array(labels, dtype=np.int64), names, official, digest.hexdigest(), 0, files)
+    images = content_digest(path.parent, [(i, Path(f)) for i, f in zip(ids, files)])
+    fingerprint = hashlib.sha256(f"{file_sha256(path)}|{images}".encode()).hexdigest()
+    return SourceIndex(ids, np.array(labels, dtype=np.int64), names, official, fingerprint, 0, files)
 
 
 def index_builtin(src: BuiltinSource) -> SourceIndex:

@@ -54,6 +54,7 @@ class LoraAdaptConfig(StrictConfig):
     alpha: float | None = None  # None = rank (scale 1, as diffusers' LoRA training script)
     target: Literal["cross_attention", "all_attention"] = "cross_attention"
     train_tokens: bool = True  # learn new class tokens (pixel backend only)
+    token_lr: float = 5e-3  # their own peak lr, no weight decay (textual inversion's 5e-3; 1e-4 barely moves them)
     train: LoraTrainConfig = LoraTrainConfig()
 
 
@@ -110,8 +111,9 @@ def adapt_lora(backend, images, labels, class_names: list[str], cfg: LoraAdaptCo
     attach_lora(backend, cfg, seed=generator_seed)
     params = adapter_parameters(backend, cfg)
     cond_ids = torch.tensor(ids)[labels_t]
+    token_lr = {"extra_tokens": cfg.token_lr} if "extra_tokens" in params else None
     result = fit_denoiser(backend, params, images, cond_ids, cfg.train, workdir, device, generator_seed,
-                          max_new_steps)
+                          max_new_steps, lr_by_param=token_lr)
     if result.finished:
         save_lora(backend, workdir / "lora", list(class_names), cfg)
     return LoraResult(ids, result)

@@ -117,8 +117,12 @@ def _copy_into(params: dict[str, torch.nn.Parameter], tensors: dict[str, torch.T
 
 def fit_denoiser(backend, params: dict[str, torch.nn.Parameter], images, cond_ids, cfg: DenoiserTrainConfig,
                  workdir: str | Path, device: torch.device | str, seed: int,
-                 max_new_steps: int | None = None) -> TrainResult:
+                 max_new_steps: int | None = None, lr_by_param: dict[str, float] | None = None) -> TrainResult:
     """Train ``params`` (name -> Parameter of ``backend``) on uint8 images with condition ids ``cond_ids``.
+
+    ``lr_by_param`` gives some parameters (by name) their own peak learning rate and no weight decay, e.g.
+    the new class tokens of LoRA adaptation, which must move much further than the low-rank updates
+    (textual inversion trains tokens at 5e-3). The schedule (warm-up, cosine) applies to every group.
 
     ``max_new_steps`` stops (after a checkpoint) once this call has done that many steps; a later call
     with the same workdir resumes. A finished workdir loads its final weights and returns at once.
@@ -128,10 +132,20 @@ def fit_denoiser(backend, params: dict[str, torch.nn.Parameter], images, cond_id
     if x_all.shape[1] != x_all.shape[2]:
         raise TailsynthError(f"images must be square, got {x_all.shape[1]}x{x_all.shape[2]}")
     backend.latent_shape(int(x_all.shape[1]))  # raises if the backend cannot take this resolution
-    fingerprint = stable_hash({"cfg": to_dict(cfg), "seed": seed, "params": sorted(params), "n": len(y_all)})
+    lr_by_param = dict(lr_by_param or {})
+    unknown = sorted(set(lr_by_param) - set(params))
+    if unknown:
+        raise TailsynthError(f"lr_by_param names parameters that are not trained: {unknown}")
+    key = {"cfg": to_dict(cfg), "seed": seed, "params": sorted(params), "n": len(y_all)}
+    if lr_by_param:
+        key["lr_by_param"] = dict(sorted(lr_by_param.items()))
+    fingerprint = stable_hash(key)
     backend.to(device)
     named = dict(sorted(params.items()))
-    opt = torch.optim.AdamW(list(named.values()), lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
+    groups = [{"params": [p for k, p in named.items() if k not in lr_by_param], "peak_lr": cfg.lr}]
+    groups += [{"params": [named[k]], "peak_lr": lr, "weight_decay": 0.0} for k, lr in sorted(lr_by_param.items())]
+    groups = [g for g in groups if g["params"]]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
     ema = {k: p.detach().float().clone() for k, p in named.items()} if cfg.ema_decay > 0 else {}
     gen = torch.Generator().manual_seed(seed)  # t, noise, dropout and flips
     step = 0
@@ -160,7 +174,7 @@ def fit_denoiser(backend, params: dict[str, torch.nn.Parameter], images, cond_id
             z0 = backend.encode(x0.to(device))
         noise = torch.randn(z0.shape, generator=gen).to(device)
         for g in opt.param_groups:
-            g["lr"] = cfg.lr * lr_factor(step, cfg)
+            g["lr"] = g["peak_lr"] * lr_factor(step, cfg)
         with torch.autocast(device.type, dtype=torch.bfloat16,
                             enabled=cfg.mixed_precision == "bf16" and device.type == "cuda"):
             cond = backend.encode_condition(y_all[idx].to(device))

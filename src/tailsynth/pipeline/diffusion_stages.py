@@ -186,8 +186,13 @@ def _safe(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
 
 
-def read_synthetic(artifact_dir: Path, class_names: list[str], data: DataConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Synthetic images (uint8 at the classifier's size) and labels from a ``synthesize`` artifact."""
+def read_synthetic(artifact_dir: Path, class_names: list[str], data: DataConfig,
+                   per_class: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Synthetic images (uint8 at the classifier's size) and labels from a ``synthesize`` artifact.
+
+    ``per_class`` keeps the first that many images of each class (file order = shard order, and shards are
+    seeded by (seed, class, shard), so the first 50 of a 200-image set are the images a 50-image set holds);
+    None keeps them all."""
     from ..data.decode import decode_file
     path = Path(artifact_dir) / "synthetic.csv"
     with open(path, newline="") as fh:
@@ -196,6 +201,18 @@ def read_synthetic(artifact_dir: Path, class_names: list[str], data: DataConfig)
     unknown = sorted({r["class"] for r in rows} - set(index))
     if unknown:
         raise TailsynthError(f"{path}: unknown classes {unknown}; known: {class_names}")
+    if per_class is not None:
+        kept: dict[str, int] = {}
+        selected = []
+        for r in rows:
+            if kept.get(r["class"], 0) < per_class:
+                kept[r["class"]] = kept.get(r["class"], 0) + 1
+                selected.append(r)
+        short = {c: n for c, n in kept.items() if n < per_class}
+        if short:
+            raise TailsynthError(f"{path}: asked for {per_class} synthetic images per class, but it holds only "
+                                 f"{short}")
+        rows = selected
     images = np.stack([decode_file(Path(artifact_dir) / r["file"], data.image_size, data.channels) for r in rows]) \
         if rows else np.zeros((0, data.image_size, data.image_size, data.channels), np.uint8)
     return images, np.array([index[r["class"]] for r in rows], dtype=np.int64)

@@ -38,6 +38,11 @@ class ExperimentConfig(StrictConfig):
     diffusion: dict[str, Any] = {}  # DiffusionConfig (pipeline.diffusion_stages), used by synthesis methods
     synthesis: dict[str, Any] = {}  # SynthesisConfig (pipeline.synthesis_methods)
     oracle: dict[str, Any] | None = None  # TrainConfig of the oracle (LoGex §4.4); None: no oracle
+    # LoGex Fig. 3: extra rows of a synthesis method trained with N synthetic images per tail class, e.g.
+    # {logex: [25, 50, 200]} gives rows logex@25, logex@50, logex@200 (the synthesis runs once, for the
+    # largest N; smaller sets are its per-class prefixes). sweep_seeds None: the experiment's seeds.
+    synthetic_sweep: dict[str, list[int]] = {}
+    sweep_seeds: list[int] | None = None
 
 
 def find_experiment(name_or_path: str) -> Path:
@@ -59,6 +64,9 @@ def load_experiment(name_or_path: str, overrides: list[str] | None = None) -> Ex
     cfg = build_config(ExperimentConfig, data, where=str(path))
     if not cfg.seeds:
         raise TailsynthError(f"{path}: 'seeds' is empty")
+    for method, counts in cfg.synthetic_sweep.items():
+        if not counts or min(counts) < 1:
+            raise TailsynthError(f"{path}: synthetic_sweep.{method} must list positive image counts, got {counts}")
     if cfg.data.channels not in (1, 3):
         raise TailsynthError(f"{path}: data.channels must be 1 or 3, got {cfg.data.channels}")
     return cfg

@@ -10,6 +10,7 @@ from typing import Any, Callable
 from .. import __version__
 from ..config import StrictConfig, to_dict
 from ..data import index_source, load_benchmark_config
+from ..errors import TailsynthError
 from ..training import METHODS
 from .experiment import ExperimentConfig
 from .runner import Runner, Stage
@@ -91,14 +92,20 @@ def run_experiment(cfg: ExperimentConfig, runs_dir: str | Path, *, force: set[st
     eval_cfg = EvalStageConfig(data=cfg.data, scores=all_scores(cfg.scores), primary_score=cfg.primary_score,
                                device=cfg.device)
     result = ExperimentResult()
-    for method in list(cfg.methods) + list(cfg.method_params):
+    for method in list(cfg.methods) + list(cfg.method_params) + list(cfg.synthetic_sweep):
         METHODS.get(method)
+    for method in cfg.synthetic_sweep:
+        if METHODS.get(method).synthesis is None:
+            raise TailsynthError(f"synthetic_sweep: {method!r} uses no synthetic images")
     synth_cache: dict[str, Artifact] = {}
-    for method in cfg.methods:
-        for seed in cfg.seeds:
-            classifier = _train(chain, cfg, method, seed, split, synth_cache)
-            result.evaluations.append(chain(EVALUATE, eval_cfg, {"split": split, "classifier": classifier},
-                                            seed, f"{method} seed {seed}"))
+    rows = [(method, seed, None) for method in cfg.methods for seed in cfg.seeds]
+    rows += [(method, seed, n) for method, counts in cfg.synthetic_sweep.items()
+             for n in counts for seed in (cfg.sweep_seeds if cfg.sweep_seeds is not None else cfg.seeds)]
+    for method, seed, per_class in rows:
+        classifier = _train(chain, cfg, method, seed, split, synth_cache, per_class)
+        label = method if per_class is None else f"{method}@{per_class}"
+        result.evaluations.append(chain(EVALUATE, eval_cfg, {"split": split, "classifier": classifier},
+                                        seed, f"{label} seed {seed}"))
     quality = _quality(chain, cfg, split, synth_cache) if synth_cache and cfg.oracle is not None else None
     result.plan = chain.plan
     result.wall_time_s = time.time() - started
@@ -125,21 +132,36 @@ def run_experiment(cfg: ExperimentConfig, runs_dir: str | Path, *, force: set[st
 
 
 def _train(chain: _Chain, cfg: ExperimentConfig, method: str, seed: int, split: Artifact,
-           synth_cache: dict[str, Artifact]) -> Artifact:
+           synth_cache: dict[str, Artifact], per_class: int | None = None) -> Artifact:
     """The classifier artifact of ``method``; cRT first trains (or reuses) its base method's model;
-    a synthesis method first builds (or reuses) its synthetic tail set."""
+    a synthesis method first builds (or reuses) its synthetic tail set and trains on ``per_class`` of its
+    images per tail class (None: ``synthesis.n_per_class``; a sweep row otherwise)."""
     spec = METHODS.get(method)
     inputs = {"split": split}
     train_cfg = cfg.classifier
+    extra: dict = {}
     if spec.synthesis is not None:
         if spec.synthesis not in synth_cache:
             synth_cache[spec.synthesis] = _synthesize(chain, cfg, spec.synthesis, split, synth_cache)
         inputs["synthetic"] = synth_cache[spec.synthesis]
+        default_n = _diffusion_cfgs(cfg)[1].n_per_class
+        extra = {"synthetic_per_class": per_class or default_n}
+        if per_class is not None and per_class != default_n:
+            extra["label"] = f"{method}@{per_class}"
     if spec.crt_from is not None:
         inputs["base"] = _train(chain, cfg, spec.crt_from, seed, split, synth_cache)
         train_cfg = train_cfg.model_copy(update={"epochs": cfg.crt_epochs})
-    stage_cfg = TrainStageConfig(method=method, criterion_params=cfg.method_params.get(method, {}), seed=seed, data=cfg.data, train=train_cfg, device=cfg.device)
-    return chain(TRAIN, stage_cfg, inputs, seed, f"{method} seed {seed}")
+    stage_cfg = TrainStageConfig(method=method, criterion_params=cfg.method_params.get(method, {}), seed=seed,
+                                 data=cfg.data, train=train_cfg, device=cfg.device, **extra)
+    return chain(TRAIN, stage_cfg, inputs, seed, f"{extra.get('label', method)} seed {seed}")
+
+
+def synthesis_count(cfg: ExperimentConfig, synthesis_name: str, n_per_class: int) -> int:
+    """Images per tail class a synthesis method must produce: its n_per_class or the largest sweep count
+    of a method that uses it."""
+    counts = [n for method, ns in cfg.synthetic_sweep.items() if METHODS.get(method).synthesis == synthesis_name
+              for n in ns]
+    return max([n_per_class] + counts)
 
 
 def _diffusion_cfgs(cfg: ExperimentConfig):
@@ -161,8 +183,10 @@ def _synthesize(chain: _Chain, cfg: ExperimentConfig, name: str, split: Artifact
     base = chain(TRAIN_DIFFUSION, stage_cfg, {"split": split}, stage_cfg.diffusion.seed, "base diffusion")
     lora = chain(ADAPT_LORA, stage_cfg, {"split": split, "base": base}, stage_cfg.diffusion.seed, "LoRA on tail")
     aux = _train(chain, cfg, synthesis.aux_method, synthesis.aux_seed, split, synth_cache)
+    n = synthesis_count(cfg, name, synthesis.n_per_class)
     synth_cfg = SynthStageConfig(
-        method=name, synthesis=synthesis.model_copy(update={"params": {name: synthesis.params.get(name, {})}}),
+        method=name, synthesis=synthesis.model_copy(update={"params": {name: synthesis.params.get(name, {})},
+                                                            "n_per_class": n}),
         diffusion=stage_cfg.diffusion, data=cfg.data, device=cfg.device)
     return chain(SYNTHESIZE, synth_cfg, {"split": split, "base": base, "lora": lora, "aux": aux},
                  synthesis.seed, f"synthesis {name}")

@@ -38,6 +38,8 @@ class TrainStageConfig(StrictConfig):
     data: DataConfig
     train: TrainConfig
     device: str = "auto"
+    synthetic_per_class: int | None = None  # synthesis methods: first N synthetic images per tail class
+    label: str | None = None  # the row name in reports (default: method), e.g. "logex@25" in a sweep
 
 
 class EvalStageConfig(StrictConfig):
@@ -108,7 +110,8 @@ def run_train(cfg: TrainStageConfig, inputs: dict[str, Artifact], workdir: Path)
     train, val = split_data(split, cfg.data, "train"), split_data(split, cfg.data, "val")
     if "synthetic" in inputs:  # synthetic tail images join the training split only
         from .diffusion_stages import read_synthetic
-        syn_images, syn_labels = read_synthetic(inputs["synthetic"].path, split.class_names, cfg.data)
+        syn_images, syn_labels = read_synthetic(inputs["synthetic"].path, split.class_names, cfg.data,
+                                                cfg.synthetic_per_class)
         train = ArrayData(np.concatenate([train.images, syn_images]), np.concatenate([train.labels, syn_labels]))
     counts = np.bincount(train.labels, minlength=len(split.class_names))
     missing = [split.class_names[c] for c in range(len(counts)) if counts[c] == 0]
@@ -116,7 +119,7 @@ def run_train(cfg: TrainStageConfig, inputs: dict[str, Artifact], workdir: Path)
         raise TailsynthError(f"no training images for classes {missing} in {inputs['split'].path}")
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)  # weight initialisation
-    card = model_card(cfg.train, cfg.data, split, cfg.method, cfg.seed)
+    card = model_card(cfg.train, cfg.data, split, cfg.label or cfg.method, cfg.seed)
     model = build_model(card)
     trainable = "all"
     if spec.crt_from is not None:
