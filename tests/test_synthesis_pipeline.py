@@ -144,3 +144,7 @@ def test_images_per_class_sweep_uses_prefixes_of_one_synthesis(tmp_path):
         assert all(counts[label][c] == real[c] + n for c in split.tail_classes), label
     methods = [json.loads((p.path / "metrics.json").read_text())["method"] for p in result.evaluations]
     assert methods == ["logex-lora", "logex-lora@1", "logex-lora@5"]
+    report = (result.report_dir / "report.md").read_text()
+    section = report[report.index("Synthetic images per tail class: logex-lora"):]
+    assert [line.split("|")[1].strip() for line in section.splitlines()[4:7]] == ["1", "3", "5"]
+    assert "FPR@95 vs synthetic images per tail class" in (result.report_dir / "report.html").read_text()

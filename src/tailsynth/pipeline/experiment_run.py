@@ -122,11 +122,17 @@ def run_experiment(cfg: ExperimentConfig, runs_dir: str | Path, *, force: set[st
                                           for t in runner.timings}.values()), 1),
                 "this_invocation_s": round(result.wall_time_s, 1)}
         sections = _quality_sections(quality) if quality is not None else []
+        sweep = _sweep(cfg, result.evaluations)
+        if sweep:
+            from .sweep_report import sweep_sections
+            sections += sweep_sections(sweep)
         md_path, _, _ = write_report([a.path for a in result.evaluations], report_dir, command=command, meta=meta,
                                      extra_sections=sections)
-        if quality is not None:
+        if quality is not None or sweep:
+            from .sweep_report import sweep_markdown
             with open(md_path, "a") as fh:
-                fh.write("\n" + _quality_markdown(quality))
+                fh.write("\n" + (_quality_markdown(quality) if quality is not None else "")
+                         + ("\n" + sweep_markdown(sweep) if sweep else ""))
         result.report_dir = report_dir
     return result
 
@@ -154,6 +160,15 @@ def _train(chain: _Chain, cfg: ExperimentConfig, method: str, seed: int, split: 
     stage_cfg = TrainStageConfig(method=method, criterion_params=cfg.method_params.get(method, {}), seed=seed,
                                  data=cfg.data, train=train_cfg, device=cfg.device, **extra)
     return chain(TRAIN, stage_cfg, inputs, seed, f"{extra.get('label', method)} seed {seed}")
+
+
+def _sweep(cfg: ExperimentConfig, evaluations: list[Artifact]) -> dict:
+    if not cfg.synthetic_sweep:
+        return {}
+    from .sweep_report import sweep_points
+    seeds = cfg.sweep_seeds if cfg.sweep_seeds is not None else cfg.seeds
+    n_default = _diffusion_cfgs(cfg)[1].n_per_class
+    return sweep_points(cfg.synthetic_sweep, n_default, list(seeds), [a.path for a in evaluations])
 
 
 def synthesis_count(cfg: ExperimentConfig, synthesis_name: str, n_per_class: int) -> int:

@@ -1,0 +1,81 @@
+"""The images-per-class sweep section of the report (LoGex Fig. 3: synthetic images per tail class vs FPR@95).
+
+Rows come from the evaluation artifacts of the sweep (``logex@25`` ...) and, for N = ``synthesis.n_per_class``,
+of the method's main row; every N is averaged over the same seeds (``sweep_seeds``) so the points compare.
+"""
+from __future__ import annotations
+
+import html
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..utils import read_json
+
+COLUMNS = (("fpr95", "FPR@95 ↓"), ("auroc", "AUROC ↑"), ("bacc_head", "bAcc-head ↑"), ("bacc_tail", "bAcc-tail ↑"))
+
+
+def sweep_points(sweep: dict[str, list[int]], n_default: int, seeds: list[int],
+                 evaluation_dirs: list[Path]) -> dict[str, list[dict[str, Any]]]:
+    """{method: [{"n": N, "seeds": [...], metric: (mean, std) ...}, ...] sorted by N}; metrics in %."""
+    runs = [read_json(Path(d) / "metrics.json") for d in evaluation_dirs]
+    out: dict[str, list[dict[str, Any]]] = {}
+    for method, counts in sweep.items():
+        points = []
+        for n in sorted(set(counts) | {n_default}):
+            label = method if n == n_default else f"{method}@{n}"
+            chosen = [r for r in runs if r["method"] == label and r["seed"] in seeds]
+            if not chosen:
+                continue
+            point: dict[str, Any] = {"n": n, "seeds": sorted(r["seed"] for r in chosen)}
+            for key, _ in COLUMNS:
+                values = np.array([100 * r["metrics"][key] for r in chosen])
+                point[key] = (float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0)
+            points.append(point)
+        out[method] = points
+    return out
+
+
+def _cells(point: dict[str, Any]) -> list[str]:
+    return [str(point["n"])] + [f"{point[k][0]:.2f} ± {point[k][1]:.2f}" for k, _ in COLUMNS] + \
+        [",".join(map(str, point["seeds"]))]
+
+
+HEADER = ["images / tail class"] + [label for _, label in COLUMNS] + ["seeds"]
+
+
+def sweep_markdown(points: dict[str, list[dict[str, Any]]]) -> str:
+    lines = []
+    for method, rows in points.items():
+        lines += [f"## Synthetic images per tail class: {method} (LoGex Fig. 3)", "",
+                  "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+        lines += ["| " + " | ".join(_cells(p)) + " |" for p in rows]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def sweep_sections(points: dict[str, list[dict[str, Any]]]) -> list[tuple[str, Any]]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    sections: list[tuple[str, Any]] = []
+    for method, rows in points.items():
+        table = "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in HEADER) + "</tr>" + "".join(
+            "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _cells(p)) + "</tr>" for p in rows) + "</table>"
+        sections.append((f"Synthetic images per tail class vs FPR@95: {method} (LoGex Fig. 3)", table))
+        fig, ax = plt.subplots(figsize=(4, 3))
+        ns = [p["n"] for p in rows]
+        ax.errorbar(ns, [p["fpr95"][0] for p in rows], yerr=[p["fpr95"][1] for p in rows], marker="o", capsize=3)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ns, [str(n) for n in ns])
+        ax.set_xlabel("synthetic images per tail class")
+        ax.set_ylabel("FPR@95 (%)")
+        ax.set_title(method)
+        fig.tight_layout()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=110)
+        plt.close(fig)
+        sections.append((f"FPR@95 vs synthetic images per tail class ({method})", buffer.getvalue()))
+    return sections
