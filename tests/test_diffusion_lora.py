@@ -68,6 +68,10 @@ def test_all_attention_option_and_bad_labels(tmp_path):
     assert any(".attn1." in k for k in keys) and any(".attn2." in k for k in keys)
     with pytest.raises(TailsynthError, match="class_names"):
         adapt_lora(PixelBackend(TINY), images, labels + 2, ["a", "b"], _lora_cfg(), tmp_path / "x", "cpu", 0)
+    with pytest.raises(TailsynthError, match=r"no training images: \['c'\]"):
+        adapt_lora(PixelBackend(TINY), images, labels, ["a", "b", "c"], _lora_cfg(), tmp_path / "y", "cpu", 0)
+    with pytest.raises(TailsynthError, match="divisible"):
+        PixelBackend({**TINY, "image_size": 17})
 
 
 def test_tiny_stable_diffusion_load_lora_and_sample(tmp_path):

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
 from peft.tuners.tuners_utils import BaseTunerLayer
@@ -104,10 +105,14 @@ def adapt_lora(backend, images, labels, class_names: list[str], cfg: LoraAdaptCo
     When training finishes the adapter is saved to ``workdir/lora`` (see :func:`save_lora`).
     """
     workdir = Path(workdir)
-    ids = backend.add_classes(list(class_names))
-    labels_t = torch.as_tensor(labels).long().view(-1)
+    labels_t = torch.as_tensor(np.asarray(labels)).long().view(-1)
     if labels_t.numel() and (int(labels_t.min()) < 0 or int(labels_t.max()) >= len(class_names)):
         raise TailsynthError(f"adapt_lora: labels must index the {len(class_names)} class_names")
+    counts = torch.bincount(labels_t, minlength=len(class_names))
+    empty = [name for name, n in zip(class_names, counts.tolist()) if n == 0]
+    if empty:
+        raise TailsynthError(f"LoRA adaptation asked for classes with no training images: {empty}")
+    ids = backend.add_classes(list(class_names))
     attach_lora(backend, cfg, seed=generator_seed)
     params = adapter_parameters(backend, cfg)
     cond_ids = torch.tensor(ids)[labels_t]
