@@ -100,8 +100,11 @@ def run_quality(cfg: QualityStageConfig, inputs: dict[str, Artifact], workdir: P
 def _accuracy(pred: np.ndarray, labels: np.ndarray, split) -> dict[str, Any]:
     per_class = {split.class_names[c]: float((pred[labels == c] == c).mean())
                  for c in split.tail_classes if (labels == c).any()}
+    predicted = {split.class_names[c]: {split.class_names[k]: int(n) for k, n in
+                                        enumerate(np.bincount(pred[labels == c], minlength=len(split.class_names))) if n}
+                 for c in split.tail_classes if (labels == c).any()}
     return {"overall": float((pred == labels).mean()) if len(labels) else None, "per_class": per_class,
-            "n": int(len(labels))}
+            "n": int(len(labels)), "predicted": predicted}
 
 
 def sample_grid(columns, split, per_class: int) -> bytes:
@@ -139,4 +142,4 @@ def sample_grid(columns, split, per_class: int) -> bytes:
 
 
 TRAIN_ORACLE = Stage("train_oracle", "1", run_train_oracle, "oracle classifier on the full pool (report only)")
-QUALITY = Stage("synthetic_quality", "1", run_quality, "oracle accuracy on synthetic images and sample grid")
+QUALITY = Stage("synthetic_quality", "2", run_quality, "oracle accuracy on synthetic images and sample grid")
