@@ -18,6 +18,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
 from ..config import StrictConfig
 from ..diffusion import (DenoiserTrainConfig, LoraAdaptConfig, PixelBackend, SDBackend, adapt_lora, load_lora,
@@ -28,6 +29,7 @@ from .experiment import DataConfig
 from .runner import Stage
 from .stages import load_classifier, read_split, split_data
 from .store import Artifact
+from ..training.trainer import progress_enabled
 from ..diffusion.guidance import ClassifierGuide
 from .synthesis_methods import SYNTHESIS, SynthesisConfig
 
@@ -148,6 +150,9 @@ def run_synthesize(cfg: SynthStageConfig, inputs: dict[str, Artifact], workdir: 
     shard_dir = workdir / "shards"
     shard_dir.mkdir(exist_ok=True)
     n_shards = -(-s.n_per_class // s.shard_size)
+    done = sum(len(read_json(m)) for m in shard_dir.glob("*.json"))
+    bar = tqdm(total=s.n_per_class * len(split.tail_classes), initial=done, desc=f"synthesis {cfg.method}",
+               unit="img", disable=not progress_enabled())
     for c in split.tail_classes:
         name = split.class_names[c]
         for k in range(n_shards):
@@ -170,6 +175,9 @@ def run_synthesize(cfg: SynthStageConfig, inputs: dict[str, Artifact], workdir: 
                 atomic_write_bytes(workdir / rel, _png(images[i]))
                 rows.append([rel, name, cfg.method, seed, round(float(confidence[i]), 6)])
             atomic_write_json(marker, rows)
+            bar.update(n)
+            bar.set_postfix(mean_conf=f"{float(confidence.float().mean()):.3f}")
+    bar.close()
     rows = []
     for marker in sorted(shard_dir.glob("*.json")):
         rows += read_json(marker)
