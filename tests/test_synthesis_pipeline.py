@@ -148,3 +148,14 @@ def test_images_per_class_sweep_uses_prefixes_of_one_synthesis(tmp_path):
     section = report[report.index("Synthetic images per tail class: logex-lora"):]
     assert [line.split("|")[1].strip() for line in section.splitlines()[4:7]] == ["1", "3", "5"]
     assert "FPR@95 vs synthetic images per tail class" in (result.report_dir / "report.html").read_text()
+
+
+def test_per_method_auxiliary_classifier(tmp_path):
+    """synthesis.params.<method>.aux_method overrides synthesis.aux_method for that synthesis only."""
+    overrides = [o for o in TINY if not o.startswith(("methods=", "synthesis="))] + [
+        "methods=[logex-lora, logex]",
+        "synthesis={n_per_class: 3, shard_size: 2, num_steps: 3, aux_method: ce, "
+        "params: {logex: {aux_method: ce-rw, max_opt_steps: 1}}}"]
+    result = run_experiment(load_experiment("demo", overrides), tmp_path / "runs", plan_only=True, log=quiet)
+    aux = [p["label"] for p in result.plan if p["stage"] == "train_classifier" and "seed 0" in p["label"]]
+    assert aux == ["ce seed 0", "logex-lora seed 0", "ce-rw seed 0", "logex seed 0"]

@@ -190,18 +190,22 @@ def _diffusion_cfgs(cfg: ExperimentConfig):
 
 def _synthesize(chain: _Chain, cfg: ExperimentConfig, name: str, split: Artifact,
                 synth_cache: dict[str, Artifact]) -> Artifact:
-    """base diffusion (head only) -> LoRA (tail only) -> auxiliary classifier -> synthetic tail images."""
+    """base diffusion (head only) -> LoRA (tail only) -> auxiliary classifier -> synthetic tail images.
+
+    ``synthesis.params.<name>.aux_method`` overrides ``synthesis.aux_method`` for one synthesis method."""
     from .diffusion_stages import ADAPT_LORA, SYNTHESIZE, TRAIN_DIFFUSION, SynthStageConfig
     from .synthesis_methods import SYNTHESIS
     SYNTHESIS.get(name)
     stage_cfg, synthesis = _diffusion_cfgs(cfg)
     base = chain(TRAIN_DIFFUSION, stage_cfg, {"split": split}, stage_cfg.diffusion.seed, "base diffusion")
     lora = chain(ADAPT_LORA, stage_cfg, {"split": split, "base": base}, stage_cfg.diffusion.seed, "LoRA on tail")
-    aux = _train(chain, cfg, synthesis.aux_method, synthesis.aux_seed, split, synth_cache)
+    params = dict(synthesis.params.get(name, {}))
+    aux_method = params.pop("aux_method", synthesis.aux_method)
+    aux = _train(chain, cfg, aux_method, synthesis.aux_seed, split, synth_cache)
     n = synthesis_count(cfg, name, synthesis.n_per_class)
     synth_cfg = SynthStageConfig(
-        method=name, synthesis=synthesis.model_copy(update={"params": {name: synthesis.params.get(name, {})},
-                                                            "n_per_class": n}),
+        method=name, synthesis=synthesis.model_copy(update={"params": {name: params}, "n_per_class": n,
+                                                            "aux_method": aux_method}),
         diffusion=stage_cfg.diffusion, data=cfg.data, device=cfg.device)
     return chain(SYNTHESIZE, synth_cfg, {"split": split, "base": base, "lora": lora, "aux": aux},
                  synthesis.seed, f"synthesis {name}")
