@@ -80,8 +80,11 @@ def test_ctrl_c_says_how_to_resume(tmp_path):
     proc = subprocess.Popen(command(runs), env=env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     deadline = time.time() + 300
-    while time.time() < deadline and not list(runs.glob("train_classifier/*.partial/train_state.json")):
-        time.sleep(0.02)
+    # the classifier stage's work folder exists for the whole stage (data loading included), a much wider
+    # window than a checkpoint file, so a busy machine cannot make the poll miss it
+    while time.time() < deadline and proc.poll() is None and not list(runs.glob("train_classifier/*.partial")):
+        time.sleep(0.01)
+    assert proc.poll() is None, f"the run ended (exit {proc.returncode}) before it could be interrupted"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130
