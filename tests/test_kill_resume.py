@@ -77,8 +77,10 @@ def test_sigkill_at_three_points_then_rerun_equals_uninterrupted(tmp_path):
 
 def test_ctrl_c_says_how_to_resume(tmp_path):
     runs = tmp_path / "runs"
+    # a test runner started as a background job inherits SIGINT ignored, and so would the child (Python only
+    # installs its KeyboardInterrupt handler when SIGINT is not ignored): give the child the default
     proc = subprocess.Popen(command(runs), env=env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     # the classifier stage's work folder exists for the whole stage (data loading included), a much wider
     # window than a checkpoint file, so a busy machine cannot make the poll miss it
