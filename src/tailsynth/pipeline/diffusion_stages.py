@@ -29,8 +29,8 @@ from .experiment import DataConfig
 from .runner import Stage
 from .stages import load_classifier, read_split, split_data
 from .store import Artifact
-from ..training.trainer import progress_enabled
 from ..diffusion.guidance import ClassifierGuide
+from ..training.trainer import progress_enabled
 from .synthesis_methods import SYNTHESIS, SynthesisConfig
 
 
@@ -210,17 +210,14 @@ def read_synthetic(artifact_dir: Path, class_names: list[str], data: DataConfig,
     if unknown:
         raise TailsynthError(f"{path}: unknown classes {unknown}; known: {class_names}")
     if per_class is not None:
-        kept: dict[str, int] = {}
-        selected = []
+        by_class: dict[str, list[dict]] = {}
         for r in rows:
-            if kept.get(r["class"], 0) < per_class:
-                kept[r["class"]] = kept.get(r["class"], 0) + 1
-                selected.append(r)
-        short = {c: n for c, n in kept.items() if n < per_class}
+            by_class.setdefault(r["class"], []).append(r)
+        short = {c: len(rs) for c, rs in by_class.items() if len(rs) < per_class}
         if short:
             raise TailsynthError(f"{path}: asked for {per_class} synthetic images per class, but it holds only "
                                  f"{short}")
-        rows = selected
+        rows = [r for rs in by_class.values() for r in rs[:per_class]]
     images = np.stack([decode_file(Path(artifact_dir) / r["file"], data.image_size, data.channels) for r in rows]) \
         if rows else np.zeros((0, data.image_size, data.image_size, data.channels), np.uint8)
     return images, np.array([index[r["class"]] for r in rows], dtype=np.int64)

@@ -16,6 +16,7 @@ from .experiment import ExperimentConfig
 from .runner import Runner, Stage
 from .stages import EVALUATE, SPLIT, TRAIN, EvalStageConfig, SplitStageConfig, TrainStageConfig, all_scores
 from .store import Artifact, ArtifactStore
+from .sweep_report import row_label
 
 
 @dataclass
@@ -103,7 +104,7 @@ def run_experiment(cfg: ExperimentConfig, runs_dir: str | Path, *, force: set[st
              for n in counts for seed in (cfg.sweep_seeds if cfg.sweep_seeds is not None else cfg.seeds)]
     for method, seed, per_class in rows:
         classifier = _train(chain, cfg, method, seed, split, synth_cache, per_class)
-        label = method if per_class is None else f"{method}@{per_class}"
+        label = row_label(method, per_class, _n_per_class(cfg))
         result.evaluations.append(chain(EVALUATE, eval_cfg, {"split": split, "classifier": classifier},
                                         seed, f"{label} seed {seed}"))
     quality = _quality(chain, cfg, split, synth_cache) if synth_cache and cfg.oracle is not None else None
@@ -128,11 +129,13 @@ def run_experiment(cfg: ExperimentConfig, runs_dir: str | Path, *, force: set[st
             sections += sweep_sections(sweep)
         md_path, _, _ = write_report([a.path for a in result.evaluations], report_dir, command=command, meta=meta,
                                      extra_sections=sections)
-        if quality is not None or sweep:
+        appendix = [_quality_markdown(quality)] if quality is not None else []
+        if sweep:
             from .sweep_report import sweep_markdown
+            appendix.append(sweep_markdown(sweep))
+        if appendix:
             with open(md_path, "a") as fh:
-                fh.write("\n" + (_quality_markdown(quality) if quality is not None else "")
-                         + ("\n" + sweep_markdown(sweep) if sweep else ""))
+                fh.write("".join("\n" + part for part in appendix))
         result.report_dir = report_dir
     return result
 
@@ -146,20 +149,21 @@ def _train(chain: _Chain, cfg: ExperimentConfig, method: str, seed: int, split: 
     inputs = {"split": split}
     train_cfg = cfg.classifier
     extra: dict = {}
+    label = method
     if spec.synthesis is not None:
         if spec.synthesis not in synth_cache:
             synth_cache[spec.synthesis] = _synthesize(chain, cfg, spec.synthesis, split, synth_cache)
         inputs["synthetic"] = synth_cache[spec.synthesis]
-        default_n = _diffusion_cfgs(cfg)[1].n_per_class
-        extra = {"synthetic_per_class": per_class or default_n}
-        if per_class is not None and per_class != default_n:
-            extra["label"] = f"{method}@{per_class}"
+        label = row_label(method, per_class, _n_per_class(cfg))
+        extra = {"synthetic_per_class": per_class or _n_per_class(cfg)}
+        if label != method:
+            extra["label"] = label
     if spec.crt_from is not None:
         inputs["base"] = _train(chain, cfg, spec.crt_from, seed, split, synth_cache)
         train_cfg = train_cfg.model_copy(update={"epochs": cfg.crt_epochs})
     stage_cfg = TrainStageConfig(method=method, criterion_params=cfg.method_params.get(method, {}), seed=seed,
                                  data=cfg.data, train=train_cfg, device=cfg.device, **extra)
-    return chain(TRAIN, stage_cfg, inputs, seed, f"{extra.get('label', method)} seed {seed}")
+    return chain(TRAIN, stage_cfg, inputs, seed, f"{label} seed {seed}")
 
 
 def _sweep(cfg: ExperimentConfig, evaluations: list[Artifact]) -> dict:
@@ -167,8 +171,12 @@ def _sweep(cfg: ExperimentConfig, evaluations: list[Artifact]) -> dict:
         return {}
     from .sweep_report import sweep_points
     seeds = cfg.sweep_seeds if cfg.sweep_seeds is not None else cfg.seeds
-    n_default = _diffusion_cfgs(cfg)[1].n_per_class
-    return sweep_points(cfg.synthetic_sweep, n_default, list(seeds), [a.path for a in evaluations])
+    return sweep_points(cfg.synthetic_sweep, _n_per_class(cfg), list(seeds), [a.path for a in evaluations])
+
+
+def _n_per_class(cfg: ExperimentConfig) -> int:
+    """Synthetic images per tail class of a synthesis method's main row (``synthesis.n_per_class``)."""
+    return _diffusion_cfgs(cfg)[1].n_per_class
 
 
 def synthesis_count(cfg: ExperimentConfig, synthesis_name: str, n_per_class: int) -> int:

@@ -98,11 +98,10 @@ def run_quality(cfg: QualityStageConfig, inputs: dict[str, Artifact], workdir: P
 
 
 def _accuracy(pred: np.ndarray, labels: np.ndarray, split) -> dict[str, Any]:
-    per_class = {split.class_names[c]: float((pred[labels == c] == c).mean())
-                 for c in split.tail_classes if (labels == c).any()}
-    predicted = {split.class_names[c]: {split.class_names[k]: int(n) for k, n in
-                                        enumerate(np.bincount(pred[labels == c], minlength=len(split.class_names))) if n}
-                 for c in split.tail_classes if (labels == c).any()}
+    names = split.class_names
+    counts = {c: np.bincount(pred[labels == c], minlength=len(names)) for c in split.tail_classes if (labels == c).any()}
+    per_class = {names[c]: float(n[c] / n.sum()) for c, n in counts.items()}
+    predicted = {names[c]: {names[k]: int(m) for k, m in enumerate(n) if m} for c, n in counts.items()}
     return {"overall": float((pred == labels).mean()) if len(labels) else None, "per_class": per_class,
             "n": int(len(labels)), "predicted": predicted}
 

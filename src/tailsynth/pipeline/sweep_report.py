@@ -14,6 +14,12 @@ import numpy as np
 
 from ..utils import read_json
 
+def row_label(method: str, per_class: int | None, n_default: int) -> str:
+    """The report row of ``method`` trained on ``per_class`` synthetic images per tail class: the method's
+    own name at its default count (or None), ``method@N`` otherwise."""
+    return method if per_class is None or per_class == n_default else f"{method}@{per_class}"
+
+
 COLUMNS = (("fpr95", "FPR@95 ↓"), ("auroc", "AUROC ↑"), ("bacc_head", "bAcc-head ↑"), ("bacc_tail", "bAcc-tail ↑"))
 
 
@@ -25,7 +31,7 @@ def sweep_points(sweep: dict[str, list[int]], n_default: int, seeds: list[int],
     for method, counts in sweep.items():
         points = []
         for n in sorted(set(counts) | {n_default}):
-            label = method if n == n_default else f"{method}@{n}"
+            label = row_label(method, n, n_default)
             chosen = [r for r in runs if r["method"] == label and r["seed"] in seeds]
             if not chosen:
                 continue
