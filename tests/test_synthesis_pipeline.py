@@ -149,6 +149,15 @@ def test_images_per_class_sweep_uses_prefixes_of_one_synthesis(tmp_path):
     assert [line.split("|")[1].strip() for line in section.splitlines()[4:7]] == ["1", "3", "5"]
     assert "FPR@95 vs synthetic images per tail class" in (result.report_dir / "report.html").read_text()
 
+    # the same sweep in the folder of the 3-image run copies that run's full shards (shard 0 of each class:
+    # 2 images; shard 1 holds 1 image there but 2 here, so it is made anew) and ends with the same images
+    run_experiment(cfg, tmp_path / "a", log=quiet)
+    manifests = [json.loads(m.read_text()) for m in (tmp_path / "a" / "synthesize").glob("*/manifest.json")]
+    grown = next(m for m in manifests if m["config"]["synthesis"]["n_per_class"] == 5)
+    assert grown["result"]["reused_shards"] == len(classes)
+    assert json.loads(next(synth_big.parent.glob("*/manifest.json")).read_text())["result"]["reused_shards"] == 0
+    assert digest(tmp_path / "a" / "synthesize" / grown["fingerprint"]) == digest(synth_big)
+
 
 def test_per_method_auxiliary_classifier(tmp_path):
     """synthesis.params.<method>.aux_method overrides synthesis.aux_method for that synthesis only."""

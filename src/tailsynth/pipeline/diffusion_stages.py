@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..config import StrictConfig
+from ..config import StrictConfig, to_dict
 from ..diffusion import (DenoiserTrainConfig, LoraAdaptConfig, PixelBackend, SDBackend, adapt_lora, load_lora,
                          train_denoiser)
 from ..errors import TailsynthError
@@ -149,6 +149,7 @@ def run_synthesize(cfg: SynthStageConfig, inputs: dict[str, Artifact], workdir: 
     latent = backend.latent_shape(size)
     shard_dir = workdir / "shards"
     shard_dir.mkdir(exist_ok=True)
+    reused = reuse_shards(cfg, inputs, workdir)
     n_shards = -(-s.n_per_class // s.shard_size)
     done = sum(len(read_json(m)) for m in shard_dir.glob("*.json"))
     bar = tqdm(total=s.n_per_class * len(split.tail_classes), initial=done, desc=f"synthesis {cfg.method}",
@@ -159,7 +160,7 @@ def run_synthesize(cfg: SynthStageConfig, inputs: dict[str, Artifact], workdir: 
             marker = shard_dir / f"{c:04d}_{k:04d}.json"
             if marker.is_file():
                 continue
-            n = min(s.shard_size, s.n_per_class - k * s.shard_size)
+            n = _shard_size(s.n_per_class, s.shard_size, k)
             seed = derive_seed(s.seed, c, k)
             generator = torch.Generator().manual_seed(seed)
             x_T = torch.randn((n, *latent), generator=generator).to(device)
@@ -187,7 +188,46 @@ def run_synthesize(cfg: SynthStageConfig, inputs: dict[str, Artifact], workdir: 
     writer.writerows(rows)
     atomic_write_text(workdir / "synthetic.csv", buffer.getvalue())
     conf = np.array([r[4] for r in rows])
-    return {"n_images": len(rows), "mean_aux_confidence": float(conf.mean()) if len(conf) else None}
+    return {"n_images": len(rows), "mean_aux_confidence": float(conf.mean()) if len(conf) else None,
+            "reused_shards": reused}
+
+
+def _shard_size(n_per_class: int, shard_size: int, k: int) -> int:
+    return min(shard_size, n_per_class - k * shard_size)
+
+
+def reuse_shards(cfg: SynthStageConfig, inputs: dict[str, Artifact], workdir: Path) -> int:
+    """Copy into ``workdir`` the shards of finished sibling syntheses that differ from this one only in
+    ``n_per_class`` (a 100-image run made before a 25/50/100/200 sweep, say); returns how many were copied.
+
+    A shard is seeded by (seed, class, shard index) and its images do not depend on ``n_per_class``, so a
+    sibling's shard of the same size holds exactly the images this synthesis would make (a shard whose size
+    differs, the last one of the smaller run, is made anew)."""
+    def without_count(config: dict) -> dict:
+        return {**config, "synthesis": {**config["synthesis"], "n_per_class": None}}
+
+    mine = without_count(to_dict(cfg))
+    upstream = {name: art.fingerprint for name, art in inputs.items()}
+    s = cfg.synthesis
+    copied = 0
+    for manifest in sorted(workdir.parent.glob("*/manifest.json")):
+        other = read_json(manifest)
+        if (other.get("version") != SYNTHESIZE.version or without_count(other["config"]) != mine
+                or {k: v["fingerprint"] for k, v in other["inputs"].items()} != upstream):
+            continue
+        their_n = other["config"]["synthesis"]["n_per_class"]
+        for marker in sorted((manifest.parent / "shards").glob("*.json")):
+            k = int(marker.stem.split("_")[1])
+            target = workdir / "shards" / marker.name
+            if target.exists() or k * s.shard_size >= s.n_per_class or \
+                    _shard_size(their_n, s.shard_size, k) != _shard_size(s.n_per_class, s.shard_size, k):
+                continue
+            rows = read_json(marker)
+            for row in rows:
+                atomic_write_bytes(workdir / row[0], (manifest.parent / row[0]).read_bytes())
+            atomic_write_json(target, rows)
+            copied += 1
+    return copied
 
 
 def _safe(name: str) -> str:
