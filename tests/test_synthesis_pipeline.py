@@ -168,3 +168,15 @@ def test_per_method_auxiliary_classifier(tmp_path):
     result = run_experiment(load_experiment("demo", overrides), tmp_path / "runs", plan_only=True, log=quiet)
     aux = [p["label"] for p in result.plan if p["stage"] == "train_classifier" and "seed 0" in p["label"]]
     assert aux == ["ce seed 0", "logex-lora seed 0", "ce-rw seed 0", "logex seed 0"]
+
+
+def test_sweep_of_a_method_not_run_adds_nothing(tmp_path):
+    """`methods=[ce]` on a config that sweeps logex-lora runs CE only (no diffusion stage, no sweep row)."""
+    overrides = [o for o in TINY if not o.startswith("methods=")] + ["methods=[ce]",
+                                                                       "synthetic_sweep={logex-lora: [1, 5]}"]
+    result = run_experiment(load_experiment("demo", overrides), tmp_path / "runs", plan_only=True, log=quiet)
+    assert [p["label"] for p in result.plan] == ["digits-lt", "ce seed 0", "ce seed 0"]
+    with_lora = run_experiment(load_experiment("demo", overrides[:-2] + ["methods=[logex-lora]",
+                                                                        "synthetic_sweep={logex-lora: [1, 5]}"]),
+                               tmp_path / "runs", plan_only=True, log=quiet)
+    assert {"logex-lora@1 seed 0", "logex-lora@5 seed 0"} <= {p["label"] for p in with_lora.plan}

@@ -98,6 +98,8 @@ def run_experiment(cfg: ExperimentConfig, runs_dir: str | Path, *, force: set[st
     for method in cfg.synthetic_sweep:
         if METHODS.get(method).synthesis is None:
             raise TailsynthError(f"synthetic_sweep: {method!r} uses no synthetic images")
+    # a sweep adds rows to a method that runs: `methods=[ce]` on a config with a logex sweep runs CE only
+    cfg = cfg.model_copy(update={"synthetic_sweep": {m: n for m, n in cfg.synthetic_sweep.items() if m in cfg.methods}})
     synth_cache: dict[str, Artifact] = {}
     rows = [(method, seed, None) for method in cfg.methods for seed in cfg.seeds]
     rows += [(method, seed, n) for method, counts in cfg.synthetic_sweep.items()
