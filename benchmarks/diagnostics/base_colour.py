@@ -1,7 +1,7 @@
 """Diagnosis: mean RGB of base-model samples (head class) vs real head images, CFG 1 and 3, x0 clipping on/off.
 
 Run from the project root after `tailsynth run pbc-lt-cpu --runs runs` (reads runs/train_diffusion). """
-import glob, json, sys
+import glob
 import numpy as np, torch
 from PIL import Image
 from tailsynth.diffusion import PixelBackend, ddim_sample

@@ -1,7 +1,8 @@
 """Diagnosis (not a method): is the synthetic images' colour what the oracle rejects?
 Oracle accuracy on each synthetic set as generated, and after matching each image's per-channel mean/std
 to the mean/std of the real tail TRAINING images of its class (Reinhard-style colour transfer)."""
-import glob, sys
+import glob
+import json
 from pathlib import Path
 import numpy as np, torch
 from tailsynth.pipeline.stages import load_classifier, read_split, split_data
@@ -18,7 +19,7 @@ oracle, _ = load_classifier(Path(glob.glob("runs/train_oracle/*/manifest.json")[
 dev = torch.device("cpu")
 for synth in sorted(glob.glob("runs/synthesize/*/manifest.json")):
     d = Path(synth).parent
-    import json; method = json.load(open(synth))["config"]["method"]
+    method = json.load(open(synth))["config"]["method"]
     imgs, labels = read_synthetic(d, split.class_names, data, per_class=100)
     fixed = imgs.astype(np.float32).copy()
     for c in np.unique(labels):
