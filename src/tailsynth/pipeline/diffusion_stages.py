@@ -219,8 +219,7 @@ def reuse_shards(cfg: SynthStageConfig, inputs: dict[str, Artifact], workdir: Pa
         for marker in sorted((manifest.parent / "shards").glob("*.json")):
             k = int(marker.stem.split("_")[1])
             target = workdir / "shards" / marker.name
-            if target.exists() or k * s.shard_size >= s.n_per_class or \
-                    _shard_size(their_n, s.shard_size, k) != _shard_size(s.n_per_class, s.shard_size, k):
+            if target.exists() or _shard_size(their_n, s.shard_size, k) != _shard_size(s.n_per_class, s.shard_size, k):
                 continue
             rows = read_json(marker)
             for row in rows:
