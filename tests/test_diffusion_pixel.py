@@ -95,3 +95,33 @@ def test_save_pretrained_round_trip_and_input_checks(tmp_path):
         train_denoiser(b, np.zeros((2, 8, 8, 3), np.uint8), [0, 1], _cfg(), tmp_path / "w", "cpu", 0)
     with pytest.raises(TailsynthError, match="labels must be in"):
         train_denoiser(b, images, labels + 5, _cfg(), tmp_path / "w", "cpu", 0)
+
+
+def test_centred_data_encodes_decodes_and_clips_per_channel(tmp_path):
+    mean = (0.8, 0.6, 0.3)
+    b = PixelBackend({**TINY, "data_mean": mean}, seed=0).eval()
+    x = torch.rand(2, 3, 16, 16)
+    m = torch.tensor(mean).view(1, 3, 1, 1)
+    assert torch.allclose(b.encode(x), 2 * (x - m)) and torch.allclose(b.decode(b.encode(x)), x, atol=1e-6)
+    assert torch.allclose(b.encode(m.expand(1, 3, 16, 16)), torch.zeros(1, 3, 16, 16))
+    lo, hi = b.clip_x0
+    assert torch.allclose(lo.view(3), torch.tensor([-1.6, -1.2, -0.6])) and torch.allclose(hi.view(3), torch.tensor([0.4, 0.8, 1.4]))
+    # the sampler clips x0-hat to [encode(0), encode(1)] per channel: an eps of huge magnitude pins it to the bounds
+    from tailsynth.diffusion.samplers import ddim_update
+    a_t, a_prev = b.alphas_cumprod[900], b.alphas_cumprod[850]
+    x_t = torch.zeros(1, 3, 4, 4)
+    _, x0 = ddim_update(x_t, torch.full((1, 3, 4, 4), -1e3), a_t, a_prev, clip_x0=b.clip_x0)
+    assert torch.allclose(x0, hi.expand_as(x0)) and torch.allclose(b.decode(x0), torch.ones_like(x0))
+    _, x0 = ddim_update(x_t, torch.full((1, 3, 4, 4), 1e3), a_t, a_prev, clip_x0=b.clip_x0)
+    assert torch.allclose(x0, lo.expand_as(x0)) and torch.allclose(b.decode(x0), torch.zeros_like(x0))
+    # uncentred: the [-1, 1] clip and the original arithmetic
+    plain = PixelBackend(TINY, seed=0)
+    assert plain.clip_x0 is True and torch.equal(plain.encode(x), x * 2.0 - 1.0)
+    # kept through save/load
+    b.save_pretrained(tmp_path / "m")
+    c = PixelBackend.from_pretrained(tmp_path / "m")
+    assert c.cfg.data_mean == mean and torch.equal(c.clip_x0[0], lo)
+    with pytest.raises(TailsynthError, match="data_mean needs 3 values"):
+        PixelBackend({**TINY, "data_mean": (0.5, 0.5)})
+    with pytest.raises(TailsynthError, match="data_mean needs 3 values"):
+        PixelBackend({**TINY, "data_mean": (0.5, 0.5, 1.5)})

@@ -180,3 +180,18 @@ def test_sweep_of_a_method_not_run_adds_nothing(tmp_path):
                                                                         "synthetic_sweep={logex-lora: [1, 5]}"]),
                                tmp_path / "runs", plan_only=True, log=quiet)
     assert {"logex-lora@1 seed 0", "logex-lora@5 seed 0"} <= {p["label"] for p in with_lora.plan}
+
+
+def test_centred_pixel_backend_takes_the_mean_of_its_training_images(tmp_path):
+    cfg = load_experiment("demo", TINY + ["diffusion.pixel.data_mean=auto", "synthesis.n_per_class=2"])
+    run_experiment(cfg, tmp_path / "runs", log=quiet)
+    model = next((tmp_path / "runs" / "train_diffusion").glob("*/model/config.json"))
+    mean = json.loads(model.read_text())["config"]["data_mean"]
+    from tailsynth.pipeline.stages import split_data
+    split = Split.read(next((tmp_path / "runs" / "split").glob("*/split.csv")))
+    train = split_data(split, cfg.data, "train")
+    head = train.images[np.isin(train.labels, split.head_classes)]
+    assert len(mean) == 1 and abs(mean[0] - head.mean() / 255.0) < 1e-9
+    synth_dir = next(p for p in (tmp_path / "runs" / "synthesize").iterdir() if not p.name.startswith("."))
+    images, _ = read_synthetic(synth_dir, split.class_names, cfg.data)
+    assert len(images) == 2 * len(split.tail_classes)

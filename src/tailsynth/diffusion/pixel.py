@@ -40,6 +40,7 @@ class PixelBackendConfig(StrictConfig):
     schedule: Literal["linear", "cosine"] = "linear"
     num_train_timesteps: int = 1000
     token_init_std: float = 1.0
+    data_mean: tuple[float, ...] | None = None  # per-channel image mean in [0, 1]; None: no centring
 
     @model_validator(mode="after")
     def _check(self) -> "PixelBackendConfig":
@@ -50,6 +51,9 @@ class PixelBackendConfig(StrictConfig):
             raise ValueError(f"attention_levels has {len(self.attention_levels)} entries, block_out_channels {levels}")
         if self.class_names is not None and len(self.class_names) != self.num_classes:
             raise ValueError(f"class_names has {len(self.class_names)} names for num_classes {self.num_classes}")
+        if self.data_mean is not None and (len(self.data_mean) != self.in_channels
+                                           or not all(0.0 < m < 1.0 for m in self.data_mean)):
+            raise ValueError(f"data_mean needs {self.in_channels} values in (0, 1), got {list(self.data_mean)}")
         if self.image_size % 2 ** (levels - 1):
             raise ValueError(f"image_size {self.image_size} must be divisible by 2**{levels - 1}")
         bad = [c for c in self.block_out_channels if c % self.norm_num_groups]
@@ -74,7 +78,6 @@ def _unet(cfg: PixelBackendConfig) -> UNet2DConditionModel:
 
 @BACKENDS.register("pixel")
 class PixelBackend(torch.nn.Module):
-    clip_x0 = True  # pixel-space samplers clip the Tweedie x0-hat to [-1, 1] (Ho et al. 2020; ADM)
     """Class-token conditioned pixel UNet; implements :class:`~tailsynth.diffusion.backend.DiffusionBackend`."""
 
     def __init__(self, cfg: PixelBackendConfig | dict, seed: int = 0):
@@ -91,6 +94,23 @@ class PixelBackend(torch.nn.Module):
         self.register_parameter("extra_tokens", None)  # (K_new, T, D) after add_classes
         self.class_names = list(c.class_names or [f"class_{k}" for k in range(c.num_classes)])
         self.alphas_cumprod = make_alphas_cumprod(c.schedule, c.num_train_timesteps)
+        mean = torch.tensor(c.data_mean if c.data_mean is not None else [0.5] * c.in_channels, dtype=torch.float32)
+        self.register_buffer("data_mean", mean.view(1, -1, 1, 1), persistent=False)
+        self._clip_override: bool | None = None
+
+    @property
+    def clip_x0(self) -> bool | tuple[torch.Tensor, torch.Tensor]:
+        """Pixel-space samplers clip the Tweedie x0-hat to the image range (Ho et al. 2020; ADM): [-1, 1]
+        (``True``) without centring, per channel (lo, hi) = (-2 mean, 2 (1 - mean)) with it."""
+        if self._clip_override is not None:
+            return self._clip_override
+        if self.cfg.data_mean is None:
+            return True
+        return -2.0 * self.data_mean, 2.0 * (1.0 - self.data_mean)
+
+    @clip_x0.setter
+    def clip_x0(self, value: bool) -> None:
+        self._clip_override = value
 
     # -- protocol -------------------------------------------------------------------------------
     @property
@@ -122,10 +142,15 @@ class PixelBackend(torch.nn.Module):
         return self.unet(x_t, t, encoder_hidden_states=cond.to(x_t.dtype)).sample.float()
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        return images * 2.0 - 1.0
+        """[0, 1] images -> [-1, 1], or 2 (x - data_mean) with centring."""
+        if self.cfg.data_mean is None:
+            return images * 2.0 - 1.0  # the original arithmetic, so uncentred runs stay bit-identical
+        return (images - self.data_mean.to(images.device, images.dtype)) * 2.0
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return ((z + 1.0) / 2.0).clamp(0.0, 1.0)
+        if self.cfg.data_mean is None:
+            return ((z + 1.0) / 2.0).clamp(0.0, 1.0)
+        return (z / 2.0 + self.data_mean.to(z.device, z.dtype)).clamp(0.0, 1.0)
 
     def latent_shape(self, image_size: int) -> tuple[int, int, int]:
         if image_size != self.cfg.image_size:

@@ -42,16 +42,28 @@ def guided_eps(eps_fn: EpsFn, x_t: torch.Tensor, t: int, cond: torch.Tensor, unc
     return eps_u + guidance_scale * (eps_c - eps_u)
 
 
+ClipX0 = bool | tuple[torch.Tensor, torch.Tensor] | None
+
+
+def clip_x0_hat(x0: torch.Tensor, clip_x0: ClipX0) -> torch.Tensor:
+    """Clip the Tweedie x0-hat to the data range: ``True`` -> [-1, 1]; a (lo, hi) pair of tensors broadcastable to
+    x0 -> per-channel bounds (a centred pixel backend); ``False``/``None`` -> unchanged (latent space)."""
+    if clip_x0 is None or clip_x0 is False:
+        return x0
+    if clip_x0 is True:
+        return x0.clamp(-1.0, 1.0)
+    lo, hi = clip_x0
+    return torch.clamp(x0, lo.to(x0.device, x0.dtype), hi.to(x0.device, x0.dtype))
+
+
 def ddim_update(x_t: torch.Tensor, eps: torch.Tensor, a_t: torch.Tensor, a_prev: torch.Tensor, eta: float = 0.0,
-                noise: torch.Tensor | None = None, clip_x0: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                noise: torch.Tensor | None = None, clip_x0: ClipX0 = False) -> tuple[torch.Tensor, torch.Tensor]:
     """One DDIM step (eq. 12) from x_t to x_{t'}; returns (x_prev, x0_hat).
 
     sigma_t = eta sqrt((1-a_prev)/(1-a_t)) sqrt(1 - a_t/a_prev) (eq. 16);
     x_prev = sqrt(a_prev) x0_hat + sqrt(1 - a_prev - sigma^2) eps + sigma * noise.
     """
-    x0 = predict_x0(x_t, eps, a_t)
-    if clip_x0:
-        x0 = x0.clamp(-1.0, 1.0)
+    x0 = clip_x0_hat(predict_x0(x_t, eps, a_t), clip_x0)
     sigma = eta * ((1 - a_prev) / (1 - a_t)) ** 0.5 * (1 - a_t / a_prev) ** 0.5
     x_prev = a_prev**0.5 * x0 + (1 - a_prev - sigma**2) ** 0.5 * eps
     if eta > 0:
@@ -88,7 +100,7 @@ def initial_noise(shape: tuple[int, ...], generator: torch.Generator, device: to
 def ddim_sample(eps_fn: EpsFn, x_T: torch.Tensor, cond, uncond,
                 alphas_cumprod: torch.Tensor, num_steps: int = 20, guidance_scale: float = 3.0, eta: float = 0.0,
                 generator: torch.Generator | None = None, steps_offset: int = 1,
-                final_alpha_cumprod: float | None = None, clip_x0: bool = False, checkpoint: bool = False,
+                final_alpha_cumprod: float | None = None, clip_x0: ClipX0 = False, checkpoint: bool = False,
                 return_x0_hats: bool = False) -> SampleOutput:
     """DDIM sampling from x_T (B, C, h, w) with "leading" timesteps (:func:`ddim_timesteps`).
 
@@ -126,7 +138,7 @@ def ddim_sample(eps_fn: EpsFn, x_T: torch.Tensor, cond, uncond,
 
 def ddpm_sample(eps_fn: EpsFn, x_T: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor | None,
                 alphas_cumprod: torch.Tensor, generator: torch.Generator, num_steps: int | None = None,
-                guidance_scale: float = 1.0, clip_x0: bool = False) -> SampleOutput:
+                guidance_scale: float = 1.0, clip_x0: ClipX0 = False) -> SampleOutput:
     """Ancestral sampling (DDPM Alg. 2) with the posterior q(x_{t'} | x_t, x0_hat) and variance beta~ ("fixed_small").
 
     With ``num_steps`` < T the chain is respaced to the "leading" timesteps (steps_offset 0), as diffusers'
@@ -143,9 +155,7 @@ def ddpm_sample(eps_fn: EpsFn, x_T: torch.Tensor, cond: torch.Tensor, uncond: to
         a_prev = acp[t - T // n] if t - T // n >= 0 else torch.ones((), device=x.device)
         beta = 1 - a_t / a_prev
         eps = guided_eps(eps_fn, x, t, cond, uncond, guidance_scale)
-        x0 = predict_x0(x, eps, a_t)
-        if clip_x0:
-            x0 = x0.clamp(-1.0, 1.0)
+        x0 = clip_x0_hat(predict_x0(x, eps, a_t), clip_x0)
         mean = (a_prev**0.5 * beta / (1 - a_t)) * x0 + ((1 - beta) ** 0.5 * (1 - a_prev) / (1 - a_t)) * x
         if t > 0:
             var = ((1 - a_prev) / (1 - a_t) * beta).clamp(min=1e-20)

@@ -38,7 +38,9 @@ class DiffusionConfig(StrictConfig):
     """The generator: ``pixel`` (offline, trained here) or ``sd`` (a local Stable Diffusion 1.x folder)."""
 
     backend: Literal["pixel", "sd"] = "pixel"
-    pixel: dict[str, Any] = {}  # PixelBackendConfig fields (size/channels/classes come from the data)
+    # PixelBackendConfig fields (size/channels/classes come from the data); data_mean: auto centres the data
+    # on the per-channel mean of the base model's training images (see diffusion/pixel.py)
+    pixel: dict[str, Any] = {}
     sd_path: str | None = None
     sd_resolution: int = 512  # SD generates (and LoRA trains) at this size; images are resized to the classifier's
     prompt_template: str = "A histopathological slide from a patient with {class_name}"
@@ -80,8 +82,11 @@ def run_train_diffusion(cfg: DiffusionStageConfig, inputs: dict[str, Artifact], 
         return {"backend": "sd"}
     head = list(split.head_classes)
     images, cond_ids = _images_of(split, cfg.data, head)
+    pixel = dict(d.pixel)
+    if pixel.get("data_mean") == "auto":
+        pixel["data_mean"] = [float(m) for m in images.reshape(-1, images.shape[-1]).mean(axis=0, dtype=np.float64) / 255.0]
     torch.manual_seed(d.seed)
-    backend = PixelBackend({**d.pixel, "num_classes": len(head), "class_names": [split.class_names[c] for c in head],
+    backend = PixelBackend({**pixel, "num_classes": len(head), "class_names": [split.class_names[c] for c in head],
                             "image_size": cfg.data.image_size, "in_channels": cfg.data.channels}, seed=d.seed)
     result = train_denoiser(backend, images, cond_ids, d.base, workdir / "train", resolve_device(cfg.device), d.seed)
     backend.save_pretrained(workdir / "model")
