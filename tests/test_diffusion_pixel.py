@@ -82,6 +82,16 @@ def test_train_denoiser_resume_equals_uninterrupted(tmp_path):
         train_denoiser(PixelBackend(TINY, seed=0), images, labels, _cfg(lr=1e-2), tmp_path / "full", "cpu", 3)
 
 
+def test_denoiser_progress_bar_follows_tailsynth_progress(tmp_path, monkeypatch, capsys):
+    """``progress=True`` draws the bar, unless TAILSYNTH_PROGRESS=0 (logs written to files stay readable)."""
+    images, labels = _data()
+    for env, expect_bar in (("0", False), ("1", True)):
+        monkeypatch.setenv("TAILSYNTH_PROGRESS", env)
+        train_denoiser(PixelBackend(TINY, seed=0), images, labels, _cfg(steps=2, progress=True),
+                       tmp_path / env, "cpu", 3)
+        assert ("denoiser" in capsys.readouterr().err) == expect_bar, env
+
+
 def test_save_pretrained_round_trip_and_input_checks(tmp_path):
     b = PixelBackend(TINY, seed=1)
     b.add_classes(["tail"])

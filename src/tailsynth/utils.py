@@ -94,3 +94,8 @@ def resolve_device(name: str | None = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise TailsynthError(f"device {name!r} requested but CUDA is not available")
     return device
+
+
+def progress_enabled() -> bool:
+    """Progress bars unless ``TAILSYNTH_PROGRESS=0`` (e.g. for logs written to files)."""
+    return os.environ.get("TAILSYNTH_PROGRESS", "1") != "0"

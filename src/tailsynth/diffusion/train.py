@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from ..config import StrictConfig, to_dict
 from ..errors import TailsynthError
-from ..utils import atomic_write_bytes, atomic_write_json, derive_seed, read_json, stable_hash
+from ..utils import atomic_write_bytes, atomic_write_json, derive_seed, progress_enabled, read_json, stable_hash
 from .schedule import add_noise
 
 STATE = "train_state.json"
@@ -51,7 +51,7 @@ class DenoiserTrainConfig(StrictConfig):
     vflip: bool = False
     checkpoint_every: int = 1000
     mixed_precision: Literal["no", "bf16"] = "no"  # bf16 autocast on CUDA only
-    progress: bool = True
+    progress: bool = True  # and TAILSYNTH_PROGRESS is not 0
 
 
 @dataclass
@@ -162,7 +162,7 @@ def fit_denoiser(backend, params: dict[str, torch.nn.Parameter], images, cond_id
     stop = cfg.steps if max_new_steps is None else min(cfg.steps, step + max_new_steps)
     losses: list[float] = []
     backend.denoiser.train()
-    bar = tqdm(range(step, stop), desc="denoiser", disable=not cfg.progress, initial=step, total=cfg.steps)
+    bar = tqdm(range(step, stop), desc="denoiser", disable=not (cfg.progress and progress_enabled()), initial=step, total=cfg.steps)
     for step in bar:
         idx = batch_indices(step, cfg.batch_size, len(y_all), seed)
         x0 = x_all[idx].permute(0, 3, 1, 2).float().div(255.0)

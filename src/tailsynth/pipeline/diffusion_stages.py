@@ -24,13 +24,13 @@ from ..config import StrictConfig, to_dict
 from ..diffusion import (DenoiserTrainConfig, LoraAdaptConfig, PixelBackend, SDBackend, adapt_lora, load_lora,
                          train_denoiser)
 from ..errors import TailsynthError
-from ..utils import atomic_write_bytes, atomic_write_json, atomic_write_text, derive_seed, read_json, resolve_device
+from ..utils import (atomic_write_bytes, atomic_write_json, atomic_write_text, derive_seed, progress_enabled, read_json,
+                     resolve_device)
 from .experiment import DataConfig
 from .runner import Stage
 from .stages import load_classifier, read_split, split_data
 from .store import Artifact
 from ..diffusion.guidance import ClassifierGuide
-from ..training.trainer import progress_enabled
 from .synthesis_methods import SYNTHESIS, SynthesisConfig
 
 

@@ -7,7 +7,6 @@ checkpointed after every epoch, so a run killed at any point and resumed ends wi
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -17,16 +16,11 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import TailsynthError
-from ..utils import derive_seed
+from ..utils import derive_seed, progress_enabled
 from .augment import augment, to_float
 from .checkpoint import load_checkpoint, load_weights, save_checkpoint, save_weights
 from .config import TrainConfig
 from .samplers import SAMPLERS
-
-def progress_enabled() -> bool:
-    """Progress bars unless ``TAILSYNTH_PROGRESS=0`` (e.g. for logs written to files)."""
-    return os.environ.get("TAILSYNTH_PROGRESS", "1") != "0"
-
 
 SelectFn = Callable[[np.ndarray, np.ndarray], float]
 

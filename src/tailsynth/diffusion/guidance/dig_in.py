@@ -33,7 +33,6 @@ from torch.utils.checkpoint import checkpoint as torch_checkpoint
 from ...config import StrictConfig
 from ...errors import TailsynthError
 from ..samplers import ddim_sample
-from .adam import PerSampleAdam
 from .classifier_guide import ClassifierGuide
 from .common import as_batch, autocast_for, check_targets, frozen
 
