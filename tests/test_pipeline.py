@@ -8,7 +8,7 @@ from tailsynth.errors import TailsynthError
 from tailsynth.pipeline import ArtifactStore, Runner
 from tailsynth.pipeline import stages
 from tailsynth.pipeline.experiment import load_experiment
-from tailsynth.pipeline.experiment_run import run_experiment
+from tailsynth.pipeline.experiment_run import machine_description, run_experiment
 
 TINY = [
     "benchmark=digits-lt", "seeds=[0]", "data.image_size=8", "data.channels=1",
@@ -87,3 +87,15 @@ def test_bad_experiment_config_names_the_key(tmp_path):
         load_experiment("demo", ["classifier.epochs=many"])
     with pytest.raises(TailsynthError, match="unknown method 'cee'.*ldam-rw-drw"):
         run_experiment(load_experiment("demo", ["methods=[cee]"]), tmp_path, plan_only=True, log=quiet)
+
+
+def test_machine_description_names_cpu_kernels_cores_and_torch():
+    """results.json says where numbers were measured, including the vector ISA: AVX2 and AVX-512 kernels round
+    differently, so CPU runs are bit-identical only on the same kind of CPU."""
+    import os
+
+    import torch
+    text = machine_description()
+    assert f"{os.cpu_count()} CPU cores ({torch.backends.cpu.get_cpu_capability()} kernels)" in text
+    assert f"torch {torch.__version__}" in text and ("no GPU" in text) != torch.cuda.is_available()
+

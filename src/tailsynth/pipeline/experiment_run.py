@@ -56,12 +56,21 @@ class _Chain:
 
 
 def machine_description() -> str:
-    """Where the numbers were measured: CPU cores, accelerator, torch version."""
+    """Where the numbers were measured: CPU model, cores and the vector ISA torch dispatches to (AVX2 and
+    AVX-512 kernels round differently, so CPU results are bit-identical only on the same kind of CPU),
+    accelerator, torch version."""
     import os
 
     import torch
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{platform.machine()} Linux, {os.cpu_count()} CPU cores, {gpu}, torch {torch.__version__}, "
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return (f"{platform.machine()} {platform.system()}, {cpu}, {os.cpu_count()} CPU cores "
+            f"({torch.backends.cpu.get_cpu_capability()} kernels), {gpu}, torch {torch.__version__}, "
             f"Python {platform.python_version()}")
 
 
