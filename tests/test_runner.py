@@ -87,6 +87,34 @@ def test_failed_stage_leaves_no_complete_artifact(tmp_path):
     assert [r["state"] for r in rows] == ["partial"]
 
 
+def test_interrupted_time_counts_once_resumed_and_timings_list_each_artifact_once(tmp_path):
+    """A stage stopped by an error/Ctrl-C keeps its elapsed time; the finished manifest's wall_time_s adds the
+    resumed invocation to it; the report's stage table shows one row per artifact."""
+    from tailsynth.report.tables import timings_table
+
+    attempts = []
+
+    def slow_then_fine(cfg, inputs, workdir):
+        attempts.append(1)
+        if len(attempts) == 1:
+            time.sleep(0.3)
+            raise KeyboardInterrupt
+        return {"ok": True}
+
+    stage = Stage("slow", "1", slow_then_fine)
+    with pytest.raises(KeyboardInterrupt):
+        Runner(ArtifactStore(tmp_path), log=quiet).run(stage, CountCfg(value=1))
+    runner = Runner(ArtifactStore(tmp_path), log=quiet)
+    art = runner.run(stage, CountCfg(value=1))
+    manifest = json.loads((art.path / "manifest.json").read_text())
+    earlier = manifest["wall_time_s"] - manifest["wall_time_this_run_s"]
+    assert manifest["resumed"] is True and earlier >= 0.3 and not (art.path / "elapsed.json").exists()
+    runner.run(stage, CountCfg(value=1))  # cached: a second timing row for the same artifact
+    assert [t["state"] for t in runner.timings] == ["resumed", "cached"]
+    table = timings_table({"timings": runner.timings})
+    assert len(table.rows) == 1 and table.rows[0][2][0] == "resumed"
+
+
 def test_sigkill_mid_stage_then_rerun_resumes(tmp_path):
     script = textwrap.dedent(f"""
         import sys, time

@@ -6,6 +6,7 @@ upstream fingerprints): a rerun with the same fingerprint skips the stage; ``for
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -97,9 +98,15 @@ class Runner:
             except OSError as err:
                 raise TailsynthError(f"cannot create {workdir}: {err.strerror or err}") from err
             self.log(f"[{'resume' if resuming else 'run'}] {name}")
+            earlier = _earlier_wall_time(workdir)
             started = time.time()
-            extra = stage.func(cfg, inputs, workdir) or {}
+            try:
+                extra = stage.func(cfg, inputs, workdir) or {}
+            except BaseException:  # Ctrl-C or an error: keep the time spent, a rerun adds to it
+                atomic_write_json(workdir / ELAPSED, {"wall_time_s": round(earlier + time.time() - started, 3)})
+                raise
             wall = time.time() - started
+            (workdir / ELAPSED).unlink(missing_ok=True)
             atomic_write_json(workdir / MANIFEST, {
                 "stage": stage.name,
                 "version": stage.version,
@@ -110,7 +117,8 @@ class Runner:
                            for k, a in sorted(inputs.items())},
                 "seed": seed,
                 "package_version": __version__,
-                "wall_time_s": round(wall, 3),
+                "wall_time_s": round(earlier + wall, 3),  # all invocations (a SIGKILLed one's time is lost)
+                "wall_time_this_run_s": round(wall, 3),
                 "resumed": resuming,
                 "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "result": extra,
@@ -120,6 +128,18 @@ class Runner:
             except OSError as err:
                 raise TailsynthError(f"cannot finalise artifact {workdir}: {err.strerror or err}") from err
         self.log(f"[done] {name} in {wall:.1f}s")
-        self.timings.append({"stage": stage.name, "label": label, "fingerprint": fp, "state": "ran",
-                             "wall_time_s": round(wall, 3)})
+        self.timings.append({"stage": stage.name, "label": label, "fingerprint": fp,
+                             "state": "resumed" if resuming else "ran", "wall_time_s": round(earlier + wall, 3)})
         return artifact
+
+
+ELAPSED = "elapsed.json"  # in a partial work directory: wall time of the interrupted invocations so far
+
+
+def _earlier_wall_time(workdir: Path) -> float:
+    """Seconds spent on this stage by earlier, interrupted invocations (0 for a fresh work directory)."""
+    try:
+        return float(json.loads((workdir / ELAPSED).read_text())["wall_time_s"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0.0
+

@@ -119,12 +119,18 @@ def meta_rows(results: Mapping[str, Any], meta: Mapping[str, Any]) -> list[tuple
 
 
 def timings_table(meta: Mapping[str, Any]) -> Table | None:
-    """Stage timings recorded by the runner (``meta["timings"]``: stage, label, state, wall_time_s)."""
+    """Stage timings recorded by the runner (``meta["timings"]``: stage, label, state, wall_time_s), one row per
+    artifact; a resumed stage's wall time includes its interrupted invocations."""
     timings = meta.get("timings") or []
     if not timings:
         return None
     table = Table("Stage timings", ["stage", "label", "state", "wall time"])
+    seen = set()
     for t in timings:
+        key = (t.get("stage"), t.get("fingerprint") or id(t))
+        if key in seen:  # a stage shared by several methods (base diffusion, LoRA) is listed once
+            continue
+        seen.add(key)
         table.rows.append([(str(t.get("stage", "")), ""), (str(t.get("label", "")), ""),
                            (str(t.get("state", "")), ""), (fmt_seconds(t.get("wall_time_s")), "")])
     return table
