@@ -92,6 +92,42 @@ def test_denoiser_progress_bar_follows_tailsynth_progress(tmp_path, monkeypatch,
         assert ("denoiser" in capsys.readouterr().err) == expect_bar, env
 
 
+def test_v_prediction_converts_to_eps_and_trains_against_v(tmp_path):
+    """prediction: v (Salimans & Ho 2022): eps() = sqrt(a) v + sqrt(1-a) x_t, x0-hat = sqrt(a) x_t - sqrt(1-a) v,
+    the training target is v = sqrt(a) eps - sqrt(1-a) x0; an eps-model is unchanged (target = the noise)."""
+    from tailsynth.diffusion.samplers import predict_x0
+    from tailsynth.diffusion.train import prediction_and_target
+
+    vb = PixelBackend({**TINY, "prediction": "v"}, seed=0).eval()
+    eb = PixelBackend(TINY, seed=0).eval()
+    assert vb.prediction == "v" and eb.prediction == "epsilon"
+    g = torch.Generator().manual_seed(1)
+    x_t, t = torch.randn(2, 3, 16, 16, generator=g), torch.tensor([951, 20])
+    cond = vb.encode_condition(torch.tensor([0, 2]))
+    a = vb.alphas_cumprod[t].view(-1, 1, 1, 1)
+    with torch.no_grad():
+        v, e = vb.model_output(x_t, t, cond), vb.eps(x_t, t, cond)
+        assert torch.allclose(e, a.sqrt() * v + (1 - a).sqrt() * x_t, atol=1e-6)
+        for i in range(2):  # Tweedie x0-hat through the eps form equals the direct v formula
+            x0 = predict_x0(x_t[i:i + 1], e[i:i + 1], a[i])
+            assert torch.allclose(x0, a[i].sqrt() * x_t[i:i + 1] - (1 - a[i]).sqrt() * v[i:i + 1], atol=1e-4)
+        assert torch.equal(eb.eps(x_t, t, cond), eb.model_output(x_t, t, cond))
+        z0, noise = torch.rand(2, 3, 16, 16, generator=g) * 2 - 1, torch.randn(2, 3, 16, 16, generator=g)
+        pred, target = prediction_and_target(vb, z0, noise, t, cond, vb.alphas_cumprod)
+        assert torch.allclose(target, a.sqrt() * noise - (1 - a).sqrt() * z0)
+        assert torch.equal(pred, vb.model_output(a.sqrt() * z0 + (1 - a).sqrt() * noise, t, cond))
+        pred, target = prediction_and_target(eb, z0, noise, t, cond, eb.alphas_cumprod)
+        assert torch.equal(target, noise)
+    # trains, and the setting survives save/load
+    images, labels = _data()
+    r = train_denoiser(vb, images, labels, _cfg(), tmp_path / "v", "cpu", 3)
+    assert r.finished and all(np.isfinite(r.losses))
+    vb.save_pretrained(tmp_path / "model")
+    assert PixelBackend.from_pretrained(tmp_path / "model").prediction == "v"
+    with pytest.raises(TailsynthError, match="prediction"):
+        build_backend("pixel", {**TINY, "prediction": "x0"})
+
+
 def test_save_pretrained_round_trip_and_input_checks(tmp_path):
     b = PixelBackend(TINY, seed=1)
     b.add_classes(["tail"])

@@ -41,6 +41,8 @@ class PixelBackendConfig(StrictConfig):
     num_train_timesteps: int = 1000
     token_init_std: float = 1.0
     data_mean: tuple[float, ...] | None = None  # per-channel image mean in [0, 1]; None: no centring
+    # what the UNet outputs: the noise (DDPM) or v = sqrt(acp) eps - sqrt(1 - acp) x0 (Salimans & Ho 2022, §4)
+    prediction: Literal["epsilon", "v"] = "epsilon"
 
     @model_validator(mode="after")
     def _check(self) -> "PixelBackendConfig":
@@ -137,9 +139,27 @@ class PixelBackend(torch.nn.Module):
     def null_condition(self, batch: int) -> torch.Tensor:
         return self.class_tokens[:1].expand(batch, -1, -1)
 
-    def eps(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    @property
+    def prediction(self) -> str:
+        """``epsilon`` or ``v``: what :meth:`model_output` predicts (and the denoiser is trained against)."""
+        return self.cfg.prediction
+
+    def model_output(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The UNet's raw output (float32): the noise, or v with ``prediction: v``."""
         t = torch.as_tensor(t, device=x_t.device).expand(x_t.shape[0])
         return self.unet(x_t, t, encoder_hidden_states=cond.to(x_t.dtype)).sample.float()
+
+    def eps(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Noise prediction. A v-model's output is converted: eps = sqrt(acp_t) v + sqrt(1 - acp_t) x_t
+        (Salimans & Ho 2022, from x_t = sqrt(acp) x0 + sqrt(1 - acp) eps and v's definition), so every sampler
+        and guidance loop stays in eps form while x0-hat = sqrt(acp) x_t - sqrt(1 - acp) v no longer
+        multiplies the model's error by 1/sqrt(acp_t) (about 100 at the first DDIM step)."""
+        out = self.model_output(x_t, t, cond)
+        if self.cfg.prediction == "epsilon":
+            return out
+        a = self.alphas_cumprod.to(x_t.device)[torch.as_tensor(t, device=x_t.device).expand(x_t.shape[0])]
+        a = a.view(-1, 1, 1, 1)
+        return a.sqrt() * out + (1.0 - a).sqrt() * x_t.float()
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """[0, 1] images -> [-1, 1], or 2 (x - data_mean) with centring."""

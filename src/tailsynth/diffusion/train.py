@@ -179,8 +179,8 @@ def fit_denoiser(backend, params: dict[str, torch.nn.Parameter], images, cond_id
                             enabled=cfg.mixed_precision == "bf16" and device.type == "cuda"):
             cond = backend.encode_condition(y_all[idx].to(device))
             cond = torch.where(drop, backend.null_condition(len(idx)).to(cond.dtype), cond)
-            pred = backend.eps(add_noise(z0, noise, t.to(device), acp), t.to(device), cond)
-        loss = F.mse_loss(pred.float(), noise)
+            pred, target = prediction_and_target(backend, z0, noise, t.to(device), cond, acp)
+        loss = F.mse_loss(pred.float(), target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
@@ -201,6 +201,18 @@ def fit_denoiser(backend, params: dict[str, torch.nn.Parameter], images, cond_id
     if finished:
         _finish(workdir, named, ema, step, fingerprint, cfg)
     return TrainResult(workdir, step, finished, losses)
+
+
+def prediction_and_target(backend, z0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
+                          acp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The denoiser's output on x_t = sqrt(acp_t) z0 + sqrt(1 - acp_t) noise and its regression target: the noise
+    (DDPM, Ho et al. 2020 eq. 14) or, for a backend with ``prediction == "v"``, v = sqrt(acp_t) noise -
+    sqrt(1 - acp_t) z0 (Salimans & Ho 2022)."""
+    x_t = add_noise(z0, noise, t, acp)
+    if getattr(backend, "prediction", "epsilon") == "v":
+        a = acp[t].view(-1, 1, 1, 1)
+        return backend.model_output(x_t, t, cond), a.sqrt() * noise - (1.0 - a).sqrt() * z0
+    return backend.eps(x_t, t, cond), noise
 
 
 def _checkpoint(workdir: Path, named, ema, opt, gen, step: int, fingerprint: str, cfg) -> None:
