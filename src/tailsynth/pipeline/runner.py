@@ -21,6 +21,8 @@ from ..errors import TailsynthError
 from ..utils import atomic_write_json, stable_hash
 from .store import MANIFEST, Artifact, ArtifactStore
 
+ELAPSED = "elapsed.json"  # in a partial work directory: wall time of the interrupted invocations so far
+
 StageFunc = Callable[[Any, dict[str, Artifact], Path], "dict[str, Any] | None"]
 
 
@@ -103,7 +105,10 @@ class Runner:
             try:
                 extra = stage.func(cfg, inputs, workdir) or {}
             except BaseException:  # Ctrl-C or an error: keep the time spent, a rerun adds to it
-                atomic_write_json(workdir / ELAPSED, {"wall_time_s": round(earlier + time.time() - started, 3)})
+                try:
+                    atomic_write_json(workdir / ELAPSED, {"wall_time_s": round(earlier + time.time() - started, 3)})
+                except OSError:
+                    pass  # the stage's own error is the one to report
                 raise
             wall = time.time() - started
             (workdir / ELAPSED).unlink(missing_ok=True)
@@ -131,9 +136,6 @@ class Runner:
         self.timings.append({"stage": stage.name, "label": label, "fingerprint": fp,
                              "state": "resumed" if resuming else "ran", "wall_time_s": round(earlier + wall, 3)})
         return artifact
-
-
-ELAPSED = "elapsed.json"  # in a partial work directory: wall time of the interrupted invocations so far
 
 
 def _earlier_wall_time(workdir: Path) -> float:
