@@ -98,4 +98,3 @@ def test_machine_description_names_cpu_kernels_cores_and_torch():
     text = machine_description()
     assert f"{os.cpu_count()} CPU cores ({torch.backends.cpu.get_cpu_capability()} kernels)" in text
     assert f"torch {torch.__version__}" in text and ("no GPU" in text) != torch.cuda.is_available()
-

@@ -78,6 +78,11 @@ def _unet(cfg: PixelBackendConfig) -> UNet2DConditionModel:
     )
 
 
+def _per_sample(t: torch.Tensor | int, x_t: torch.Tensor) -> torch.Tensor:
+    """Timestep(s) as a (B,) tensor on x_t's device."""
+    return torch.as_tensor(t, device=x_t.device).expand(x_t.shape[0])
+
+
 @BACKENDS.register("pixel")
 class PixelBackend(torch.nn.Module):
     """Class-token conditioned pixel UNet; implements :class:`~tailsynth.diffusion.backend.DiffusionBackend`."""
@@ -146,7 +151,7 @@ class PixelBackend(torch.nn.Module):
 
     def model_output(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """The UNet's raw output (float32): the noise, or v with ``prediction: v``."""
-        t = torch.as_tensor(t, device=x_t.device).expand(x_t.shape[0])
+        t = _per_sample(t, x_t)
         return self.unet(x_t, t, encoder_hidden_states=cond.to(x_t.dtype)).sample.float()
 
     def eps(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
@@ -154,11 +159,11 @@ class PixelBackend(torch.nn.Module):
         (Salimans & Ho 2022, from x_t = sqrt(acp) x0 + sqrt(1 - acp) eps and v's definition), so every sampler
         and guidance loop stays in eps form while x0-hat = sqrt(acp) x_t - sqrt(1 - acp) v no longer
         multiplies the model's error by 1/sqrt(acp_t) (about 100 at the first DDIM step)."""
+        t = _per_sample(t, x_t)
         out = self.model_output(x_t, t, cond)
         if self.cfg.prediction == "epsilon":
             return out
-        a = self.alphas_cumprod.to(x_t.device)[torch.as_tensor(t, device=x_t.device).expand(x_t.shape[0])]
-        a = a.view(-1, 1, 1, 1)
+        a = self.alphas_cumprod.to(x_t.device)[t].view(-1, 1, 1, 1)
         return a.sqrt() * out + (1.0 - a).sqrt() * x_t.float()
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:

@@ -162,7 +162,8 @@ def fit_denoiser(backend, params: dict[str, torch.nn.Parameter], images, cond_id
     stop = cfg.steps if max_new_steps is None else min(cfg.steps, step + max_new_steps)
     losses: list[float] = []
     backend.denoiser.train()
-    bar = tqdm(range(step, stop), desc="denoiser", disable=not (cfg.progress and progress_enabled()), initial=step, total=cfg.steps)
+    bar = tqdm(range(step, stop), desc="denoiser", disable=not (cfg.progress and progress_enabled()), initial=step,
+               total=cfg.steps)
     for step in bar:
         idx = batch_indices(step, cfg.batch_size, len(y_all), seed)
         x0 = x_all[idx].permute(0, 3, 1, 2).float().div(255.0)

@@ -144,4 +144,3 @@ def _earlier_wall_time(workdir: Path) -> float:
         return float(json.loads((workdir / ELAPSED).read_text())["wall_time_s"])
     except (OSError, ValueError, KeyError, TypeError):
         return 0.0
-
