@@ -1,0 +1,30 @@
+"""The one tiny experiment every pipeline test builds on: the ``demo`` config shrunk to 8 px digits
+(scikit-learn's 8x8 set), a 1-epoch classifier, a 6-step base denoiser, a 4-step LoRA and 3 synthetic
+images per tail class. ``tiny(...)`` returns its override list plus any extra overrides (later wins)."""
+from __future__ import annotations
+
+BASE = [
+    "benchmark=digits-lt", "seeds=[0]", "data.image_size=8", "data.channels=1",
+    "classifier.width=0.125", "classifier.epochs=1", "classifier.batch_size=64", "crt_epochs=1",
+    "method_params={ldam-rw-drw: {drw_epoch: 1}}",
+]
+
+GENERATOR = [
+    "diffusion.pixel={block_out_channels: [16, 32], attention_levels: [false, true], norm_num_groups: 8, "
+    "cross_attention_dim: 16, attention_head_dim: 8, tokens_per_class: 2}",
+    "diffusion.base={steps: 6, batch_size: 16, checkpoint_every: 3, progress: false}",
+    "diffusion.lora={train: {steps: 4, batch_size: 8, checkpoint_every: 2, progress: false}}",
+    "synthesis={n_per_class: 3, shard_size: 2, num_steps: 3, aux_method: ce, "
+    "params: {logex: {max_opt_steps: 2, batch_size: 4, checkpoint: false}, fg-entropy: {every: 2}}}",
+    "oracle={epochs: 1}",
+]
+
+GOLDEN_METHODS = ["ce", "ldam-rw-drw", "logex-lora", "logex", "fg-entropy"]
+
+
+def tiny(*extra: str, generator: bool = True) -> list[str]:
+    return BASE + (GENERATOR if generator else []) + list(extra)
+
+
+def quiet(_msg: str) -> None:
+    pass
