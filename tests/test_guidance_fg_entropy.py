@@ -70,10 +70,21 @@ def test_same_generator_same_images_with_eta():
         build_config(FgEntropyConfig, {"every": -1}, "fg_entropy")
 
 
-def test_guidance_registry_by_name():
-    from tailsynth.diffusion.guidance import GUIDANCE, DigInConfig, dig_in
-    from tailsynth.errors import UnknownNameError
-    assert GUIDANCE.get("dig_in") == (DigInConfig, dig_in)
-    assert GUIDANCE.get("fg_entropy")[0] is FgEntropyConfig
-    with pytest.raises(UnknownNameError, match="dig_in, dig_in_reference, fg_entropy"):
-        GUIDANCE.get("minority")
+def test_feedback_runs_on_the_sampler_hook_on_every_kth_step(monkeypatch):
+    """FG-Entropy is ddim_sample + FgEntropyFeedback: the hook nudges x_t only at steps 0, every, 2 every ..."""
+    from tailsynth.diffusion.guidance import fg_entropy as fg
+    backend, guide, cond, uncond, x_T = _setup(n=2)
+    seen = []
+    real = fg.feedback_step
+
+    def spy(backend_, guide_, x_t, t, a_t, cond_, cfg_):
+        seen.append(t)
+        return real(backend_, guide_, x_t, t, a_t, cond_, cfg_)
+
+    monkeypatch.setattr(fg, "feedback_step", spy)
+    cfg = FgEntropyConfig(num_steps=6, every=4)
+    res = fg_entropy_sample(backend, guide, cond, uncond, x_T, cfg)
+    assert seen == [831, 167]  # ddim_timesteps(6) = 831, 665, 499, 333, 167, 1: steps 0 and 4
+    hooked = ddim_sample(backend.eps, x_T, cond, uncond, backend.alphas_cumprod, 6, 5.0, clip_x0=backend.clip_x0,
+                         hook=fg.FgEntropyFeedback(backend, guide, cond, cfg)).sample
+    assert torch.equal(res.images, backend.decode(hooked))

@@ -43,7 +43,7 @@ class Predictor:
     """A loaded final classifier with its validation-calibrated rare-image threshold."""
 
     def __init__(self, run_dir: str | Path, device: str = "auto"):
-        from .pipeline.stages import load_classifier
+        from .pipeline.artifacts import load_classifier
         self.path = _classifier_dir(Path(run_dir))
         self.device = resolve_device(device)
         self.model, self.card = load_classifier(self.path)
@@ -65,15 +65,14 @@ class Predictor:
         from .training.trainer import predict
         batch = self._prepare(images)
         logits, _ = predict(self.model, batch, self.device)
-        z = logits.astype(np.float64) - logits.max(1, keepdims=True)
-        prob = np.exp(z) / np.exp(z).sum(1, keepdims=True)
-        p_tail = prob[:, self.tail_classes].sum(1) if self.tail_classes else np.zeros(len(prob))
+        from .ood import p_tail as p_tail_of
+        p_tail = p_tail_of(logits, self.tail_classes)
         head_logits = logits[:, self.head_classes]
         out = []
         for i in range(len(batch)):
             out.append(Prediction(
                 source=sources[i] if sources else f"array[{i}]",
-                predicted_class=self.class_names[int(prob[i].argmax())],
+                predicted_class=self.class_names[int(logits[i].argmax())],
                 head_class=self.class_names[self.head_classes[int(head_logits[i].argmax())]],
                 p_tail=float(p_tail[i]),
                 is_rare=bool(self.threshold is not None and p_tail[i] > self.threshold)))

@@ -196,6 +196,28 @@ class PixelBackend(torch.nn.Module):
         return list(range(start, start + len(names)))
 
     # -- persistence ----------------------------------------------------------------------------
+    trains_base = True  # the base model is trained here, on the head images (pipeline stage train_diffusion)
+
+    @classmethod
+    def working_size(cls, image_size: int, resolution: int) -> int:
+        """Side of the images this backend generates and adapts on: the classifier's own size."""
+        return image_size
+
+    @classmethod
+    def check_options(cls, options: dict, where: str, image_size: int, channels: int) -> None:
+        """Validate the user's ``diffusion.pixel`` options before any stage runs (the class count, size and
+        channels come from the data later; ``data_mean: auto`` is resolved from the data)."""
+        trial = {**options, "num_classes": 1, "image_size": image_size, "in_channels": channels}
+        if trial.get("data_mean") == "auto":
+            trial["data_mean"] = None
+        trial.pop("class_names", None)
+        build_config(PixelBackendConfig, trial, where)
+
+    @classmethod
+    def load_base(cls, folder: Path, record: dict, options: dict) -> "PixelBackend":
+        """The base model a ``train_diffusion`` artifact holds (``record`` = its base.json)."""
+        return cls.from_pretrained(Path(folder) / record["path"])
+
     def save_pretrained(self, directory: str | Path) -> None:
         """config.json + model.safetensors (UNet, class tokens and any added tokens)."""
         directory = Path(directory)

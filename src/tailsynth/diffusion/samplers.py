@@ -9,6 +9,14 @@ checkpointed function so recomputation is exact.
 
 Classifier-free guidance (Ho & Salimans 2022): eps = eps_u + w (eps_c - eps_u), computed in one batched
 forward pass; w = 1 or ``uncond=None`` uses the conditional prediction only.
+
+Per-step hook (the seam for guidance terms, as k-diffusion's ``callback`` / diffusers'
+``callback_on_step_end``): ``hook(step: SamplerStep) -> StepChange | None`` is called at every step after
+the CFG noise prediction and the Tweedie x0-hat are computed and before the update. It may return a new
+noise prediction (classifier / minority guidance: eps - w sqrt(1 - a_t) grad log p), a new x_t to step
+from (FG-Entropy's nudge), or, in ancestral sampling, a new posterior mean (Dhariwal & Nichol 2021 Alg. 1:
+mu + s Sigma grad log p). ``step.eps_at(x)`` is the CFG prediction at another x (same t and conditions).
+``hook=None`` runs the plain loop.
 """
 from __future__ import annotations
 
@@ -41,6 +49,33 @@ def guided_eps(eps_fn: EpsFn, x_t: torch.Tensor, t: int, cond: torch.Tensor, unc
     eps_u, eps_c = eps_fn(torch.cat([x_t, x_t]), tt, torch.cat([uncond, cond])).chunk(2)
     return eps_u + guidance_scale * (eps_c - eps_u)
 
+
+@dataclass
+class SamplerStep:
+    """What a per-step hook reads (all tensors (B, C, h, w) unless noted; ``alpha_*`` are 0-d)."""
+
+    index: int  # 0 = first (noisiest) step
+    t: int
+    x_t: torch.Tensor
+    eps: torch.Tensor  # CFG noise prediction at x_t
+    x0_hat: torch.Tensor  # Tweedie estimate (x_t - sqrt(1 - a_t) eps) / sqrt(a_t), clipped as the sampler clips
+    alpha_t: torch.Tensor  # abar_t
+    alpha_prev: torch.Tensor  # abar of the next (less noisy) timestep
+    eps_at: Callable[[torch.Tensor], torch.Tensor]  # CFG noise prediction at another x, same t and conditions
+    mean: torch.Tensor | None = None  # ancestral sampling: posterior mean of x_{t'}
+    variance: torch.Tensor | None = None  # ancestral sampling: posterior variance (0-d)
+
+
+@dataclass
+class StepChange:
+    """A hook's answer; fields left None keep the sampler's own value."""
+
+    eps: torch.Tensor | None = None  # the noise prediction the update uses
+    x_t: torch.Tensor | None = None  # DDIM: step from this x_t instead
+    mean: torch.Tensor | None = None  # ancestral sampling: this posterior mean (applied after ``eps``)
+
+
+StepHook = Callable[[SamplerStep], "StepChange | None"]
 
 ClipX0 = bool | tuple[torch.Tensor, torch.Tensor] | None
 
@@ -101,13 +136,14 @@ def ddim_sample(eps_fn: EpsFn, x_T: torch.Tensor, cond, uncond,
                 alphas_cumprod: torch.Tensor, num_steps: int = 20, guidance_scale: float = 3.0, eta: float = 0.0,
                 generator: torch.Generator | None = None, steps_offset: int = 1,
                 final_alpha_cumprod: float | None = None, clip_x0: ClipX0 = False, checkpoint: bool = False,
-                return_x0_hats: bool = False) -> SampleOutput:
+                return_x0_hats: bool = False, hook: StepHook | None = None) -> SampleOutput:
     """DDIM sampling from x_T (B, C, h, w) with "leading" timesteps (:func:`ddim_timesteps`).
 
     eta = 0 is deterministic and differentiable end to end (used by DiG-IN / LoGex with 20 steps, CFG 3).
     ``cond`` / ``uncond`` are (B, L, D) tensors or lists of one tensor per step (DiG-IN optimises per-timestep
     deltas on the embeddings). ``return_x0_hats`` keeps each step's Tweedie x0-hat (in the autograd graph).
     ``final_alpha_cumprod`` None uses alphas_cumprod[0] for the last step (SD's set_alpha_to_one=False).
+    ``hook`` (see the module docstring) is called at every step; steps with a hook are not checkpointed.
     """
     if eta > 0 and generator is None:
         raise TailsynthError("ddim_sample with eta > 0 needs a torch.Generator")
@@ -126,7 +162,10 @@ def ddim_sample(eps_fn: EpsFn, x_T: torch.Tensor, cond, uncond,
             eps = guided_eps(eps_fn, x_in, t, cond_in, uncond_in, guidance_scale)
             return ddim_update(x_in, eps, a_t, a_prev, eta, noise, clip_x0)
 
-        if checkpoint and torch.is_grad_enabled():
+        if hook is not None:
+            x, x0 = _hooked_ddim_step(hook, eps_fn, x, i, t, c_i, u_i, guidance_scale, a_t, a_prev, eta, noise,
+                                      clip_x0)
+        elif checkpoint and torch.is_grad_enabled():
             x, x0 = torch_checkpoint(step, x, c_i, u_i, use_reentrant=False)
         else:
             x, x0 = step(x, c_i, u_i)
@@ -136,29 +175,62 @@ def ddim_sample(eps_fn: EpsFn, x_T: torch.Tensor, cond, uncond,
     return out
 
 
+def _hooked_ddim_step(hook: StepHook, eps_fn: EpsFn, x: torch.Tensor, i: int, t: int, cond, uncond,
+                      guidance_scale: float, a_t, a_prev, eta: float, noise, clip_x0: ClipX0):
+    """One DDIM step whose noise prediction / starting point the hook may replace."""
+    def eps_at(z: torch.Tensor) -> torch.Tensor:
+        return guided_eps(eps_fn, z, t, cond, uncond, guidance_scale)
+
+    eps = eps_at(x)
+    x0 = clip_x0_hat(predict_x0(x, eps, a_t), clip_x0)
+    change = hook(SamplerStep(i, t, x, eps, x0, a_t, a_prev, eps_at))
+    if change is not None:
+        x = change.x_t if change.x_t is not None else x
+        eps = change.eps if change.eps is not None else eps
+    return ddim_update(x, eps, a_t, a_prev, eta, noise, clip_x0)
+
+
+def posterior_mean(x_t: torch.Tensor, x0: torch.Tensor, a_t, a_prev) -> torch.Tensor:
+    """Mean of q(x_{t'} | x_t, x0): sqrt(a_{t'}) beta_t/(1-a_t) x0 + sqrt(1-beta_t)(1-a_{t'})/(1-a_t) x_t."""
+    beta = 1 - a_t / a_prev
+    return (a_prev**0.5 * beta / (1 - a_t)) * x0 + ((1 - beta) ** 0.5 * (1 - a_prev) / (1 - a_t)) * x_t
+
+
 def ddpm_sample(eps_fn: EpsFn, x_T: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor | None,
                 alphas_cumprod: torch.Tensor, generator: torch.Generator, num_steps: int | None = None,
-                guidance_scale: float = 1.0, clip_x0: ClipX0 = False) -> SampleOutput:
+                guidance_scale: float = 1.0, clip_x0: ClipX0 = False, hook: StepHook | None = None) -> SampleOutput:
     """Ancestral sampling (DDPM Alg. 2) with the posterior q(x_{t'} | x_t, x0_hat) and variance beta~ ("fixed_small").
 
     With ``num_steps`` < T the chain is respaced to the "leading" timesteps (steps_offset 0), as diffusers'
     DDPMScheduler does: beta_t = 1 - a_t / a_{t'}; mean = sqrt(a_{t'}) beta_t/(1-a_t) x0_hat
     + sqrt(1-beta_t)(1-a_{t'})/(1-a_t) x_t; variance = (1-a_{t'})/(1-a_t) beta_t (clamped at 1e-20).
+    ``hook`` (module docstring) sees the mean and variance and may replace eps (the mean is then recomputed)
+    or the mean itself (classifier guidance's mean shift, Eq. 8 of minority guidance).
     """
     T = alphas_cumprod.shape[0]
     n = num_steps or T
     acp = alphas_cumprod.to(x_T.device)
     timesteps = [int(t) for t in ddim_timesteps(n, T, steps_offset=0)]
     x = x_T
-    for t in timesteps:
+    for i, t in enumerate(timesteps):
         a_t = acp[t]
         a_prev = acp[t - T // n] if t - T // n >= 0 else torch.ones((), device=x.device)
         beta = 1 - a_t / a_prev
+        var = ((1 - a_prev) / (1 - a_t) * beta).clamp(min=1e-20)
         eps = guided_eps(eps_fn, x, t, cond, uncond, guidance_scale)
         x0 = clip_x0_hat(predict_x0(x, eps, a_t), clip_x0)
-        mean = (a_prev**0.5 * beta / (1 - a_t)) * x0 + ((1 - beta) ** 0.5 * (1 - a_prev) / (1 - a_t)) * x
+        mean = posterior_mean(x, x0, a_t, a_prev)
+        if hook is not None:
+            def eps_at(z: torch.Tensor, t=t) -> torch.Tensor:
+                return guided_eps(eps_fn, z, t, cond, uncond, guidance_scale)
+
+            change = hook(SamplerStep(i, t, x, eps, x0, a_t, a_prev, eps_at, mean, var))
+            if change is not None and change.eps is not None:
+                x0 = clip_x0_hat(predict_x0(x, change.eps, a_t), clip_x0)
+                mean = posterior_mean(x, x0, a_t, a_prev)
+            if change is not None and change.mean is not None:
+                mean = change.mean
         if t > 0:
-            var = ((1 - a_prev) / (1 - a_t) * beta).clamp(min=1e-20)
             mean = mean + var**0.5 * _noise(x, generator)
         x = mean
     return SampleOutput(sample=x, timesteps=timesteps)

@@ -47,6 +47,22 @@ class SDBackend(torch.nn.Module):
 
     clip_x0 = False  # VAE latents are not bounded: no clipping (as SD's DDIM scheduler, clip_sample=False)
 
+    trains_base = False  # the base is a pretrained Stable Diffusion folder on disk
+
+    @classmethod
+    def working_size(cls, image_size: int, resolution: int) -> int:
+        """SD generates (and LoRA trains) at ``resolution`` px; images are resized to the classifier's size."""
+        return resolution
+
+    @classmethod
+    def check_options(cls, options: dict, where: str, image_size: int, channels: int) -> None:
+        """SD has no options of its own beyond the diffusion config's sd_path / prompt_template / dtype."""
+
+    @classmethod
+    def load_base(cls, folder: Path, record: dict, options: dict) -> "SDBackend":
+        return cls({"path": record["path"], "class_names": [], "prompt_template": options["prompt_template"],
+                    "dtype": options["dtype"]})
+
     def __init__(self, cfg: SDBackendConfig | dict, seed: int = 0):
         super().__init__()
         self.cfg = cfg if isinstance(cfg, SDBackendConfig) else build_config(SDBackendConfig, cfg, "sd backend")

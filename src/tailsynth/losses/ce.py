@@ -26,9 +26,3 @@ def ce(class_counts: Sequence[int], tail_classes: Sequence[int] = ()) -> CrossEn
 @LOSSES.register("ce-rw")
 def ce_rw(class_counts: Sequence[int], tail_classes: Sequence[int] = (), beta: float = 0.9999) -> CrossEntropy:
     return CrossEntropy(class_counts, "cb", beta=beta)
-
-
-@LOSSES.register("ce-drw")
-def ce_drw(class_counts: Sequence[int], tail_classes: Sequence[int] = (), beta: float = 0.9999,
-           drw_epoch: int = 10) -> CrossEntropy:
-    return CrossEntropy(class_counts, "drw", beta=beta, drw_epoch=drw_epoch)

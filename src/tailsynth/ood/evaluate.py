@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import TailsynthError
 from .base import SCORES, Score, as_array, as_labels, build_score, check_class_sets
-from .metrics import auroc, balanced_accuracy_on, fpr_at_tpr, group_accuracy, head_threshold, top1
+from .metrics import auroc, balanced_accuracy_on, fpr_at_tpr, group_accuracy, tail_threshold, top1
 
 Outputs = tuple[Any, Any, Any]  # (logits (N, K), features (N, D), labels (N,))
 
@@ -106,7 +106,7 @@ def _val_threshold(val: Outputs, test: Outputs, test_scores: np.ndarray, train: 
     val_scores = score.score(val[0], val[1])
     val_labels, test_labels = as_labels(val[2], "val labels"), as_labels(test[2], "test labels")
     val_head, _ = _split_by_group(val_scores, val_labels, head, tail)
-    t = head_threshold(val_head, tpr)                    # head-likeness threshold on val
+    t = -tail_threshold(val_scores, np.isin(val_labels, head), tpr)  # head-likeness threshold on val
     test_head, test_tail = _split_by_group(test_scores, test_labels, head, tail)
     return {"score": primary, "target_tpr": tpr, "score_threshold": -t,
             "val_head_tpr": float(np.mean(-val_head >= t)),

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import logsumexp, softmax
 
-from .base import Score, register_score
+from .base import Score, as_array, register_score
 
 
 @register_score
@@ -68,9 +68,18 @@ class MaxLogitTail(Score):
         return z[:, self.tail_classes_].max(axis=1)
 
 
+def p_tail(logits: np.ndarray, tail_classes) -> np.ndarray:
+    """P(tail) = sum_{c in tail} softmax(z)_c per row (N,); the one place it is computed (evaluation,
+    threshold calibration and ``predict`` all call it)."""
+    z = as_array(logits, "logits", ndim=2)  # float64, as every score
+    if len(tail_classes) == 0:
+        return np.zeros(len(z))
+    return softmax(z, axis=1)[:, np.asarray(tail_classes)].sum(axis=1)
+
+
 @register_score
 class PTail(Score):
     name, needs = "p_tail", ("tail",)
 
     def _score(self, z: np.ndarray) -> np.ndarray:
-        return softmax(z, axis=1)[:, self.tail_classes_].sum(axis=1)
+        return p_tail(z, self.tail_classes_)

@@ -35,6 +35,14 @@ def head_threshold(head_scores: Any, tpr: float = 0.95) -> float:
     return float(np.quantile(-head, 1.0 - tpr))
 
 
+def tail_threshold(val_scores: Any, val_is_head: Any, tpr: float = 0.95) -> float:
+    """The operating point of a tail score, calibrated on VALIDATION: the score above which a sample is
+    flagged tail, chosen so that ``tpr`` of the validation head samples stay at or below it
+    (``-head_threshold(head scores)``). The one place the threshold is computed (evaluation and ``predict``)."""
+    scores = as_array(val_scores, "validation scores", ndim=1)
+    return -head_threshold(scores[np.asarray(val_is_head, dtype=bool)], tpr)
+
+
 def fpr_at_tpr(head_scores: Any, tail_scores: Any, tpr: float = 0.95) -> float:
     """FPR@TPR: share of tail samples with head-likeness -score >= t, t = :func:`head_threshold`."""
     head, tail = _two_groups(head_scores, tail_scores)

@@ -10,7 +10,6 @@
 """
 from __future__ import annotations
 
-import csv
 import io
 from pathlib import Path
 from typing import Any, Literal
@@ -18,26 +17,27 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from PIL import Image
+from pydantic import field_validator
 from tqdm.auto import tqdm
 
 from ..config import StrictConfig, to_dict
-from ..diffusion import (DenoiserTrainConfig, LoraAdaptConfig, PixelBackend, SDBackend, adapt_lora, load_lora,
-                         train_denoiser)
+from ..data.synthetic import SyntheticSet
+from ..diffusion import BACKENDS, DenoiserTrainConfig, LoraAdaptConfig, PixelBackend, adapt_lora, train_denoiser
+from ..diffusion.guidance import ClassifierGuide
 from ..errors import TailsynthError
-from ..utils import (atomic_write_bytes, atomic_write_json, atomic_write_text, derive_seed, progress_enabled, read_json,
-                     resolve_device)
+from ..methods import SynthesisConfig, generator_named
+from ..utils import atomic_write_bytes, atomic_write_json, derive_seed, progress_enabled, read_json, resolve_device
+from .artifacts import images_of, load_adapted, load_base, load_classifier, read_split
 from .experiment import DataConfig
 from .runner import Stage
-from .stages import load_classifier, read_split, split_data
 from .store import Artifact
-from ..diffusion.guidance import ClassifierGuide
-from .synthesis_methods import SYNTHESIS, SynthesisConfig
 
 
 class DiffusionConfig(StrictConfig):
-    """The generator: ``pixel`` (offline, trained here) or ``sd`` (a local Stable Diffusion 1.x folder)."""
+    """The generator: a registered backend -- ``pixel`` (offline, trained here) or ``sd`` (a local Stable
+    Diffusion 1.x folder)."""
 
-    backend: Literal["pixel", "sd"] = "pixel"
+    backend: str = "pixel"
     # PixelBackendConfig fields (size/channels/classes come from the data); data_mean: auto centres the data
     # on the per-channel mean of the base model's training images (see diffusion/pixel.py)
     pixel: dict[str, Any] = {}
@@ -49,6 +49,16 @@ class DiffusionConfig(StrictConfig):
     lora: LoraAdaptConfig = LoraAdaptConfig()
     seed: int = 0
 
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, name: str) -> str:
+        BACKENDS.get(name)  # an unknown name lists the registered backends
+        return name
+
+    def working_size(self, image_size: int) -> int:
+        """Side of the images the backend generates and adapts on."""
+        return BACKENDS.get(self.backend).working_size(image_size, self.sd_resolution)
+
 
 class DiffusionStageConfig(StrictConfig):
     diffusion: DiffusionConfig
@@ -57,31 +67,23 @@ class DiffusionStageConfig(StrictConfig):
 
 
 class SynthStageConfig(StrictConfig):
-    method: str
+    method: str  # the synthetic generator's name (tailsynth.methods.generator_named)
     synthesis: SynthesisConfig
     diffusion: DiffusionConfig
     data: DataConfig
     device: str = "auto"
 
 
-def _images_of(split, data: DataConfig, classes: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Training images of ``classes`` and their positions in ``classes`` (condition ids)."""
-    train = split_data(split, data, "train")
-    keep = np.isin(train.labels, classes)
-    index = {c: i for i, c in enumerate(classes)}
-    return train.images[keep], np.array([index[int(y)] for y in train.labels[keep]], dtype=np.int64)
-
-
 def run_train_diffusion(cfg: DiffusionStageConfig, inputs: dict[str, Artifact], workdir: Path) -> dict[str, Any]:
     split = read_split(inputs["split"])
     d = cfg.diffusion
-    if d.backend == "sd":
+    if not BACKENDS.get(d.backend).trains_base:  # a pretrained folder: record where it is
         if not d.sd_path or not Path(d.sd_path).is_dir():
             raise TailsynthError(f"diffusion.sd_path must be a local Stable Diffusion folder, got {d.sd_path!r}")
-        atomic_write_json(workdir / "base.json", {"backend": "sd", "path": str(Path(d.sd_path).resolve())})
-        return {"backend": "sd"}
+        atomic_write_json(workdir / "base.json", {"backend": d.backend, "path": str(Path(d.sd_path).resolve())})
+        return {"backend": d.backend}
     head = list(split.head_classes)
-    images, cond_ids = _images_of(split, cfg.data, head)
+    images, cond_ids = images_of(split, cfg.data, head)
     pixel = dict(d.pixel)
     if pixel.get("data_mean") == "auto":
         pixel["data_mean"] = [float(m) for m in images.reshape(-1, images.shape[-1]).mean(axis=0, dtype=np.float64) / 255.0]
@@ -96,40 +98,23 @@ def run_train_diffusion(cfg: DiffusionStageConfig, inputs: dict[str, Artifact], 
             "n_images": int(len(images))}
 
 
-def load_base(artifact_dir: Path, d: DiffusionConfig, class_names: list[str], device: torch.device):
-    """The base backend of a ``train_diffusion`` artifact (pixel weights, or the SD folder it names)."""
-    base = read_json(Path(artifact_dir) / "base.json")
-    if base["backend"] == "sd":
-        backend = SDBackend({"path": base["path"], "class_names": [], "prompt_template": d.prompt_template,
-                             "dtype": d.dtype})
-    else:
-        backend = PixelBackend.from_pretrained(Path(artifact_dir) / base["path"])
-    return backend.to(device)
-
-
 def run_adapt_lora(cfg: DiffusionStageConfig, inputs: dict[str, Artifact], workdir: Path) -> dict[str, Any]:
     split = read_split(inputs["split"])
     device = resolve_device(cfg.device)
-    backend = load_base(inputs["base"].path, cfg.diffusion, split.class_names, device)
+    backend = load_base(inputs["base"].path, cfg.diffusion, device)
     tail = list(split.tail_classes)
     if not tail:
         raise TailsynthError("LoRA adaptation needs tail classes; the benchmark has none")
-    images, labels = _images_of(split, cfg.data, tail)
-    if cfg.diffusion.backend == "sd":
+    images, labels = images_of(split, cfg.data, tail)
+    size = cfg.diffusion.working_size(cfg.data.image_size)
+    if size != cfg.data.image_size:
         from ..data import convert_array
-        images = convert_array(images, cfg.diffusion.sd_resolution, 3)
+        images = convert_array(images, size, 3)
     result = adapt_lora(backend, images, labels, [split.class_names[c] for c in tail], cfg.diffusion.lora,
                         workdir / "train", device, cfg.diffusion.seed)
     losses = result.train.losses[-100:]
     return {"steps": result.train.step, "final_loss": float(np.mean(losses)) if losses else None,
             "n_images": int(len(images)), "lora_dir": "train/lora"}
-
-
-def load_adapted(base_dir: Path, lora_dir: Path, d: DiffusionConfig, split, device: torch.device):
-    backend = load_base(base_dir, d, split.class_names, device)
-    ids = load_lora(backend, Path(lora_dir) / "train" / "lora")
-    backend.to(device).eval()
-    return backend, dict(zip(split.tail_classes, ids))
 
 
 def _png(image01: torch.Tensor) -> bytes:
@@ -141,16 +126,18 @@ def _png(image01: torch.Tensor) -> bytes:
 
 
 def run_synthesize(cfg: SynthStageConfig, inputs: dict[str, Artifact], workdir: Path) -> dict[str, Any]:
-    """``n_per_class`` images per tail class as PNGs + ``synthetic.csv`` (file, class, method, seed,
-    aux-classifier confidence). Shards finished before an interruption are not redone."""
+    """``n_per_class`` images per tail class as PNGs + ``synthetic.csv`` (a :class:`SyntheticSet`: file, class,
+    role, method, seed, score = aux-classifier confidence). Shards finished before an interruption are not
+    redone."""
     split = read_split(inputs["split"])
     device = resolve_device(cfg.device)
     s = cfg.synthesis
     backend, cond_of = load_adapted(inputs["base"].path, inputs["lora"].path, cfg.diffusion, split, device)
     aux, card = load_classifier(inputs["aux"].path)
     guide = ClassifierGuide(aux.to(device), card["image_size"], card["in_channels"]).to(device)
-    method = SYNTHESIS.get(cfg.method)
-    size = cfg.diffusion.sd_resolution if cfg.diffusion.backend == "sd" else cfg.data.image_size
+    method = generator_named(cfg.method)
+    params = method.params(s)
+    size = cfg.diffusion.working_size(cfg.data.image_size)
     latent = backend.latent_shape(size)
     shard_dir = workdir / "shards"
     shard_dir.mkdir(exist_ok=True)
@@ -172,14 +159,14 @@ def run_synthesize(cfg: SynthStageConfig, inputs: dict[str, Artifact], workdir: 
             targets = torch.full((n,), c, dtype=torch.long, device=device)
             cond = backend.encode_condition(class_ids=torch.full((n,), cond_of[c], dtype=torch.long, device=device))
             uncond = backend.null_condition(n).to(device)
-            images, confidence = method(backend, guide, targets, cond, uncond, x_T, s, s.params.get(cfg.method, {}),
-                                       generator)
+            images, confidence = method.generate(backend, guide, targets, cond, uncond, x_T, s, params, generator)
             rows = []
             for i in range(n):
                 index = k * s.shard_size + i
                 rel = f"images/{_safe(name)}/{index:05d}.png"
                 atomic_write_bytes(workdir / rel, _png(images[i]))
-                rows.append([rel, name, cfg.method, seed, round(float(confidence[i]), 6)])
+                rows.append({"file": rel, "class": name, "role": "tail", "method": cfg.method, "seed": seed,
+                             "score": round(float(confidence[i]), 6)})
             atomic_write_json(marker, rows)
             bar.update(n)
             bar.set_postfix(mean_conf=f"{float(confidence.float().mean()):.3f}")
@@ -187,12 +174,8 @@ def run_synthesize(cfg: SynthStageConfig, inputs: dict[str, Artifact], workdir: 
     rows = []
     for marker in sorted(shard_dir.glob("*.json")):
         rows += read_json(marker)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["file", "class", "method", "seed", "aux_confidence"])
-    writer.writerows(rows)
-    atomic_write_text(workdir / "synthetic.csv", buffer.getvalue())
-    conf = np.array([r[4] for r in rows])
+    SyntheticSet(workdir, rows).write()
+    conf = np.array([r["score"] for r in rows])
     return {"n_images": len(rows), "mean_aux_confidence": float(conf.mean()) if len(conf) else None,
             "reused_shards": reused}
 
@@ -228,7 +211,7 @@ def reuse_shards(cfg: SynthStageConfig, inputs: dict[str, Artifact], workdir: Pa
                 continue
             rows = read_json(marker)
             for row in rows:
-                atomic_write_bytes(workdir / row[0], (manifest.parent / row[0]).read_bytes())
+                atomic_write_bytes(workdir / row["file"], (manifest.parent / row["file"]).read_bytes())
             atomic_write_json(target, rows)
             copied += 1
     return copied
@@ -238,35 +221,6 @@ def _safe(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
 
 
-def read_synthetic(artifact_dir: Path, class_names: list[str], data: DataConfig,
-                   per_class: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Synthetic images (uint8 at the classifier's size) and labels from a ``synthesize`` artifact.
-
-    ``per_class`` keeps the first that many images of each class (file order = shard order, and shards are
-    seeded by (seed, class, shard), so the first 50 of a 200-image set are the images a 50-image set holds);
-    None keeps them all."""
-    from ..data.decode import decode_file
-    path = Path(artifact_dir) / "synthetic.csv"
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    index = {n: i for i, n in enumerate(class_names)}
-    unknown = sorted({r["class"] for r in rows} - set(index))
-    if unknown:
-        raise TailsynthError(f"{path}: unknown classes {unknown}; known: {class_names}")
-    if per_class is not None:
-        by_class: dict[str, list[dict]] = {}
-        for r in rows:
-            by_class.setdefault(r["class"], []).append(r)
-        short = {c: len(rs) for c, rs in by_class.items() if len(rs) < per_class}
-        if short:
-            raise TailsynthError(f"{path}: asked for {per_class} synthetic images per class, but it holds only "
-                                 f"{short}")
-        rows = [r for rs in by_class.values() for r in rs[:per_class]]
-    images = np.stack([decode_file(Path(artifact_dir) / r["file"], data.image_size, data.channels) for r in rows]) \
-        if rows else np.zeros((0, data.image_size, data.image_size, data.channels), np.uint8)
-    return images, np.array([index[r["class"]] for r in rows], dtype=np.int64)
-
-
 TRAIN_DIFFUSION = Stage("train_diffusion", "1", run_train_diffusion, "base denoiser on the head classes")
 ADAPT_LORA = Stage("adapt_lora", "1", run_adapt_lora, "LoRA (+ tail tokens) on the tail images")
-SYNTHESIZE = Stage("synthesize", "2", run_synthesize, "synthetic tail images")
+SYNTHESIZE = Stage("synthesize", "3", run_synthesize, "synthetic tail images (a SyntheticSet)")

@@ -36,7 +36,7 @@ class ExperimentConfig(StrictConfig):
     report_method: str = "ce"  # the method whose scores fill the Table-1/3 comparison
     device: str = "auto"
     diffusion: dict[str, Any] = {}  # DiffusionConfig (pipeline.diffusion_stages), used by synthesis methods
-    synthesis: dict[str, Any] = {}  # SynthesisConfig (pipeline.synthesis_methods)
+    synthesis: dict[str, Any] = {}  # SynthesisConfig (tailsynth.methods.base); params.<generator>: its own config
     oracle: dict[str, Any] | None = None  # TrainConfig of the oracle (LoGex §4.4); None: no oracle
     # LoGex Fig. 3: extra rows of a synthesis method trained with N synthetic images per tail class, e.g.
     # {logex: [25, 50, 200]} gives rows logex@25, logex@50, logex@200 (the synthesis runs once, for the
@@ -69,4 +69,9 @@ def load_experiment(name_or_path: str, overrides: list[str] | None = None) -> Ex
             raise TailsynthError(f"{path}: synthetic_sweep.{method} must list positive image counts, got {counts}")
     if cfg.data.channels not in (1, 3):
         raise TailsynthError(f"{path}: data.channels must be 1 or 3, got {cfg.data.channels}")
+    from .graph import check_experiment  # every method's own settings, before any stage runs
+    try:
+        check_experiment(cfg)
+    except TailsynthError as err:
+        raise type(err)(f"{path}: {err}") from None
     return cfg

@@ -7,7 +7,6 @@ of LoGex Fig. 2/5 (train images | synthetic images of each method, titled with t
 """
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +15,15 @@ import torch
 
 from ..config import StrictConfig
 from ..data import load_images
+from ..data.synthetic import SyntheticSet
+from ..report.grids import sample_grid
 from ..training import ArrayData, TrainConfig, fit, predict
+from ..training.batches import ImageBatches
+from ..training.objectives import CriterionObjective
 from ..utils import atomic_write_bytes, atomic_write_json, resolve_device
-from .diffusion_stages import read_synthetic
+from .artifacts import build_model, drop_checkpoints, load_classifier, model_card, read_split, split_data
 from .experiment import DataConfig
 from .runner import Stage
-from .stages import build_model, drop_checkpoints, load_classifier, model_card, read_split, split_data
 from .store import Artifact
 
 
@@ -62,8 +64,8 @@ def run_train_oracle(cfg: OracleStageConfig, inputs: dict[str, Artifact], workdi
     model = build_model(card)
     counts = np.bincount(pool.labels, minlength=len(split.class_names)).tolist()
     train_cfg = cfg.train.model_copy(update={"selection": "last"})  # the oracle makes no choice on val
-    summary = fit(model, build_criterion("ce", counts), pool, val, train_cfg, workdir, seed=cfg.seed,
-                  device=resolve_device(cfg.device), select=None)
+    summary = fit(model, CriterionObjective(build_criterion("ce", counts)), ImageBatches(pool, train_cfg.augment),
+                  val, train_cfg, workdir, seed=cfg.seed, device=resolve_device(cfg.device), select=None)
     save_weights(model, workdir / "model.safetensors")
     atomic_write_json(workdir / "model.json", card)
     drop_checkpoints(workdir)
@@ -85,7 +87,8 @@ def run_quality(cfg: QualityStageConfig, inputs: dict[str, Artifact], workdir: P
     train = split_data(split, cfg.data, "train")
     for key in sorted(k for k in inputs if k.startswith("synthetic:")):
         method = key.split(":", 1)[1]
-        images, labels = read_synthetic(inputs[key].path, names, cfg.data)
+        images, labels = SyntheticSet.read(inputs[key].path).load_images(names, cfg.data.image_size,
+                                                                         cfg.data.channels)
         pred = predict(oracle, images, device)[0].argmax(1) if len(images) else np.zeros(0, int)
         result[method] = _accuracy(pred, labels, split)
         columns.append((method, images, labels, pred))
@@ -104,41 +107,6 @@ def _accuracy(pred: np.ndarray, labels: np.ndarray, split) -> dict[str, Any]:
     predicted = {names[c]: {names[k]: int(m) for k, m in enumerate(n) if m} for c, n in counts.items()}
     return {"overall": float((pred == labels).mean()) if len(labels) else None, "per_class": per_class,
             "n": int(len(labels)), "predicted": predicted}
-
-
-def sample_grid(columns, split, per_class: int) -> bytes:
-    """Rows: tail classes; column blocks: train images, then each method's synthetic images; each image
-    titled with the oracle's predicted class (green when right, red when wrong)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    tail = list(split.tail_classes)
-    n_cols = per_class * len(columns)
-    fig = Figure(figsize=(1.1 * n_cols + 1.5, 1.25 * len(tail) + 0.6))
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(len(tail), n_cols, squeeze=False)
-    for r, c in enumerate(tail):
-        for b, (title, images, labels, pred) in enumerate(columns):
-            idx = np.flatnonzero(labels == c)[:per_class]
-            for j in range(per_class):
-                ax = axes[r][b * per_class + j]
-                ax.set_xticks([])
-                ax.set_yticks([])
-                if r == 0 and j == 0:
-                    ax.set_title(title, fontsize=9, loc="left", fontweight="bold")
-                if b == 0 and j == 0:
-                    ax.set_ylabel(split.class_names[c], fontsize=8)
-                if j >= len(idx):
-                    ax.axis("off")
-                    continue
-                img = images[idx[j]]
-                ax.imshow(img[:, :, 0] if img.shape[2] == 1 else img, cmap="gray" if img.shape[2] == 1 else None,
-                          interpolation="nearest")  # the real pixels; also keeps the embedded PNG small
-                ok = pred[idx[j]] == c
-                ax.set_xlabel(split.class_names[int(pred[idx[j]])][:12], fontsize=6, color="green" if ok else "red")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=64)
-    return buffer.getvalue()
 
 
 TRAIN_ORACLE = Stage("train_oracle", "1", run_train_oracle, "oracle classifier on the full pool (report only)")

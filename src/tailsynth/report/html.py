@@ -20,7 +20,7 @@ from .plots import plot_histograms, plot_per_class, plot_roc
 from .runs import RunResult
 from .tables import Table, accuracy_table, meta_rows, method_table, score_table, timings_table
 
-Section = tuple[str, Union[bytes, str]]  # (title, PNG bytes or an HTML fragment)
+Section = Union[Table, tuple[str, Union[bytes, str]]]  # a Table, or (title, PNG bytes or an HTML fragment)
 
 _CSS = """
 body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1100px;
@@ -61,7 +61,10 @@ def _section(title: str, body: str) -> str:
     return f"<section>\n<h2>{html.escape(title)}</h2>\n{body}\n</section>"
 
 
-def _extra(title: str, content: bytes | str) -> str:
+def _extra(section: Section) -> str:
+    if isinstance(section, Table):
+        return table_to_html(section)
+    title, content = section
     if isinstance(content, (bytes, bytearray)):
         if not bytes(content[:8]) == b"\x89PNG\r\n\x1a\n":
             raise TailsynthError(f"extra report section {title!r}: bytes must be a PNG image")
@@ -108,7 +111,7 @@ def build_html(results: Mapping[str, Any], runs: Sequence[RunResult], meta: Mapp
     timings = timings_table(meta)
     if timings is not None:
         body.append(table_to_html(timings))
-    body += [_extra(title_, content) for title_, content in extra_sections]
+    body += [_extra(section) for section in extra_sections]
     if meta.get("config") is not None:
         config = json.dumps(meta["config"], indent=2, default=str)
         body.append(_section("Resolved config", f"<pre>{html.escape(config)}</pre>"))

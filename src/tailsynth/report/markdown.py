@@ -1,7 +1,7 @@
 """``report.md``: LoGex Table 2 (methods), Tables 1/3 (one method's OOD scores) and the run's provenance."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from .format import fmt_seconds, md_mark
 from .tables import Table, accuracy_table, meta_rows, method_table, score_table, timings_table
@@ -29,12 +29,14 @@ def table_to_markdown(table: Table) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_markdown(results: Mapping[str, Any], meta: Mapping[str, Any] | None = None) -> str:
+def render_markdown(results: Mapping[str, Any], meta: Mapping[str, Any] | None = None,
+                    extra_tables: Sequence[Table] = ()) -> str:
     """The Markdown report of a ``results.json`` dict.
 
     ``meta`` keys used (all optional): ``methods`` (row order of the method table), ``report_method``
     (method of the score table, default "ce"), ``experiment``, ``profile``, ``command``, ``machine``,
-    ``wall_time_s``, ``seeds``, ``package_version``, ``timings``.
+    ``wall_time_s``, ``seeds``, ``package_version``, ``timings``. ``extra_tables`` (synthetic-image quality,
+    sweeps) follow the main tables.
     """
     meta = dict(meta or {})
     order = meta.get("methods")
@@ -46,6 +48,7 @@ def render_markdown(results: Mapping[str, Any], meta: Mapping[str, Any] | None =
     scores = score_table(results, meta.get("report_method") or "ce")
     if scores is not None:
         parts.append(table_to_markdown(scores))
+    parts += [table_to_markdown(t) for t in extra_tables]
     lines = ["## Run", ""] + [f"- **{key}**: `{value}`" if key == "command" else f"- **{key}**: {value}"
                               for key, value in meta_rows(results, meta)]
     walls = results.get("wall_time_s") or {}

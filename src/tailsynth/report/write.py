@@ -10,6 +10,7 @@ from .aggregate import write_results_json
 from .html import Section, render_html
 from .markdown import render_markdown
 from .runs import RunResult, load_runs
+from .tables import Table
 
 RESULTS_JSON, REPORT_MD, REPORT_HTML = "results.json", "report.md", "report.html"
 _META_KEYS = ("experiment", "profile", "machine", "package_version", "wall_time_s")
@@ -32,7 +33,9 @@ def write_report(run_dirs: Iterable[str | Path], out_dir: str | Path, command: s
                  meta: Mapping[str, Any] | None = None,
                  extra_sections: Sequence[Section] = ()) -> tuple[Path, Path, Path]:
     """Read the runs, write ``results.json`` (merged with an existing one: methods in ``run_dirs`` replace
-    their old rows, other methods are kept), then ``report.md`` and ``report.html`` from the merged results.
+    their old rows, other methods are kept), then ``report.md`` and ``report.html`` from the merged results,
+    each written once, atomically. ``extra_sections``: Tables (in both files) and (title, PNG or HTML)
+    sections (HTML only).
 
     Figures use the given runs plus, for kept methods, their recorded run directories if they still exist.
     Returns ``(md_path, html_path, json_path)``.
@@ -46,6 +49,7 @@ def write_report(run_dirs: Iterable[str | Path], out_dir: str | Path, command: s
     results = write_results_json(json_path, runs, command, extra=extra)
     plot_runs = runs + _kept_runs(results, {r.method for r in runs})
     md_path = out_dir / REPORT_MD
-    atomic_write_text(md_path, render_markdown(results, meta))
+    tables = [section for section in extra_sections if isinstance(section, Table)]
+    atomic_write_text(md_path, render_markdown(results, meta, tables))
     html_path = render_html(results, plot_runs, meta, out_dir / REPORT_HTML, extra_sections)
     return md_path, html_path, json_path

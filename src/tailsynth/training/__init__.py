@@ -1,7 +1,8 @@
-"""The one classifier trainer, its configs, samplers, methods and model selection."""
+"""The one classifier trainer, its configs, objectives, batch sources, samplers and model selection."""
+from .batches import FeatureBatches, ImageBatches
 from .config import AugmentConfig, TrainConfig
-from .methods import METHODS, TABLE2_METHODS, MethodSpec
+from .objectives import CriterionObjective, Objective
 from .trainer import ArrayData, fit, learning_rate, predict
 
-__all__ = ["AugmentConfig", "ArrayData", "METHODS", "MethodSpec", "TABLE2_METHODS", "TrainConfig",
-           "fit", "learning_rate", "predict"]
+__all__ = ["AugmentConfig", "ArrayData", "CriterionObjective", "FeatureBatches", "ImageBatches", "Objective",
+           "TrainConfig", "fit", "learning_rate", "predict"]

@@ -36,8 +36,12 @@ def load_weights(module: torch.nn.Module, path: Path) -> None:
 
 
 def save_checkpoint(workdir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    state: dict[str, Any]) -> None:
+                    state: dict[str, Any], extra: dict[str, torch.nn.Module] | None = None) -> None:
+    """``extra``: further modules trained alongside the model (an objective's own parameters), saved as
+    ``last_<name>.safetensors``."""
     save_weights(model, workdir / "last.safetensors")
+    for name, module in (extra or {}).items():
+        save_weights(module, workdir / f"last_{name}.safetensors")
     buffer = io.BytesIO()
     torch.save(optimizer.state_dict(), buffer)
     atomic_write_bytes(workdir / "optimizer.pt", buffer.getvalue())
@@ -45,12 +49,14 @@ def save_checkpoint(workdir: Path, model: torch.nn.Module, optimizer: torch.opti
 
 
 def load_checkpoint(workdir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    device: torch.device) -> dict[str, Any] | None:
+                    device: torch.device, extra: dict[str, torch.nn.Module] | None = None) -> dict[str, Any] | None:
     """Restore the last complete checkpoint in ``workdir``; None when there is none."""
     if not (workdir / STATE).is_file():
         return None
     state = read_json(workdir / STATE)
     load_weights(model, workdir / "last.safetensors")
+    for name, module in (extra or {}).items():
+        load_weights(module, workdir / f"last_{name}.safetensors")
     opt_state = torch.load(workdir / "optimizer.pt", map_location=device, weights_only=True)
     optimizer.load_state_dict(opt_state)
     return state

@@ -1,4 +1,4 @@
-"""The one classifier training loop. A method is a choice of criterion, sampler and schedule.
+"""The one classifier training loop. A method is a choice of objective, batch source and schedule.
 
 Reproducible and resumable: the shuffle and augmentation of epoch ``e`` come from a generator seeded
 by ``(seed, e)``, the learning rate is a pure function of the step, and the model + optimizer are
@@ -17,10 +17,10 @@ from tqdm.auto import tqdm
 
 from ..errors import TailsynthError
 from ..utils import derive_seed, progress_enabled
-from .augment import augment, to_float
+from .augment import to_float
 from .checkpoint import load_checkpoint, load_weights, save_checkpoint, save_weights
 from .config import TrainConfig
-from .samplers import SAMPLERS
+from .objectives import Objective, split_output
 
 SelectFn = Callable[[np.ndarray, np.ndarray], float]
 
@@ -75,71 +75,78 @@ def _set_train_mode(model: torch.nn.Module, trainable: str) -> None:
         model.head.train()
 
 
-def fit(model: torch.nn.Module, criterion: torch.nn.Module, train: ArrayData, val: ArrayData,
+def fit(model: torch.nn.Module, objective: Objective, batches, val: ArrayData,
         cfg: TrainConfig, workdir: Path, *, seed: int, device: torch.device, select: SelectFn | None,
-        sampler: str = "instance", trainable: str = "all", drop_epoch: int | None = None,
-        log: Callable[[str], None] = print, progress: bool | None = None) -> dict:
+        trainable: str = "all", log: Callable[[str], None] = print, progress: bool | None = None) -> dict:
     """Train ``model`` in place, checkpointing to ``workdir`` each epoch; leave the selected weights in
     ``workdir/best.safetensors`` and load them into ``model``. Returns the training summary.
 
-    ``select(val_logits, val_labels) -> float`` scores an epoch on the validation split (higher is
-    better); it never sees the test split. ``cfg.selection == 'last'`` keeps the final epoch.
+    ``objective(model, batch)`` (:mod:`~tailsynth.training.objectives`) gives the loss (and optional named
+    parts, averaged per epoch in the history); its own parameters, if any, are trained and checkpointed
+    too. ``batches`` (:mod:`~tailsynth.training.batches`) yields each epoch's batches from a generator
+    seeded by (seed, epoch). ``trainable="head"`` trains the classifier layer alone with the backbone and
+    its BatchNorm statistics frozen (cRT). ``select(val_logits, val_labels) -> float`` scores an epoch on
+    the validation split (higher is better); it never sees the test split. ``cfg.selection == 'last'``
+    keeps the final epoch.
     """
     workdir = Path(workdir)
-    order_fn = SAMPLERS.get(sampler)
     model.to(device)
+    objective.to(device)
     params = list(model.head.parameters()) if trainable == "head" else list(model.parameters())
     if trainable == "head":
         for p in model.parameters():
             p.requires_grad_(False)
         for p in params:
             p.requires_grad_(True)
+    params += list(objective.parameters())
     if cfg.optimizer == "adamw":
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     else:
         optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(train.labels) / cfg.batch_size)
+    steps_per_epoch = math.ceil(len(batches) / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
     use_amp = cfg.amp and device.type == "cuda"
+    extra = {"objective": objective} if any(True for _ in objective.parameters()) else {}
 
-    state = load_checkpoint(workdir, model, optimizer, device)
+    state = load_checkpoint(workdir, model, optimizer, device, extra)
     if state is None:
         state = {"epoch": 0, "best_score": None, "best_epoch": None, "history": []}
     elif state["epoch"] > 0:
         log(f"resuming from the checkpoint after epoch {state['epoch']} in {workdir}")
 
     for epoch in range(state["epoch"], cfg.epochs):
-        if hasattr(criterion, "set_epoch"):
-            criterion.set_epoch(epoch)
+        objective.set_epoch(epoch)
         generator = torch.Generator().manual_seed(derive_seed(seed, "epoch", epoch))
-        order = order_fn(train.labels, generator)
         _set_train_mode(model, trainable)
-        total, count = 0.0, 0
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+        objective.train()
+        total, count, part_sums = 0.0, 0, {}
+        bar = tqdm(zip(range(steps_per_epoch), batches.epoch(generator, cfg.batch_size)), total=steps_per_epoch,
+                   desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                    disable=not (progress_enabled() if progress is None else progress), mininterval=1.0)
-        for batch in bar:
-            idx = order[batch * cfg.batch_size:(batch + 1) * cfg.batch_size]
-            x = to_float(torch.from_numpy(train.images[idx]))
-            x = augment(x, cfg.augment, generator).to(device)
-            y = torch.from_numpy(train.labels[idx]).to(device)
-            step = epoch * steps_per_epoch + batch
+        for b, batch in bar:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            n = len(batch["y"])
+            step = epoch * steps_per_epoch + b
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate(cfg, step, total_steps, epoch, drop_epoch)
+                group["lr"] = learning_rate(cfg, step, total_steps, epoch, objective.drop_epoch)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                logits = model(x)
-            loss = criterion(logits.float(), y)
+                loss, parts = split_output(objective(model, batch))
             if not torch.isfinite(loss):
                 raise TailsynthError(
-                    f"loss is {loss.item()} at epoch {epoch + 1}, batch {batch + 1}; training stopped. "
+                    f"loss is {loss.item()} at epoch {epoch + 1}, batch {b + 1}; training stopped. "
                     f"The last good checkpoint (after epoch {state['epoch']}) is kept in {workdir}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += loss.item() * len(idx)
-            count += len(idx)
+            total += loss.item() * n
+            count += n
+            for name, value in parts.items():
+                part_sums[name] = part_sums.get(name, 0.0) + float(value) * n
             bar.set_postfix(loss=f"{total / count:.4f}")
         bar.close()
         record = {"epoch": epoch + 1, "train_loss": total / max(count, 1), "lr": optimizer.param_groups[0]["lr"]}
+        if part_sums:
+            record["loss_parts"] = {k: v / max(count, 1) for k, v in part_sums.items()}
         if cfg.selection == "last" or select is None:
             score = float(epoch)
         else:
@@ -151,7 +158,7 @@ def fit(model: torch.nn.Module, criterion: torch.nn.Module, train: ArrayData, va
             save_weights(model, workdir / "best.safetensors")
         state["history"].append(record)
         state["epoch"] = epoch + 1
-        save_checkpoint(workdir, model, optimizer, state)
+        save_checkpoint(workdir, model, optimizer, state, extra)
         log(f"epoch {epoch + 1}/{cfg.epochs} loss {record['train_loss']:.4f}"
             + (f" val {cfg.selection} {score:.4f}" if "val_selection" in record else ""))
     load_weights(model, workdir / "best.safetensors")

@@ -5,18 +5,11 @@
   configured by :class:`DigInConfig`, returning :class:`GuidanceResult`.
 * :func:`fg_entropy_sample` with :class:`FgEntropyConfig`, returning :class:`FgResult`.
 """
-from ...registry import Registry
 from .adam import PerSampleAdam
 from .classifier_guide import ClassifierGuide
 from .dig_in import DigInConfig, GuidanceResult, dig_in_reference, last_k_weights
 from .dig_in_batched import dig_in
-from .fg_entropy import FgEntropyConfig, FgResult, entropy, feedback_step, fg_entropy_sample
+from .fg_entropy import FgEntropyConfig, FgEntropyFeedback, FgResult, entropy, feedback_step, fg_entropy_sample
 
-GUIDANCE: Registry = Registry("guidance method")
-"""name -> (config class, function); the synthesis stage picks a method by name."""
-GUIDANCE.register("dig_in")((DigInConfig, dig_in))
-GUIDANCE.register("dig_in_reference")((DigInConfig, dig_in_reference))
-GUIDANCE.register("fg_entropy")((FgEntropyConfig, fg_entropy_sample))
-
-__all__ = ["GUIDANCE", "ClassifierGuide", "DigInConfig", "GuidanceResult", "dig_in", "dig_in_reference", "last_k_weights",
+__all__ = ["ClassifierGuide", "FgEntropyFeedback", "DigInConfig", "GuidanceResult", "dig_in", "dig_in_reference", "last_k_weights",
            "PerSampleAdam", "FgEntropyConfig", "FgResult", "fg_entropy_sample", "feedback_step", "entropy"]

@@ -1,8 +1,8 @@
 """FG-Entropy: feedback-guided synthesis with the classifier's entropy (Hemmat et al. 2023, "Feedback-guided
 data synthesis from diffusion models"; the baseline "FG-entropy" of LoGex §2.2 / Table 2).
 
-A DDIM sampler (Song et al. 2021 eq. 12, CFG w) in which every ``every``-th step first moves x_t along the
-gradient of the classifier's predictive entropy, as the official code does
+DDIM (Song et al. 2021 eq. 12, CFG w) with a per-step hook (:class:`FgEntropyFeedback`): every ``every``-th
+step first moves x_t along the gradient of the classifier's predictive entropy, as the official code does
 (facebookresearch/Feedback-guided-Data-Synthesis; see notes/methods-as-implemented.md):
 
     x0_hat = (x_t - sqrt(1 - a_t) eps_theta(x_t, t, c)) / sqrt(a_t)         (one conditional UNet call)
@@ -24,8 +24,8 @@ from pydantic import model_validator
 
 from ...config import StrictConfig
 from ...errors import TailsynthError
-from ..samplers import _noise, ddim_update, guided_eps
-from ..schedule import alpha_at, ddim_timesteps, predict_x0
+from ..samplers import SamplerStep, StepChange, ddim_sample
+from ..schedule import predict_x0
 from .classifier_guide import ClassifierGuide
 from .common import as_batch, autocast_for, frozen
 
@@ -87,28 +87,37 @@ def feedback_step(backend, guide: ClassifierGuide, x_t: torch.Tensor, t: int, a_
     return (x_t + cfg.sign * g * scale.view(-1, *([1] * (x_t.dim() - 1)))).detach()
 
 
+class FgEntropyFeedback:
+    """The FG-Entropy term as a sampler hook (:class:`~tailsynth.diffusion.samplers.StepChange`): on every
+    ``every``-th step it nudges x_t with :func:`feedback_step`; the DDIM update then steps from the nudged
+    x_t with the CFG noise prediction recomputed there (``step.eps_at``)."""
+
+    def __init__(self, backend, guide: ClassifierGuide, cond: torch.Tensor, cfg: FgEntropyConfig):
+        self.backend, self.guide, self.cond, self.cfg = backend, guide, cond, cfg
+
+    def __call__(self, step: SamplerStep) -> StepChange | None:
+        if not self.cfg.every or step.index % self.cfg.every:
+            return None
+        x_new = feedback_step(self.backend, self.guide, step.x_t, step.t, step.alpha_t, self.cond, self.cfg)
+        return StepChange(x_t=x_new, eps=step.eps_at(x_new).float())
+
+
 def fg_entropy_sample(backend, guide: ClassifierGuide, cond: torch.Tensor, uncond: torch.Tensor, x_T: torch.Tensor,
                       cfg: FgEntropyConfig, generator: torch.Generator | None = None,
                       target_classes: torch.Tensor | None = None) -> FgResult:
-    """Sample N images from x_T (N, C, h, w) with cond/uncond (N, L, D); ``generator`` feeds eta > 0 noise."""
+    """Sample N images from x_T (N, C, h, w) with cond/uncond (N, L, D): :func:`ddim_sample` with the
+    :class:`FgEntropyFeedback` hook; ``generator`` feeds eta > 0 noise."""
     n = x_T.shape[0]
     cond, uncond = as_batch("cond", cond, n, "fg_entropy"), as_batch("uncond", uncond, n, "fg_entropy")
     if cfg.eta > 0 and generator is None:
         raise TailsynthError("fg_entropy_sample with eta > 0 needs a torch.Generator")
-    acp = backend.alphas_cumprod.to(x_T.device)
-    T = acp.shape[0]
-    x = x_T.detach()
     with frozen(backend, guide):
-        for i, t in enumerate(int(s) for s in ddim_timesteps(cfg.num_steps, T)):
-            a_t, a_prev = acp[t], alpha_at(acp, t - T // cfg.num_steps).to(x.device)
-            if cfg.every and i % cfg.every == 0:
-                x = feedback_step(backend, guide, x, t, a_t, cond, cfg)
-            noise = _noise(x, generator) if cfg.eta > 0 else None
-            with torch.no_grad(), autocast_for(x.device, cfg.bf16):
-                eps = guided_eps(backend.eps, x, t, cond, uncond, cfg.guidance_scale)
-                x, _ = ddim_update(x, eps.float(), a_t, a_prev, cfg.eta, noise, getattr(backend, "clip_x0", False))
+        with torch.no_grad(), autocast_for(x_T.device, cfg.bf16):
+            out = ddim_sample(backend.eps, x_T.detach(), cond, uncond, backend.alphas_cumprod, cfg.num_steps,
+                              cfg.guidance_scale, cfg.eta, generator, clip_x0=getattr(backend, "clip_x0", False),
+                              hook=FgEntropyFeedback(backend, guide, cond, cfg))
         with torch.no_grad():
-            images = backend.decode(x).float()
+            images = backend.decode(out.sample.float()).float()
             logits = guide(images)
     probs = logits.softmax(dim=1)
     if target_classes is None:

@@ -1,11 +1,10 @@
-"""The images-per-class sweep section of the report (LoGex Fig. 3: synthetic images per tail class vs FPR@95).
+"""The images-per-class sweep sections of the report (LoGex Fig. 3: synthetic images per tail class vs FPR@95).
 
 Rows come from the evaluation artifacts of the sweep (``logex@25`` ...) and, for N = ``synthesis.n_per_class``,
 of the method's main row; every N is averaged over the same seeds (``sweep_seeds``) so the points compare.
 """
 from __future__ import annotations
 
-import html
 import io
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,8 @@ from typing import Any
 import numpy as np
 
 from ..utils import read_json
+from .tables import Table
+
 
 def row_label(method: str, per_class: int | None, n_default: int) -> str:
     """The report row of ``method`` trained on ``per_class`` synthetic images per tail class: the method's
@@ -45,43 +46,47 @@ def sweep_points(sweep: dict[str, list[int]], n_default: int, seeds: list[int],
 
 
 def _cells(point: dict[str, Any]) -> list[str]:
-    return [str(point["n"])] + [f"{point[k][0]:.2f} ± {point[k][1]:.2f}" for k, _ in COLUMNS] + \
-        [",".join(map(str, point["seeds"]))]
+    return [str(point["n"])] + [f"{point[k][0]:.2f} ± {point[k][1]:.2f}" if len(point["seeds"]) > 1
+                                else f"{point[k][0]:.2f}" for k, _ in COLUMNS] + [",".join(map(str, point["seeds"]))]
 
 
 HEADER = ["images / tail class"] + [label for _, label in COLUMNS] + ["seeds"]
 
 
-def sweep_markdown(points: dict[str, list[dict[str, Any]]]) -> str:
-    lines = []
+def sweep_tables(points: dict[str, list[dict[str, Any]]]) -> list[Table]:
+    """One table per swept method: images per tail class vs the Table-2 metrics (mean ± std over seeds)."""
+    tables = []
     for method, rows in points.items():
-        lines += [f"## Synthetic images per tail class: {method} (LoGex Fig. 3)", "",
-                  "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-        lines += ["| " + " | ".join(_cells(p)) + " |" for p in rows]
-        lines.append("")
-    return "\n".join(lines)
+        table = Table(f"Synthetic images per tail class: {method} (LoGex Fig. 3)", list(HEADER),
+                      caption="Percent, mean ± sample std over the listed seeds.")
+        table.rows = [[(c, "") for c in _cells(p)] for p in rows]
+        tables.append(table)
+    return tables
 
 
-def sweep_sections(points: dict[str, list[dict[str, Any]]]) -> list[tuple[str, Any]]:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    sections: list[tuple[str, Any]] = []
-    for method, rows in points.items():
-        table = "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in HEADER) + "</tr>" + "".join(
-            "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _cells(p)) + "</tr>" for p in rows) + "</table>"
-        sections.append((f"Synthetic images per tail class vs FPR@95: {method} (LoGex Fig. 3)", table))
-        fig, ax = plt.subplots(figsize=(4, 3))
-        ns = [p["n"] for p in rows]
-        ax.errorbar(ns, [p["fpr95"][0] for p in rows], yerr=[p["fpr95"][1] for p in rows], marker="o", capsize=3)
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(ns, [str(n) for n in ns])
-        ax.set_xlabel("synthetic images per tail class")
-        ax.set_ylabel("FPR@95 (%)")
-        ax.set_title(method)
-        fig.tight_layout()
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=110)
-        plt.close(fig)
-        sections.append((f"FPR@95 vs synthetic images per tail class ({method})", buffer.getvalue()))
+def sweep_plot(method: str, rows: list[dict[str, Any]]) -> bytes:
+    """FPR@95 vs synthetic images per tail class (log2 axis), error bars = std over seeds (PNG)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(4, 3))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ns = [p["n"] for p in rows]
+    ax.errorbar(ns, [p["fpr95"][0] for p in rows], yerr=[p["fpr95"][1] for p in rows], marker="o", capsize=3)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ns, [str(n) for n in ns])
+    ax.set_xlabel("synthetic images per tail class")
+    ax.set_ylabel("FPR@95 (%)")
+    ax.set_title(method)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    return buffer.getvalue()
+
+
+def sweep_sections(points: dict[str, list[dict[str, Any]]]) -> list:
+    """The sweep tables (Markdown + HTML) and plots (HTML) of the report."""
+    sections: list = []
+    for table, (method, rows) in zip(sweep_tables(points), points.items()):
+        sections += [table, (f"FPR@95 vs synthetic images per tail class ({method})", sweep_plot(method, rows))]
     return sections

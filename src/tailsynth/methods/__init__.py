@@ -1,0 +1,11 @@
+"""Methods, one file per paper, in one registry (``METHODS``); see docs/adding-a-method.md.
+
+- ``baselines``: ce, ce-rw, hod, crt, focal, focal-rw, ldam, ldam-rw, ldam-rw-drw (LoGex Table 2)
+- ``logex``: logex-lora (only LoRA), logex (DiG-IN guidance)
+- ``fg_entropy``: fg-entropy (Hemmat et al. 2023)
+"""
+from . import baselines, fg_entropy, logex  # noqa: F401  (registers the methods)
+from .base import Method, NoParams, SynthesisConfig, SyntheticGenerator
+from .registry import METHODS, generator_named, register
+
+__all__ = ["METHODS", "Method", "NoParams", "SynthesisConfig", "SyntheticGenerator", "generator_named", "register"]

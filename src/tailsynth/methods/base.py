@@ -1,0 +1,128 @@
+"""What a method is, and what it may ask the pipeline for.
+
+A :class:`Method` is one row family of the results table (LoGex Table 2): how its classifier is trained
+(objective, batch source, which parameters train) and which artifacts it needs first. It asks for them
+through the *graph* the pipeline hands it (:class:`tailsynth.pipeline.graph.StageGraph`); each request
+is a cached, fingerprinted stage, so an artifact two methods share (the base diffusion model, the LoRA,
+an auxiliary classifier) is built once:
+
+- ``graph.classifier(name, seed)``      -- the trained classifier of another method (cRT's base, an aux);
+- ``graph.synthetic(generator)``       -- synthetic tail images of a :class:`SyntheticGenerator` made by
+  the LoRA-adapted diffusion model (base diffusion -> LoRA -> auxiliary classifier -> synthesis);
+- ``graph.train(method, seed, inputs)`` -- the method's own classifier-training stage over those inputs.
+
+A method's own settings are validated when the experiment loads (``check_config``), before any stage runs.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from ..config import StrictConfig, build_config
+from ..errors import TailsynthError
+from ..losses import LOSSES, build_criterion
+from ..training import ArrayData, TrainConfig
+from ..training.batches import ImageBatches
+from ..training.objectives import CriterionObjective, Objective
+
+
+class SynthesisConfig(StrictConfig):
+    """Shared by every synthetic generator (LoGex: 100 images per tail class, DDIM 20 steps, CFG 3.0, seed 99).
+
+    ``params.<generator>`` holds one generator's own settings (its typed ``Config``) and optionally
+    ``aux_method``, the auxiliary classifier of that generator (default ``aux_method``)."""
+
+    n_per_class: int = 100
+    shard_size: int = 25
+    seed: int = 99
+    num_steps: int = 20
+    guidance_scale: float = 3.0
+    aux_method: str = "ldam-rw-drw"  # the auxiliary classifier (LoGex code: LDAM + DRW)
+    aux_seed: int = 0
+    params: dict[str, dict[str, Any]] = {}
+
+
+class NoParams(StrictConfig):
+    """A generator without settings of its own."""
+
+
+class SyntheticGenerator:
+    """How the LoRA-adapted diffusion model turns seeded noise into tail images for one method.
+
+    ``Config`` is the generator's own typed settings (``synthesis.params.<name>``); the shared DDIM steps
+    and CFG scale are passed into it when it has such fields. ``generate`` returns images in [0, 1]
+    (B, C, H, W) and a per-image score (the auxiliary classifier's confidence in the target class)."""
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type[StrictConfig]] = NoParams
+
+    def params(self, synthesis: SynthesisConfig, where: str = "") -> StrictConfig:
+        """This generator's typed config from ``synthesis.params.<name>`` (minus ``aux_method``)."""
+        own = dict(synthesis.params.get(self.name, {}))
+        own.pop("aux_method", None)
+        shared = {k: getattr(synthesis, k) for k in ("num_steps", "guidance_scale") if k in self.Config.model_fields}
+        return build_config(self.Config, {**shared, **own}, where or f"synthesis.params.{self.name}")
+
+    def aux_method(self, synthesis: SynthesisConfig) -> str:
+        return synthesis.params.get(self.name, {}).get("aux_method", synthesis.aux_method)
+
+    def generate(self, backend, guide, targets: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
+                 x_T: torch.Tensor, synthesis: SynthesisConfig, params: StrictConfig,
+                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover
+        raise NotImplementedError
+
+
+class Method:
+    """A classifier-training recipe: criterion + batch source + trainable parameters (+ artifacts it needs).
+
+    The defaults train every parameter of a fresh network on the real training split (plus the synthetic
+    images of ``generator``, when it has one) with ``criterion`` and instance-balanced batches."""
+
+    name: ClassVar[str] = ""
+    reference: ClassVar[str] = ""
+    criterion: ClassVar[str] = "ce"
+    criterion_params: ClassVar[dict[str, Any]] = {}
+    sampler: ClassVar[str] = "instance"
+    generator: ClassVar[SyntheticGenerator | None] = None
+
+    # --- configuration, checked when the experiment loads -------------------------------------------------
+    def check_config(self, exp) -> None:
+        """Validate this method's settings in the experiment (``method_params.<name>``: criterion parameters)."""
+        factory = LOSSES.get(self.criterion)
+        accepted = [p for p in inspect.signature(factory).parameters if p not in ("class_counts", "tail_classes")]
+        unknown = sorted(set(exp.method_params.get(self.name, {})) - set(accepted))
+        if unknown:
+            raise TailsynthError(f"method_params.{self.name}: unknown parameters {unknown} for loss "
+                                 f"{self.criterion!r}; valid: {sorted(accepted)}")
+
+    # --- the stage graph ------------------------------------------------------------------------------------
+    def classifier(self, graph, seed: int, per_class: int | None = None):
+        """The artifact of this method's trained classifier; ``per_class`` synthetic images per tail class
+        (a sweep row; None: ``synthesis.n_per_class``)."""
+        inputs = {"synthetic": graph.synthetic(self.generator)} if self.generator is not None else {}
+        return graph.train(self, seed, inputs, per_class=per_class)
+
+    # --- training (inside the train stage) ------------------------------------------------------------------
+    def training_data(self, split, real: ArrayData, inputs: dict, data_cfg, per_class: int | None) -> ArrayData:
+        """Real training images, plus the synthetic ones (training split only, never val or test)."""
+        if "synthetic" not in inputs:
+            return real
+        from ..data.synthetic import SyntheticSet
+        syn = SyntheticSet.read(inputs["synthetic"].path).select(per_class)
+        images, labels = syn.load_images(split.class_names, data_cfg.image_size, data_cfg.channels)
+        return ArrayData(np.concatenate([real.images, images]), np.concatenate([real.labels, labels]))
+
+    def init_model(self, model: torch.nn.Module, inputs: dict, seed: int) -> str:
+        """Prepare the fresh network; returns which parameters train: "all" or "head"."""
+        return "all"
+
+    def objective(self, class_counts: list[int], split, params: dict[str, Any]) -> Objective:
+        crit = build_criterion(self.criterion, class_counts, tail_classes=split.tail_classes,
+                               **{**self.criterion_params, **params})
+        return CriterionObjective(crit)
+
+    def batches(self, train: ArrayData, cfg: TrainConfig):
+        return ImageBatches(train, cfg.augment, self.sampler)

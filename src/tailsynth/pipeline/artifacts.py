@@ -1,0 +1,90 @@
+"""Readers of finished artifacts, in one place: every stage and the API read their inputs through these.
+
+split -> :func:`read_split` / :func:`split_data`; classifier -> :func:`load_classifier` (``model.json`` is
+the card needed to rebuild the network); diffusion -> :func:`load_base` / :func:`load_adapted`; synthetic
+images -> :class:`tailsynth.data.synthetic.SyntheticSet`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data import Split, load_images, split_arrays
+from ..diffusion import BACKENDS, load_lora
+from ..models import create_model
+from ..training import ArrayData, TrainConfig
+from ..training.checkpoint import load_weights
+from ..utils import read_json
+from .store import Artifact
+
+SPLIT_FILE = "split.csv"
+CHECKPOINT_FILES = ("train_state.json", "last.safetensors", "last_objective.safetensors", "optimizer.pt",
+                    "best.safetensors")
+
+
+def read_split(artifact: Artifact) -> Split:
+    return Split.read(artifact.file(SPLIT_FILE))
+
+
+def split_data(split: Split, data, which: str) -> ArrayData:
+    """Decoded (cached) images and labels of one split of the benchmark (``data``: a DataConfig)."""
+    arrays = load_images(split.source, data.image_size, data.channels, skip_corrupt=data.skip_corrupt)
+    images, labels = split_arrays(split, arrays, which)
+    return ArrayData(images, labels)
+
+
+def model_card(train: TrainConfig, data, split: Split, method: str, seed: int) -> dict[str, Any]:
+    """Everything needed to rebuild the network and interpret its outputs (``model.json``)."""
+    small = train.small_input if train.small_input is not None else data.image_size <= 64
+    return {
+        "model": train.model, "width": train.width, "small_input": small,
+        "num_classes": len(split.class_names), "in_channels": data.channels,
+        "image_size": data.image_size, "class_names": list(split.class_names),
+        "head_classes": list(split.head_classes), "tail_classes": list(split.tail_classes),
+        "preprocessing": "uint8 -> [-1, 1]", "method": method, "seed": seed,
+    }
+
+
+def build_model(card: dict[str, Any]) -> torch.nn.Module:
+    return create_model(card["model"], num_classes=card["num_classes"], in_channels=card["in_channels"],
+                        width=card["width"], small_input=card["small_input"])
+
+
+def load_classifier(artifact_dir: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    card = read_json(Path(artifact_dir) / "model.json")
+    model = build_model(card)
+    load_weights(model, Path(artifact_dir) / "model.safetensors")
+    model.eval()
+    return model, card
+
+
+def drop_checkpoints(workdir: Path) -> None:
+    """Remove the trainer's resume files once the final weights are written (state file first)."""
+    for name in CHECKPOINT_FILES:
+        (workdir / name).unlink(missing_ok=True)
+
+
+def load_base(artifact_dir: Path, d, device: torch.device):
+    """The base backend of a ``train_diffusion`` artifact (``d``: the DiffusionConfig), by its registered kind."""
+    record = read_json(Path(artifact_dir) / "base.json")
+    backend = BACKENDS.get(record["backend"]).load_base(Path(artifact_dir), record, d.model_dump())
+    return backend.to(device)
+
+
+def load_adapted(base_dir: Path, lora_dir: Path, d, split: Split, device: torch.device):
+    """The LoRA-adapted backend and {tail class index: its condition id}."""
+    backend = load_base(base_dir, d, device)
+    ids = load_lora(backend, Path(lora_dir) / "train" / "lora")
+    backend.to(device).eval()
+    return backend, dict(zip(split.tail_classes, ids))
+
+
+def images_of(split: Split, data, classes: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Training images of ``classes`` and their positions in ``classes`` (condition ids)."""
+    train = split_data(split, data, "train")
+    keep = np.isin(train.labels, classes)
+    index = {c: i for i, c in enumerate(classes)}
+    return train.images[keep], np.array([index[int(y)] for y in train.labels[keep]], dtype=np.int64)

@@ -1,0 +1,183 @@
+"""The stage graph of one experiment, built from the methods' requests (see ``tailsynth.methods.base``).
+
+:class:`StageGraph` answers a method's requests -- a split, another method's classifier, a synthetic set,
+its own training stage -- with fingerprinted stages. Each distinct stage runs (or, in plan mode, is only
+fingerprinted) once per experiment, however many methods ask for it. :func:`check_experiment` validates
+every method's own settings before anything runs.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from ..config import StrictConfig, build_config
+from ..data import index_source, load_benchmark_config
+from ..diffusion import BACKENDS
+from ..errors import TailsynthError
+from ..methods import METHODS, Method, SynthesisConfig, SyntheticGenerator, generator_named
+from ..report.sweep import row_label
+from ..training import TrainConfig
+from .diffusion_stages import (ADAPT_LORA, SYNTHESIZE, TRAIN_DIFFUSION, DiffusionConfig, DiffusionStageConfig,
+                               SynthStageConfig)
+from .experiment import ExperimentConfig
+from .quality_stages import QUALITY, TRAIN_ORACLE, OracleStageConfig, QualityStageConfig
+from .runner import Runner, Stage
+from .stages import SPLIT, TRAIN, SplitStageConfig, TrainStageConfig
+from .store import Artifact
+
+
+def _flatten(prefix: str, data: dict[str, Any]) -> list[str]:
+    items = []
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            items += _flatten(name + ".", value)
+        else:
+            items.append(f"{name}={value!r}" if isinstance(value, str) else f"{name}={value}")
+    return items
+
+
+def diffusion_configs(cfg: ExperimentConfig) -> tuple[DiffusionConfig, SynthesisConfig]:
+    return (build_config(DiffusionConfig, cfg.diffusion, "experiment key 'diffusion'"),
+            build_config(SynthesisConfig, cfg.synthesis, "experiment key 'synthesis'"))
+
+
+def check_experiment(cfg: ExperimentConfig) -> None:
+    """Every method named anywhere exists and its settings validate; the generator configs validate; a
+    sweep names a method with synthetic images. Raises before any stage runs."""
+    for name in list(cfg.methods) + list(cfg.method_params) + list(cfg.synthetic_sweep):
+        METHODS.get(name).check_config(cfg)
+    for name in cfg.synthetic_sweep:
+        if METHODS.get(name).generator is None:
+            raise TailsynthError(f"synthetic_sweep: {name!r} uses no synthetic images")
+    diffusion, synthesis = diffusion_configs(cfg)
+    BACKENDS.get(diffusion.backend).check_options(diffusion.pixel, "experiment key 'diffusion.pixel'",
+                                                  cfg.data.image_size, cfg.data.channels)
+    for name in list(synthesis.params):
+        generator = generator_named(name)
+        generator.params(synthesis)
+        aux = METHODS.get(generator.aux_method(synthesis))
+        if aux.generator is not None:
+            raise TailsynthError(f"synthesis.params.{name}.aux_method: {aux.name!r} trains on synthetic images "
+                                 f"itself; the auxiliary classifier must be trained on real images")
+    for name in cfg.methods:
+        generator = METHODS.get(name).generator
+        if generator is not None:
+            generator.params(synthesis)
+            METHODS.get(generator.aux_method(synthesis))
+
+
+def describe_cost(stage: str, cfg: StrictConfig) -> str:
+    """A rough size of a stage's work for ``--plan`` (epochs, optimisation steps, images)."""
+    if stage in ("train_classifier", "train_oracle"):
+        return f"{cfg.train.epochs} epochs x batch {cfg.train.batch_size}"
+    if stage == "train_diffusion":
+        d = cfg.diffusion
+        return (f"{d.base.steps} steps x batch {d.base.batch_size}" if BACKENDS.get(d.backend).trains_base
+                else f"none (pretrained {d.backend})")
+    if stage == "adapt_lora":
+        return f"{cfg.diffusion.lora.train.steps} steps x batch {cfg.diffusion.lora.train.batch_size}"
+    if stage == "synthesize":
+        s = cfg.synthesis
+        return f"{s.n_per_class} images/tail class x {s.num_steps} DDIM steps ({cfg.method})"
+    return "small"
+
+
+class StageGraph:
+    """Runs (or, in plan mode, only fingerprints) each requested stage once; see the module docstring."""
+
+    def __init__(self, cfg: ExperimentConfig, runner: Runner, plan_only: bool = False):
+        self.config, self.runner, self.plan_only = cfg, runner, plan_only
+        self.plan: list[dict[str, Any]] = []
+        self.diffusion, self.synthesis = diffusion_configs(cfg)
+        self.synthetic_sets: dict[str, Artifact] = {}  # generator name -> its synthetic set
+        self._done: dict[tuple[str, str], Artifact] = {}
+        self._split: Artifact | None = None
+
+    def run(self, stage: Stage, cfg: StrictConfig, inputs: dict[str, Artifact], seed: int | None,
+            label: str) -> Artifact:
+        fp = self.runner.fingerprint(stage, cfg, inputs)
+        if (stage.name, fp) in self._done:
+            return self._done[(stage.name, fp)]
+        if self.plan_only:
+            fp, state = self.runner.plan(stage, cfg, inputs)
+            self.plan.append({"stage": stage.name, "fingerprint": fp, "label": label, "state": state,
+                              "cost": describe_cost(stage.name, cfg)})
+            artifact = Artifact(stage.name, fp, self.runner.store.final_dir(stage.name, fp))
+        else:
+            artifact = self.runner.run(stage, cfg, inputs, seed=seed, label=label)
+        self._done[(stage.name, fp)] = artifact
+        return artifact
+
+    # --- requests --------------------------------------------------------------------------------------------
+    def split(self) -> Artifact:
+        if self._split is None:
+            cfg = self.config
+            bench = load_benchmark_config(cfg.benchmark, _flatten("", cfg.benchmark_overrides))
+            split_cfg = SplitStageConfig(benchmark=bench, seed=cfg.split_seed,
+                                         source_fingerprint=index_source(bench.source).fingerprint)
+            self._split = self.run(SPLIT, split_cfg, {}, cfg.split_seed, bench.name)
+        return self._split
+
+    def classifier(self, name: str, seed: int, per_class: int | None = None) -> Artifact:
+        """The trained classifier of method ``name`` (and everything it needs first)."""
+        return METHODS.get(name).classifier(self, seed, per_class)
+
+    def train(self, method: Method, seed: int, inputs: dict[str, Artifact], *, per_class: int | None = None,
+              epochs: int | None = None) -> Artifact:
+        """``method``'s classifier-training stage on the split plus ``inputs``; ``per_class`` synthetic images
+        per tail class (a sweep row), ``epochs`` instead of the experiment's (cRT)."""
+        cfg = self.config
+        train_cfg = cfg.classifier if epochs is None else cfg.classifier.model_copy(update={"epochs": epochs})
+        extra: dict[str, Any] = {}
+        label = method.name
+        if "synthetic" in inputs:
+            n_default = self.synthesis.n_per_class
+            label = row_label(method.name, per_class, n_default)
+            extra = {"synthetic_per_class": per_class or n_default}
+            if label != method.name:
+                extra["label"] = label
+        stage_cfg = TrainStageConfig(method=method.name, criterion_params=cfg.method_params.get(method.name, {}),
+                                     seed=seed, data=cfg.data, train=train_cfg, device=cfg.device, **extra)
+        return self.run(TRAIN, stage_cfg, {"split": self.split(), **inputs}, seed, f"{label} seed {seed}")
+
+    def diffusion_stage_config(self) -> DiffusionStageConfig:
+        return DiffusionStageConfig(diffusion=self.diffusion, data=self.config.data, device=self.config.device)
+
+    def base_diffusion(self) -> Artifact:
+        """The base denoiser on the head classes (or the pretrained SD folder it names)."""
+        return self.run(TRAIN_DIFFUSION, self.diffusion_stage_config(), {"split": self.split()},
+                        self.diffusion.seed, "base diffusion")
+
+    def lora(self) -> Artifact:
+        """LoRA (+ tail tokens) on the tail images, over the base diffusion model."""
+        return self.run(ADAPT_LORA, self.diffusion_stage_config(), {"split": self.split(), "base": self.base_diffusion()},
+                        self.diffusion.seed, "LoRA on tail")
+
+    def synthetic(self, generator: SyntheticGenerator) -> Artifact:
+        """base diffusion (head) -> LoRA (tail) -> auxiliary classifier -> the generator's synthetic tail set,
+        with as many images per class as the largest sweep count of a method using it needs."""
+        s = self.synthesis
+        base, lora = self.base_diffusion(), self.lora()
+        params = {k: v for k, v in s.params.get(generator.name, {}).items() if k != "aux_method"}
+        aux_method = generator.aux_method(s)
+        aux = self.classifier(aux_method, s.aux_seed)
+        n = max([s.n_per_class] + [n for name, counts in self.config.synthetic_sweep.items()
+                                   if METHODS.get(name).generator is generator for n in counts])
+        synth_cfg = SynthStageConfig(
+            method=generator.name, synthesis=s.model_copy(update={"params": {generator.name: params}, "n_per_class": n,
+                                                                   "aux_method": aux_method}),
+            diffusion=self.diffusion, data=self.config.data, device=self.config.device)
+        artifact = self.run(SYNTHESIZE, synth_cfg, {"split": self.split(), "base": base, "lora": lora, "aux": aux},
+                            s.seed, f"synthesis {generator.name}")
+        self.synthetic_sets[generator.name] = artifact
+        return artifact
+
+    def quality(self) -> Artifact:
+        """Oracle on the full pool (report only) and its verdict on every synthetic set (LoGex §4.4)."""
+        cfg = self.config
+        train = build_config(TrainConfig, {**cfg.classifier.model_dump(), **(cfg.oracle or {})}, "experiment key 'oracle'")
+        oracle = self.run(TRAIN_ORACLE, OracleStageConfig(data=cfg.data, train=train, device=cfg.device),
+                          {"split": self.split()}, 0, "oracle")
+        inputs = {"split": self.split(), "oracle": oracle,
+                  **{f"synthetic:{k}": v for k, v in self.synthetic_sets.items()}}
+        return self.run(QUALITY, QualityStageConfig(data=cfg.data, device=cfg.device), inputs, None, "synthetic quality")

@@ -1,0 +1,41 @@
+"""Image grids for the report: LoGex Fig. 2/5 (train images | synthetic images, titled by the oracle)."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+
+def sample_grid(columns, split, per_class: int) -> bytes:
+    """Rows: tail classes; column blocks: train images, then each method's synthetic images; each image
+    titled with the oracle's predicted class (green when right, red when wrong)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    tail = list(split.tail_classes)
+    n_cols = per_class * len(columns)
+    fig = Figure(figsize=(1.1 * n_cols + 1.5, 1.25 * len(tail) + 0.6))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(tail), n_cols, squeeze=False)
+    for r, c in enumerate(tail):
+        for b, (title, images, labels, pred) in enumerate(columns):
+            idx = np.flatnonzero(labels == c)[:per_class]
+            for j in range(per_class):
+                ax = axes[r][b * per_class + j]
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if r == 0 and j == 0:
+                    ax.set_title(title, fontsize=9, loc="left", fontweight="bold")
+                if b == 0 and j == 0:
+                    ax.set_ylabel(split.class_names[c], fontsize=8)
+                if j >= len(idx):
+                    ax.axis("off")
+                    continue
+                img = images[idx[j]]
+                ax.imshow(img[:, :, 0] if img.shape[2] == 1 else img, cmap="gray" if img.shape[2] == 1 else None,
+                          interpolation="nearest")  # the real pixels; also keeps the embedded PNG small
+                ok = pred[idx[j]] == c
+                ax.set_xlabel(split.class_names[int(pred[idx[j]])][:12], fontsize=6, color="green" if ok else "red")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=64)
+    return buffer.getvalue()

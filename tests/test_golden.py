@@ -1,0 +1,26 @@
+"""The numbers must not move by accident: the tiny experiment's metrics, scores and synthetic images are
+bit-identical to the golden values recorded on this kind of machine (``python tests/record_golden.py``).
+
+CPU results are bit-identical only on the same kind of CPU (AVX2 and AVX-512 kernels round differently),
+so the golden file is keyed by CPU model, kernel ISA and torch version; on a machine with no entry the
+test is skipped and says how to record one."""
+import json
+from pathlib import Path
+
+import pytest
+
+from record_golden import golden_run, machine_key
+
+GOLDEN = Path(__file__).parent / "golden" / "tiny.json"
+
+
+@pytest.mark.slow
+def test_tiny_experiment_is_bit_identical_to_the_golden_values(tmp_path, monkeypatch):
+    table = json.loads(GOLDEN.read_text())
+    if machine_key() not in table:
+        pytest.skip(f"no golden values for {machine_key()!r}; record them with `python tests/record_golden.py`")
+    monkeypatch.setenv("TAILSYNTH_CACHE", str(tmp_path / "cache"))
+    got = golden_run(tmp_path / "runs")
+    want = table[machine_key()]
+    assert got["synthetic_png_sha256"] == want["synthetic_png_sha256"]
+    assert got["metrics"] == want["metrics"]
