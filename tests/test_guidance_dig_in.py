@@ -95,8 +95,7 @@ def test_loss_decreases_confidence_rises_and_x_T_stays_on_its_shell():
     assert (res.x_T - x_T).abs().max() > 1e-3
     again = dig_in(backend, guide, targets, cond, uncond, x_T, DigInConfig(**CFG, threshold=1.1))
     assert torch.equal(again.images, res.images) and torch.equal(again.confidence, res.confidence)
-
-
+@pytest.mark.slow
 def test_gradients_reach_only_x_T_and_deltas_with_lora():
     backend, guide, ids, cond, uncond, x_T = _setup(n=2)
     lora = attach_lora(backend, LoraAdaptConfig(rank=2))
@@ -136,8 +135,7 @@ def test_checkpointing_gives_the_same_gradients():
         grads.append(torch.autograd.grad(conf.sum(), [x, d_c, d_u]))
     for a, b in zip(*grads):
         assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
-
-
+@pytest.mark.slow
 def test_batched_equals_reference_without_early_exit():
     backend, guide, ids, cond, uncond, x_T = _setup()
     targets = torch.tensor([2, 0, 1])
@@ -147,8 +145,7 @@ def test_batched_equals_reference_without_early_exit():
     assert torch.allclose(ours.images, ref.images, atol=1e-4)
     assert torch.allclose(ours.confidence, ref.confidence, atol=1e-5)
     assert torch.allclose(ours.trace, ref.trace, atol=1e-5) and torch.equal(ours.opt_steps, ref.opt_steps)
-
-
+@pytest.mark.slow
 def test_per_sample_results_do_not_depend_on_batch_composition():
     backend, guide, ids, cond, uncond, x_T = _setup(n=5, seed=3)
     targets = torch.tensor([0, 1, 2, 3, 0])

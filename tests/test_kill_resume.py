@@ -8,16 +8,18 @@ import sys
 import time
 from pathlib import Path
 
-TINY = [
-    "benchmark=digits-lt", "seeds=[0]", "data.image_size=8", "data.channels=1",
-    "classifier.width=0.125", "classifier.epochs=3", "classifier.batch_size=32",
-    "methods=[ce,logex-lora]",
-    "diffusion.pixel={block_out_channels: [16, 32], attention_levels: [false, true], norm_num_groups: 8, "
-    "cross_attention_dim: 16, attention_head_dim: 8, tokens_per_class: 2}",
+import pytest
+
+from tiny import tiny
+
+pytestmark = pytest.mark.e2e
+
+TINY = tiny(
+    "classifier.epochs=3", "classifier.batch_size=32", "methods=[ce,logex-lora]",
     "diffusion.base={steps: 60, batch_size: 16, checkpoint_every: 5, progress: false}",
     "diffusion.lora={train: {steps: 30, batch_size: 8, checkpoint_every: 5, progress: false}}",
-    "synthesis={n_per_class: 8, shard_size: 2, num_steps: 4, aux_method: ce}",
-]
+    "synthesis={n_per_class: 8, shard_size: 2, num_steps: 4, aux_method: ce}", "oracle=null",
+)
 
 
 def command(runs: Path) -> list[str]:

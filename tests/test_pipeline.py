@@ -10,11 +10,9 @@ from tailsynth.pipeline import stages
 from tailsynth.pipeline.experiment import load_experiment
 from tailsynth.pipeline.experiment_run import machine_description, run_experiment
 
-TINY = [
-    "benchmark=digits-lt", "seeds=[0]", "data.image_size=8", "data.channels=1",
-    "classifier.width=0.125", "classifier.epochs=2", "classifier.batch_size=64", "crt_epochs=1",
-    "method_params={ldam-rw-drw: {drw_epoch: 1}}", "methods=[ce,crt,ldam-rw-drw]",
-]
+from tiny import quiet, tiny
+
+TINY = tiny("classifier.epochs=2", "methods=[ce,crt,ldam-rw-drw]", generator=False)
 
 
 @pytest.fixture
@@ -23,10 +21,7 @@ def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TAILSYNTH_PROGRESS", "0")
 
 
-def quiet(_msg):
-    pass
-
-
+@pytest.mark.slow
 def test_tiny_experiment_end_to_end_and_cached_rerun(tmp_path, cache):
     cfg = load_experiment("demo", TINY)
     result = run_experiment(cfg, tmp_path / "runs", log=quiet, command="test")

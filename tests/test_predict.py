@@ -13,8 +13,11 @@ from tailsynth.errors import TailsynthError
 from tailsynth.pipeline.experiment import load_experiment
 from tailsynth.pipeline.experiment_run import run_experiment
 
-TINY = ["benchmark=digits-lt", "seeds=[0]", "data.image_size=8", "data.channels=1", "classifier.width=0.125",
-        "classifier.epochs=2", "classifier.batch_size=64", "methods=[ce]"]
+from tiny import tiny
+
+pytestmark = pytest.mark.slow
+
+TINY = tiny("classifier.epochs=2", "methods=[ce]", generator=False)
 
 
 @pytest.fixture(scope="module")

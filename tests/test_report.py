@@ -125,8 +125,7 @@ def test_rank_marks_ties_and_small_tables():
     assert rank_marks([st(0.2), st(0.3)], True) == ["", "best"]           # no second best with two rows
     assert rank_marks([st(0.5), st(0.5), st(0.5)], True) == ["", "", ""]   # all equal: nothing marked
     assert rank_marks([st(0.5)], True) == [""]
-
-
+@pytest.mark.slow
 def test_html_is_self_contained(tmp_path):
     dirs = write_table(tmp_path / "runs")
     runs = load_runs(dirs)
@@ -158,8 +157,7 @@ def test_roc_points_head_positive(tmp_path):
     run.is_tail, run.score_arrays = np.array([False, False, True, True]), {"p_tail": np.array([0.0, 1, 2, 3])}
     fpr, tpr, auc = roc_points(run, "p_tail")
     assert auc == 1.0 and (0.0, 1.0) in set(zip(fpr.tolist(), tpr.tolist()))
-
-
+@pytest.mark.slow
 def test_write_report_end_to_end(tmp_path):
     dirs = write_table(tmp_path / "runs", acc_groups=False)
     md, html, js = write_report(dirs[:3], tmp_path / "rep", "cmd1", {"report_method": "ce"})

@@ -115,6 +115,7 @@ def test_interrupted_time_counts_once_resumed_and_timings_list_each_artifact_onc
     assert len(table.rows) == 1 and table.rows[0][2][0] == "resumed"
 
 
+@pytest.mark.e2e
 def test_sigkill_mid_stage_then_rerun_resumes(tmp_path):
     script = textwrap.dedent(f"""
         import sys, time

@@ -6,26 +6,18 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tailsynth.data import Split
-from tailsynth.pipeline.diffusion_stages import read_synthetic
+from tailsynth.data.synthetic import SyntheticSet
 from tailsynth.pipeline.experiment import load_experiment
 from tailsynth.pipeline.experiment_run import run_experiment
 
-TINY = [
-    "benchmark=digits-lt", "seeds=[0]", "data.image_size=8", "data.channels=1",
-    "classifier.width=0.125", "classifier.epochs=1", "classifier.batch_size=64",
-    "methods=[logex-lora]",
-    "diffusion.pixel={block_out_channels: [16, 32], attention_levels: [false, true], norm_num_groups: 8, "
-    "cross_attention_dim: 16, attention_head_dim: 8, tokens_per_class: 2}",
-    "diffusion.base={steps: 6, batch_size: 16, checkpoint_every: 3, progress: false}",
-    "diffusion.lora={train: {steps: 4, batch_size: 8, checkpoint_every: 2, progress: false}}",
-    "synthesis={n_per_class: 3, shard_size: 2, num_steps: 3, aux_method: ce}", "oracle={epochs: 1}",
-]
+from tiny import quiet, tiny
 
+pytestmark = pytest.mark.slow
 
-def quiet(_msg):
-    pass
+TINY = tiny("methods=[logex-lora]", "synthesis={n_per_class: 3, shard_size: 2, num_steps: 3, aux_method: ce}")
 
 
 def digest(folder: Path) -> dict:
@@ -42,8 +34,8 @@ def test_logex_lora_pipeline_and_resumed_synthesis(tmp_path, monkeypatch):
     tail_names = [split.class_names[c] for c in split.tail_classes]
     assert sorted({r["class"] for r in rows}) == sorted(tail_names)
     assert len(rows) == 3 * len(tail_names)
-    assert all(0.0 <= float(r["aux_confidence"]) <= 1.0 and r["method"] == "lora" for r in rows)
-    images, labels = read_synthetic(synth_dir, split.class_names, cfg.data)
+    assert all(0.0 <= float(r["score"]) <= 1.0 and r["method"] == "lora" and r["role"] == "tail" for r in rows)
+    images, labels = SyntheticSet.read(synth_dir).load_images(split.class_names, 8, 1)
     assert images.shape == (len(rows), 8, 8, 1) and set(labels) == set(split.tail_classes)
 
     # the base diffusion saw head images only; LoRA only tail images
@@ -66,7 +58,7 @@ def test_logex_lora_pipeline_and_resumed_synthesis(tmp_path, monkeypatch):
     shards = sorted((partial / "shards").glob("*.json"))
     for marker in shards[2:]:
         for row in json.loads(marker.read_text()):
-            (partial / row[0]).unlink()
+            (partial / row["file"]).unlink()
         marker.unlink()
     run_experiment(cfg, tmp_path / "runs", log=quiet)
     assert digest(synth_dir) == reference
@@ -110,7 +102,7 @@ def test_guided_methods_through_the_pipeline(tmp_path):
     sets = {}
     for manifest in (tmp_path / "runs" / "synthesize").glob("*/manifest.json"):
         rows = list(csv.DictReader(open(manifest.parent / "synthetic.csv")))
-        sets[rows[0]["method"]] = {r["file"]: float(r["aux_confidence"]) for r in rows}
+        sets[rows[0]["method"]] = {r["file"]: float(r["score"]) for r in rows}
     assert set(sets) == {"lora", "logex", "fg-entropy"}
     # DiG-IN raises the auxiliary classifier's confidence over plain sampling from the same seeds
     assert np.mean(list(sets["logex"].values())) > np.mean(list(sets["lora"].values()))
@@ -146,7 +138,8 @@ def test_images_per_class_sweep_uses_prefixes_of_one_synthesis(tmp_path):
     assert methods == ["logex-lora", "logex-lora@1", "logex-lora@5"]
     report = (result.report_dir / "report.md").read_text()
     section = report[report.index("Synthetic images per tail class: logex-lora"):]
-    assert [line.split("|")[1].strip() for line in section.splitlines()[4:7]] == ["1", "3", "5"]
+    table_rows = [line for line in section.splitlines() if line.startswith("| ")][1:4]  # after the header row
+    assert [line.split("|")[1].strip() for line in table_rows] == ["1", "3", "5"]
     assert "FPR@95 vs synthetic images per tail class" in (result.report_dir / "report.html").read_text()
 
     # the same sweep in the folder of the 3-image run copies that run's full shards (shard 0 of each class:
@@ -187,11 +180,11 @@ def test_centred_pixel_backend_takes_the_mean_of_its_training_images(tmp_path):
     run_experiment(cfg, tmp_path / "runs", log=quiet)
     model = next((tmp_path / "runs" / "train_diffusion").glob("*/model/config.json"))
     mean = json.loads(model.read_text())["config"]["data_mean"]
-    from tailsynth.pipeline.stages import split_data
+    from tailsynth.pipeline.artifacts import split_data
     split = Split.read(next((tmp_path / "runs" / "split").glob("*/split.csv")))
     train = split_data(split, cfg.data, "train")
     head = train.images[np.isin(train.labels, split.head_classes)]
     assert len(mean) == 1 and abs(mean[0] - head.mean() / 255.0) < 1e-9
     synth_dir = next(p for p in (tmp_path / "runs" / "synthesize").iterdir() if not p.name.startswith("."))
-    images, _ = read_synthetic(synth_dir, split.class_names, cfg.data)
+    images, _ = SyntheticSet.read(synth_dir).load_images(split.class_names, cfg.data.image_size, cfg.data.channels)
     assert len(images) == 2 * len(split.tail_classes)

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from tailsynth.errors import TailsynthError
-from tailsynth.training import ArrayData, TrainConfig, fit, learning_rate
+from tailsynth.training import ArrayData, CriterionObjective, FeatureBatches, ImageBatches, Objective, TrainConfig, fit, \
+    learning_rate
 from tailsynth.training.samplers import SAMPLERS
 from tailsynth.training.selection import make_selector
 
@@ -41,10 +42,18 @@ def make_data(n, seed):
 CFG = TrainConfig(epochs=4, batch_size=16, lr=3e-2, min_lr=1e-4, augment={"rotation_deg": 15.0})
 
 
-def train(workdir, cfg=CFG, seed=0, **kw):
+def ce(criterion=None):
+    return CriterionObjective(criterion or nn.CrossEntropyLoss())
+
+
+def images(n, seed, cfg=CFG):
+    return ImageBatches(make_data(n, seed), cfg.augment)
+
+
+def train(workdir, cfg=CFG, seed=0, objective=None, **kw):
     torch.manual_seed(seed)
     model = TinyNet()
-    summary = fit(model, nn.CrossEntropyLoss(), make_data(64, 1), make_data(30, 2), cfg, workdir, seed=seed,
+    summary = fit(model, objective or ce(), images(64, 1, cfg), make_data(30, 2), cfg, workdir, seed=seed,
                   device=torch.device("cpu"), select=make_selector("val_acc", [0, 1], [2]), log=lambda m: None,
                   progress=False, **kw)
     return model, summary
@@ -87,7 +96,7 @@ def test_resume_after_kill_gives_identical_weights(tmp_path):
 
     torch.manual_seed(0)
     with pytest.raises(KillAfter):
-        fit(TinyNet(), nn.CrossEntropyLoss(), make_data(64, 1), make_data(30, 2), CFG, tmp_path / "run", seed=0,
+        fit(TinyNet(), ce(), images(64, 1), make_data(30, 2), CFG, tmp_path / "run", seed=0,
             device=torch.device("cpu"), select=dying_select, log=lambda m: None, progress=False)
     resumed, summary = train(tmp_path / "run")
     assert [h["epoch"] for h in summary["history"]] == [1, 2, 3, 4]
@@ -109,7 +118,7 @@ def test_nan_loss_stops_with_epoch_and_batch_named(tmp_path):
 
     torch.manual_seed(0)
     with pytest.raises(TailsynthError, match=r"epoch 2, batch 2.*after epoch 1"):
-        fit(TinyNet(), NanAfter(), make_data(64, 1), make_data(30, 2), CFG, tmp_path, seed=0,
+        fit(TinyNet(), ce(NanAfter()), images(64, 1), make_data(30, 2), CFG, tmp_path, seed=0,
             device=torch.device("cpu"), select=None, log=lambda m: None, progress=False)
     assert (tmp_path / "last.safetensors").exists()
 
@@ -121,3 +130,80 @@ def test_class_balanced_sampler_balances_classes():
     assert np.allclose(frac, 1 / 3, atol=0.05)
     plain = SAMPLERS.get("instance")(labels, torch.Generator().manual_seed(0))
     assert sorted(plain.tolist()) == list(range(1000))
+
+
+class TemperedCE(Objective):
+    """CE on logits / T with a learnable log-temperature: an objective that owns a parameter, reports parts."""
+
+    def __init__(self):
+        super().__init__()
+        self.log_t = nn.Parameter(torch.zeros(()))
+
+    def forward(self, model, batch):
+        logits = model(batch["x"]) / self.log_t.exp()
+        loss = nn.functional.cross_entropy(logits, batch["y"])
+        return loss, {"ce": loss.detach(), "temperature": self.log_t.exp().detach()}
+
+
+def test_objective_parameters_train_resume_and_parts_are_recorded(tmp_path):
+    objective = TemperedCE()
+    _, summary = train(tmp_path / "ref", objective=objective)
+    assert float(objective.log_t.detach()) != 0.0  # the objective's own parameter was optimised
+    parts = summary["history"][0]["loss_parts"]
+    assert set(parts) == {"ce", "temperature"} and parts["ce"] == pytest.approx(summary["history"][0]["train_loss"])
+
+    calls = {"n": 0}
+
+    def dying_select(logits, labels):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KillAfter
+        return float((logits.argmax(1) == labels).mean())
+
+    torch.manual_seed(0)
+    with pytest.raises(KillAfter):
+        fit(TinyNet(), TemperedCE(), images(64, 1), make_data(30, 2), CFG, tmp_path / "run", seed=0,
+            device=torch.device("cpu"), select=dying_select, log=lambda m: None, progress=False)
+    assert (tmp_path / "run" / "last_objective.safetensors").is_file()
+    resumed = TemperedCE()
+    _, again = train(tmp_path / "run", objective=resumed)
+    assert torch.equal(resumed.log_t, objective.log_t) and again == summary
+
+
+def test_drop_epoch_of_the_objective_divides_the_lr_by_ten(tmp_path):
+    from tailsynth.losses import build_criterion
+    crit = build_criterion("ldam-rw-drw", [30, 20, 14], drw_epoch=2)
+    _, summary = train(tmp_path, objective=CriterionObjective(crit))
+    steps = math.ceil(64 / CFG.batch_size)
+    for h in summary["history"]:
+        e = h["epoch"] - 1
+        expected = learning_rate(CFG, (e + 1) * steps - 1, steps * CFG.epochs, e, None) * (0.1 if e >= 2 else 1.0)
+        assert h["lr"] == pytest.approx(expected, rel=1e-12), h
+
+
+def test_head_only_training_keeps_backbone_weights_and_batchnorm_statistics(tmp_path):
+    """cRT: trainable='head' changes the classifier layer only; BatchNorm running statistics stay put."""
+    torch.manual_seed(0)
+    model = TinyNet()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fit(model, ce(), images(64, 1), make_data(30, 2), CFG, tmp_path, seed=0, device=torch.device("cpu"),
+        select=None, trainable="head", log=lambda m: None, progress=False)
+    after = model.state_dict()
+    for key, value in before.items():
+        if key.startswith("head."):
+            assert not torch.equal(value, after[key]), key
+        else:
+            assert torch.equal(value, after[key]), key
+
+
+def test_feature_batches_cover_every_sample_once_per_epoch():
+    feats = np.arange(20, dtype=np.float32).reshape(10, 2)
+    labels = np.arange(10) % 3
+    source = FeatureBatches(feats, labels)
+    batches = list(source.epoch(torch.Generator().manual_seed(0), 4))
+    assert [len(b["y"]) for b in batches] == [4, 4, 2]
+    z = torch.cat([b["z"] for b in batches]).numpy()
+    y = torch.cat([b["y"] for b in batches]).numpy()
+    assert sorted(z[:, 0].tolist()) == feats[:, 0].tolist() and np.array_equal(labels[(z[:, 0] // 2).astype(int)], y)
+    with pytest.raises(TailsynthError, match="3 feature vectors but 2 labels"):
+        FeatureBatches(feats[:3], labels[:2])

@@ -1,0 +1,94 @@
+"""The method registry's contract: every registered method validates its config, resolves a plan and runs on
+the tiny experiment; a method's own settings fail at load, before any stage; a new method is one class."""
+import json
+
+import pytest
+import torch
+
+from tailsynth.errors import TailsynthError, UnknownNameError
+from tailsynth.methods import METHODS, Method, generator_named, register
+from tailsynth.pipeline.experiment import load_experiment
+from tailsynth.pipeline.experiment_run import run_experiment
+from tailsynth.training import CriterionObjective
+
+from tiny import quiet, tiny
+
+ALL = METHODS.names()
+
+
+def test_registry_holds_the_paper_methods():
+    assert set(ALL) >= {"ce", "ce-rw", "hod", "crt", "focal", "focal-rw", "ldam", "ldam-rw", "ldam-rw-drw",
+                        "logex-lora", "logex", "fg-entropy"}
+    assert all(METHODS.get(n).reference for n in ALL)
+    assert generator_named("logex") is METHODS.get("logex").generator
+    with pytest.raises(UnknownNameError, match="fg-entropy, logex, lora"):
+        generator_named("dream")
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_each_method_validates_and_plans(name, tmp_path):
+    cfg = load_experiment("demo", tiny(f"methods=[{name}]"))
+    result = run_experiment(cfg, tmp_path / "runs", plan_only=True, log=quiet)
+    labels = [(p["stage"], p["label"]) for p in result.plan]
+    assert ("train_classifier", f"{name} seed 0") in labels and ("evaluate", f"{name} seed 0") in labels
+    assert len(labels) == len(set((p["stage"], p["fingerprint"]) for p in result.plan))  # each stage once
+    if METHODS.get(name).generator is not None:
+        assert [s for s, _ in labels].count("train_diffusion") == 1 and ("synthesize", "synthesis "
+                                                                        + METHODS.get(name).generator.name) in labels
+    assert not (tmp_path / "runs" / "train_classifier").exists()  # planning ran nothing
+
+
+@pytest.mark.slow
+def test_every_method_runs_on_the_tiny_experiment_sharing_stages(tmp_path):
+    result = run_experiment(load_experiment("demo", tiny(f"methods=[{','.join(ALL)}]", "oracle=null")),
+                            tmp_path / "runs", log=quiet)
+    rows = {json.loads((a.path / "metrics.json").read_text())["method"]: a for a in result.evaluations}
+    assert sorted(rows) == sorted(ALL)
+    for name, art in rows.items():
+        m = json.loads((art.path / "metrics.json").read_text())["metrics"]
+        assert 0.0 <= m["fpr95"] <= 1.0 and 0.0 <= m["bacc_head"] <= 1.0, name
+    runs = tmp_path / "runs"
+    assert len(list((runs / "train_diffusion").glob("*/manifest.json"))) == 1  # shared by all three generators
+    assert len(list((runs / "adapt_lora").glob("*/manifest.json"))) == 1
+    assert len(list((runs / "synthesize").glob("*/manifest.json"))) == 3
+    # the auxiliary classifier (aux_method: ce, seed 0) is the ce row's own classifier, trained once
+    assert len(list((runs / "train_classifier").glob("*/manifest.json"))) == len(ALL)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("synthesis.params.logex.threshhold=0.5", r"synthesis\.params\.logex.*threshhold"),
+    ("method_params.ldam-rw-drw.drw_epok=3", r"method_params\.ldam-rw-drw.*drw_epok.*drw_epoch"),
+    ("synthesis.params.dream={sigma: 1}", r"unknown synthetic generator 'dream'.*fg-entropy, logex, lora"),
+    ("synthesis.params.logex.aux_method=logex-lora", r"aux_method.*'logex-lora' trains on synthetic images"),
+    ("synthesis.params.logex.aux_method=cee", r"unknown method 'cee'"),
+    ("diffusion.pixel.block_out_chanels=[8]", r"diffusion\.pixel.*block_out_chanels"),
+    ("diffusion.backend=dalle", r"unknown diffusion backend 'dalle'.*pixel, sd"),
+    ("synthetic_sweep={ce: [5]}", r"synthetic_sweep: 'ce' uses no synthetic images"),
+])
+def test_a_bad_method_setting_fails_at_load_before_any_stage(override, message, tmp_path):
+    with pytest.raises(TailsynthError, match="(?s)" + message):
+        load_experiment("demo", tiny("methods=[ce,logex]", override))
+
+
+class SmoothedCE(Method):
+    """A method written as one class: CE with label smoothing 0.2 (Szegedy et al. 2016)."""
+
+    name = "test-smoothed-ce"
+    reference = "label smoothing 0.2"
+
+    def objective(self, class_counts, split, params):
+        return CriterionObjective(torch.nn.CrossEntropyLoss(label_smoothing=0.2))
+@pytest.mark.slow
+def test_a_new_method_is_one_class(tmp_path):
+    register(SmoothedCE)
+    try:
+        cfg = load_experiment("demo", tiny("methods=[ce,test-smoothed-ce]", generator=False))
+        result = run_experiment(cfg, tmp_path / "runs", log=quiet)
+        hist = {json.loads((a.path / "metrics.json").read_text())["method"]:
+                json.loads((tmp_path / "runs" / "train_classifier" /
+                            json.loads((a.path / "manifest.json").read_text())["inputs"]["classifier"]["fingerprint"]
+                            / "history.json").read_text())["history"][0]["train_loss"]
+                for a in result.evaluations}
+        assert set(hist) == {"ce", "test-smoothed-ce"} and hist["ce"] != hist["test-smoothed-ce"]
+    finally:
+        METHODS._items.pop(SmoothedCE.name)
