@@ -83,21 +83,26 @@ class KillAfter(Exception):
     pass
 
 
-def test_resume_after_kill_gives_identical_weights(tmp_path):
-    reference, ref_summary = train(tmp_path / "ref")
-
+def kill_in_epoch_3(workdir, objective):
+    """Train until the validation pass of epoch 3 raises (after epochs 1-2 were checkpointed)."""
     calls = {"n": 0}
 
     def dying_select(logits, labels):
         calls["n"] += 1
-        if calls["n"] == 3:  # dies in epoch 3, after epochs 1-2 were checkpointed
+        if calls["n"] == 3:
             raise KillAfter
         return float((logits.argmax(1) == labels).mean())
 
     torch.manual_seed(0)
     with pytest.raises(KillAfter):
-        fit(TinyNet(), ce(), images(64, 1), make_data(30, 2), CFG, tmp_path / "run", seed=0,
+        fit(TinyNet(), objective, images(64, 1), make_data(30, 2), CFG, workdir, seed=0,
             device=torch.device("cpu"), select=dying_select, log=lambda m: None, progress=False)
+
+
+def test_resume_after_kill_gives_identical_weights(tmp_path):
+    reference, ref_summary = train(tmp_path / "ref")
+
+    kill_in_epoch_3(tmp_path / "run", ce())
     resumed, summary = train(tmp_path / "run")
     assert [h["epoch"] for h in summary["history"]] == [1, 2, 3, 4]
     for (k, v1), v2 in zip(reference.state_dict().items(), resumed.state_dict().values()):
@@ -152,18 +157,7 @@ def test_objective_parameters_train_resume_and_parts_are_recorded(tmp_path):
     parts = summary["history"][0]["loss_parts"]
     assert set(parts) == {"ce", "temperature"} and parts["ce"] == pytest.approx(summary["history"][0]["train_loss"])
 
-    calls = {"n": 0}
-
-    def dying_select(logits, labels):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KillAfter
-        return float((logits.argmax(1) == labels).mean())
-
-    torch.manual_seed(0)
-    with pytest.raises(KillAfter):
-        fit(TinyNet(), TemperedCE(), images(64, 1), make_data(30, 2), CFG, tmp_path / "run", seed=0,
-            device=torch.device("cpu"), select=dying_select, log=lambda m: None, progress=False)
+    kill_in_epoch_3(tmp_path / "run", TemperedCE())
     assert (tmp_path / "run" / "last_objective.safetensors").is_file()
     resumed = TemperedCE()
     _, again = train(tmp_path / "run", objective=resumed)

@@ -5,10 +5,10 @@ import glob
 import json
 from pathlib import Path
 import numpy as np, torch
-from tailsynth.pipeline.stages import load_classifier, read_split, split_data
+from tailsynth.data.synthetic import SyntheticSet
+from tailsynth.pipeline.artifacts import load_classifier, read_split, split_data
 from tailsynth.pipeline.store import Artifact
 from tailsynth.pipeline.experiment import DataConfig
-from tailsynth.pipeline.diffusion_stages import read_synthetic
 from tailsynth.training.trainer import predict
 
 data = DataConfig(image_size=32, channels=3)
@@ -20,7 +20,7 @@ dev = torch.device("cpu")
 for synth in sorted(glob.glob("runs/synthesize/*/manifest.json")):
     d = Path(synth).parent
     method = json.load(open(synth))["config"]["method"]
-    imgs, labels = read_synthetic(d, split.class_names, data, per_class=100)
+    imgs, labels = SyntheticSet.read(d).select(100).load_images(split.class_names, data.image_size, data.channels)
     fixed = imgs.astype(np.float32).copy()
     for c in np.unique(labels):
         real = train.images[train.labels == c].astype(np.float32)
