@@ -159,23 +159,60 @@ def data() -> None:
     """Build and inspect long-tailed benchmark splits."""
 
 
+BUILD_REMEDY = "rerun with --skip-corrupt to leave them out of the split"
+
+
+def _without_samples(split, drop: dict[str, str]):
+    """``split`` without the samples whose source id is in ``drop``; the sidecar lists the dropped ids."""
+    import dataclasses
+
+    import numpy as np
+    keep = np.array([i for i, sid in enumerate(split.source_ids) if sid not in drop], dtype=np.int64)
+    pick = keep.tolist()
+    return dataclasses.replace(
+        split, source_ids=[split.source_ids[i] for i in pick], labels=split.labels[keep],
+        roles=[split.roles[i] for i in pick], splits=[split.splits[i] for i in pick],
+        source_index=split.source_index[keep], meta={**split.meta, "skipped_corrupt": sorted(drop)})
+
+
+def _check_decodable(cfg, split, skip_corrupt: bool):
+    """Decode every image file of the source once: an error naming the corrupt files, or with
+    ``skip_corrupt`` the split without them and a line saying what was skipped."""
+    from .data.images import corrupt_error, find_corrupt
+    corrupt = find_corrupt(cfg.source)
+    if not corrupt:
+        return split, None
+    if not skip_corrupt:
+        raise corrupt_error(cfg.source, list(corrupt.values()), BUILD_REMEDY)
+    kept = _without_samples(split, corrupt)
+    names = ", ".join(list(corrupt)[:10]) + (" ..." if len(corrupt) > 10 else "")
+    return kept, (f"skipped {len(corrupt)} corrupt or truncated image file(s), {len(split) - len(kept)} of "
+                  f"them in this split: {names} (tailsynth run needs data.skip_corrupt=true for this source)")
+
+
 @data.command("build")
 @click.option("--preset", default=None, help="a shipped benchmark (pbc-lt, mnist5k-lt, cifar10-lt, ...)")
 @click.option("--config", "config_path", default=None, help="a benchmark YAML file")
 @click.option("--seed", type=int, default=None, help="split seed (default: the config's)")
 @click.option("--out", default=None, help="manifest path (default runs/splits/<name>-seed<seed>.csv)")
+@click.option("--skip-corrupt", is_flag=True,
+              help="leave corrupt or truncated image files out of the split instead of stopping")
 @click.argument("overrides", nargs=-1)
-def data_build(preset, config_path, seed, out, overrides) -> None:
-    """Write a split manifest (source id, class, role, split per sample) and print its count table."""
+def data_build(preset, config_path, seed, out, skip_corrupt, overrides) -> None:
+    """Write a split manifest (source id, class, role, split per sample) and print its count table.
+
+    Every image file of the source is decoded once first: a corrupt one is an error naming it."""
     from .data import build_split, load_benchmark_config
     if bool(preset) == bool(config_path):
         raise TailsynthError("give exactly one of --preset NAME or --config FILE")
     started = time.time()
     cfg = load_benchmark_config(preset or config_path, list(overrides))
-    split = build_split(cfg, seed=seed)
+    split, skipped = _check_decodable(cfg, build_split(cfg, seed=seed), skip_corrupt)
     path = Path(out or f"{DEFAULT_RUNS}/splits/{cfg.name}-seed{split.seed}.csv")
     split.write(path)
     click.echo(split.count_table())
+    if skipped:
+        click.echo(skipped)
     click.echo(f"wrote {path} in {time.time() - started:.1f}s")
 
 

@@ -2,7 +2,9 @@
 
 Folders and CSV manifests are decoded with PIL (see :mod:`tailsynth.data.decode` for the conversion
 rules), in a pool of up to ``TAILSYNTH_WORKERS`` processes (default 2) for large sources; npz and built-in
-arrays are converted in memory. The result is cached (:mod:`tailsynth.data.cache`).
+arrays are converted in memory. The result is cached (:mod:`tailsynth.data.cache`). :func:`find_corrupt`
+runs the same decoder, at a tiny size, in-process and uncached, to list the undecodable files of a source
+(``tailsynth data build`` checks a source with it before writing a split).
 """
 from __future__ import annotations
 
@@ -23,6 +25,9 @@ from .sources import BuiltinSource, NpzSource, SourceConfig, describe_source, re
 
 POOL_MIN_IMAGES = 2000  # below this, decoding in-process is faster than starting workers
 CHUNK = 500
+CHECK_SIZE = 8  # find_corrupt decodes to 8 x 8 gray: JPEG draft mode then decodes at 1/8 scale
+RUN_REMEDY = ("to leave them out: tailsynth run CONFIG data.skip_corrupt=true "
+              "(Python: load_images(..., skip_corrupt=True))")
 
 
 @dataclass
@@ -110,10 +115,29 @@ def load_images(src: SourceConfig, image_size: int, channels: int, cache_dir: st
     bad = cached["corrupt"].tolist()
     ids = cached["ids"].tolist()
     if bad and not skip_corrupt:
-        names = ", ".join(index.files[i] if index.files else ids[i] for i in bad[:10])
-        raise TailsynthError(f"{len(bad)} corrupt or truncated image file(s) in {describe_source(src)}: {names}"
-                             f"{' ...' if len(bad) > 10 else ''} (pass skip_corrupt=True to leave them out)")
+        raise corrupt_error(src, [index.files[i] if index.files else ids[i] for i in bad], RUN_REMEDY)
     keep = np.ones(len(ids), dtype=bool)
     keep[bad] = False
     return ImageArrays(cached["images"][keep], [i for i, k in zip(ids, keep) if k], cached["labels"][keep],
                        cached["class_names"].tolist(), [ids[i] for i in bad])
+
+
+def corrupt_error(src: SourceConfig, files: list[str], remedy: str) -> TailsynthError:
+    """The error for undecodable files of ``src``: how many, the first ten, and ``remedy`` (how to skip them)."""
+    more = " ..." if len(files) > 10 else ""
+    return TailsynthError(f"{len(files)} corrupt or truncated image file(s) in {describe_source(src)}: "
+                          f"{', '.join(files[:10])}{more} ({remedy})")
+
+
+def find_corrupt(src: SourceConfig) -> dict[str, str]:
+    """``{source id: file path}`` of the image files of ``src`` that cannot be decoded completely.
+
+    Every file is decoded once with the decoder of :func:`load_images` (same errors), at ``CHECK_SIZE`` px
+    gray, in-process and uncached: PBC's 17,092 JPEGs take about 4 s, less than starting the worker pool.
+    npz and built-in sources hold arrays: never corrupt.
+    """
+    index = index_source(src)
+    if not index.files:
+        return {}
+    _, bad = decode_many(index.files, CHECK_SIZE, 1)
+    return {index.ids[i]: index.files[i] for i in bad}
