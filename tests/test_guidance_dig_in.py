@@ -1,4 +1,5 @@
 """DiG-IN guidance (LoGex §3 step 3) and the classifier guide on a tiny pixel backend at 16 px."""
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -29,7 +30,7 @@ CFG = dict(num_steps=4, max_opt_steps=3, lr_latent=0.05, lr_embed=0.05, checkpoi
 
 def test_classifier_guide_preprocessing_frozen_and_differentiable():
     model = TinyClassifier(in_channels=1).train()
-    guide = ClassifierGuide(model, 8, 1)
+    guide = ClassifierGuide(model, 8, 1, mode="bilinear")
     assert not model.training and not any(p.requires_grad for p in model.parameters())
     guide.train()
     assert not model.training  # stays in eval mode
@@ -37,6 +38,8 @@ def test_classifier_guide_preprocessing_frozen_and_differentiable():
     gray = (img * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
     ref = F.interpolate(gray, size=(8, 8), mode="bilinear", align_corners=False) * 2 - 1
     assert torch.allclose(guide.preprocess(img), ref, atol=1e-6)
+    bicubic = F.interpolate(gray, size=(8, 8), mode="bicubic", align_corners=False, antialias=True) * 2 - 1
+    assert torch.allclose(ClassifierGuide(model, 8, 1).preprocess(img), bicubic, atol=1e-6)  # the default
     guide(img).sum().backward()
     assert img.grad is not None and img.grad.abs().sum() > 0 and model.conv.weight.grad is None
     rgb = ClassifierGuide(TinyClassifier(), 16, 3).preprocess(torch.full((1, 1, 16, 16), 0.25))
@@ -173,3 +176,39 @@ def test_bad_inputs_raise():
         dig_in(backend, guide, torch.tensor([0, 1]), torch.cat([cond, cond[:1]]), uncond, x_T, DigInConfig(**CFG))
     with pytest.raises(TailsynthError, match="last_k"):
         build_config(DigInConfig, {"num_steps": 2, "last_k": 3}, "dig_in")
+
+
+def test_guide_sees_the_image_the_classifier_later_trains_on(tmp_path):
+    """A 64-px generated image: the guide's resize to 16 px equals decoding its saved PNG at 16 px (the
+    training read-back), within PNG rounding; bilinear without antialiasing does not."""
+    from PIL import Image
+
+    from tailsynth.data.decode import decode_file
+    from tailsynth.training.augment import to_float
+    g = torch.Generator().manual_seed(0)
+    smooth = torch.nn.functional.interpolate(torch.rand(1, 3, 8, 8, generator=g), size=(64, 64), mode="bilinear")
+    image = (smooth + 0.3 * torch.rand(1, 3, 64, 64, generator=g)).clamp(0, 1)  # structure + fine noise
+    arr = (image[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    Image.fromarray(arr, "RGB").save(tmp_path / "x.png")
+    read_back = to_float(torch.from_numpy(decode_file(tmp_path / "x.png", 16, 3).copy()[None]))
+    quantised = torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 255
+    levels = lambda guide: (guide.preprocess(quantised) - read_back).abs() * 255 / 2  # noqa: E731  (of 255)
+    bicubic = levels(ClassifierGuide(TinyClassifier(), 16, 3))
+    assert bicubic.max() < 4 and bicubic.mean() < 0.5  # PIL rounds its result to uint8
+    bilinear = levels(ClassifierGuide(TinyClassifier(), 16, 3, mode="bilinear"))
+    assert bilinear.max() > 20 and bilinear.mean() > 5
+
+
+def test_the_objective_recomputed_from_the_sampler_and_the_guide():
+    """DiG-IN's objective of the first iterate, written out here without evaluate(): the target softmax of the
+    decoded x0-hats of the last 3 of 4 DDIM steps, weighted 1/6, 2/6, 3/6 (LoGex / DiG-IN last-k weighting)."""
+    backend, guide, ids, cond, uncond, x_T = _setup(n=2)
+    targets = torch.tensor([1, 2])
+    res = dig_in(backend, guide, targets, cond, uncond, x_T, DigInConfig(**CFG, threshold=1.1, last_k=3))
+    with torch.no_grad():
+        out = ddim_sample(backend.eps, x_T, cond, uncond, backend.alphas_cumprod, num_steps=4, guidance_scale=3.0,
+                          return_x0_hats=True, clip_x0=backend.clip_x0)
+        probs = [guide(backend.decode(x0)).softmax(1)[torch.arange(2), targets] for x0 in out.x0_hats]
+        expected = probs[1] / 6 + 2 * probs[2] / 6 + 3 * probs[3] / 6
+    assert torch.allclose(res.trace[0], expected, atol=1e-6)
+    assert bool((res.trace[-1] > res.trace[0]).all())  # and the optimisation raised it

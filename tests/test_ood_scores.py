@@ -81,7 +81,37 @@ def test_relative_mahalanobis_hand_value():
         md0 = inv[0][0] * dx * dx + 2 * inv[0][1] * dx * dy + inv[1][1] * dy * dy
         mdk = [2 * (p[0] - m[0]) ** 2 + 0.5 * (p[1] - m[1]) ** 2 for m in [(0, 0), (10, 0)]]
         expected.append(min(mdk) - md0)
-    np.testing.assert_allclose(fitted("rmaha", feats, labels, [0, 1], [2]).score(None, z), expected, rtol=1e-10)
+    np.testing.assert_allclose(fitted("rmaha_all", feats, labels, [0, 1], [2]).score(None, z), expected, rtol=1e-10)
+
+
+def test_head_referenced_mahalanobis_is_fitted_on_the_head_only():
+    """maha_head / rmaha: Sigma (and rMaha's background Gaussian) from the head samples only, checked against
+    sklearn's EmpiricalCovariance; the *_all variants use head + tail. A widely spread tail class tells them apart."""
+    from sklearn.covariance import EmpiricalCovariance
+    feats, labels = _maha_train()
+    feats = feats.copy()
+    feats[labels == 2] = (feats[labels == 2] - [0, 10]) * [3.0, 0.5] + [0, 10]  # tail: another spread
+    z = np.array([[1.0, 1.0], [0.0, 9.0], [4.0, -2.0]])
+    head = np.isin(labels, [0, 1])
+    means = {c: feats[labels == c].mean(0) for c in (0, 1, 2)}
+
+    def within(classes):
+        centred = np.concatenate([feats[labels == c] - means[c] for c in classes])
+        return EmpiricalCovariance(assume_centered=True).fit(centred).precision_
+
+    def md(p, m, prec):
+        return float((p - m) @ prec @ (p - m))
+
+    for name, classes in (("maha_head", [0, 1]), ("maha_head_all", [0, 1, 2])):
+        prec = within(classes)
+        expected = [min(md(p, means[0], prec), md(p, means[1], prec)) for p in z]
+        np.testing.assert_allclose(fitted(name, feats, labels, [0, 1], [2]).score(None, z), expected, rtol=1e-9)
+    for name, mask, classes in (("rmaha", head, [0, 1]), ("rmaha_all", np.ones_like(head), [0, 1, 2])):
+        prec, bg = within(classes), EmpiricalCovariance().fit(feats[mask])
+        expected = [min(md(p, means[0], prec), md(p, means[1], prec)) - md(p, bg.location_, bg.precision_) for p in z]
+        np.testing.assert_allclose(fitted(name, feats, labels, [0, 1], [2]).score(None, z), expected, rtol=1e-9)
+    assert not np.allclose(fitted("maha_head", feats, labels, [0, 1], [2]).score(None, z),
+                           fitted("maha_head_all", feats, labels, [0, 1], [2]).score(None, z))
 
 
 def test_errors():
@@ -119,7 +149,7 @@ def test_contract_every_score_ranks_tail_above_head():
     _, train_f, train_y = _synthetic(0, 60, 10, head, tail, k, dim)
     logits, feats, labels = _synthetic(1, 40, 20, head, tail, k, dim)
     is_tail = np.isin(labels, tail)
-    assert len(SCORES.names()) == 11
+    assert len(SCORES.names()) == 13
     for name in SCORES.names():
         s = build_score(name).fit(train_f, train_y, head, tail).score(logits, feats)
         assert s.shape == (len(labels),) and s.dtype == np.float64

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from PIL import Image
 
@@ -44,6 +45,22 @@ def test_threshold_is_calibrated_on_validation_and_stored(trained):
     thr = card["tail_threshold"]
     assert thr["score"] == "p_tail" and 0.0 <= thr["value"] <= 1.0
     assert thr["val_head_tpr"] >= 0.95
+    # the stored value is the one calibrated on the validation split, not the one test would give
+    from tailsynth.data import Split
+    from tailsynth.ood import p_tail, tail_threshold
+    from tailsynth.pipeline.artifacts import split_data
+    from tailsynth.training import predict
+    root, evaluation, _ = trained
+    split_path = json.loads((evaluation / "manifest.json").read_text())["inputs"]["split"]["path"]
+    split = Split.read(f"{split_path}/split.csv")
+    model = tailsynth.load(classifier).model
+    cuts = {}
+    for which in ("val", "test"):
+        data = split_data(split, load_experiment("demo", TINY).data, which)
+        scores = p_tail(predict(model, data.images, torch.device("cpu"))[0], split.tail_classes)
+        cuts[which] = tail_threshold(scores, ~np.isin(data.labels, split.tail_classes))
+    assert thr["value"] == pytest.approx(cuts["val"], abs=1e-12)
+    assert abs(cuts["test"] - cuts["val"]) > 1e-6  # so the check above can tell them apart
 
 
 def test_api_predicts_arrays_and_files(trained, tmp_path):

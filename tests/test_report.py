@@ -197,3 +197,34 @@ def test_missing_and_corrupt_files_are_named(tmp_path):
     (tmp_path / "results.json").write_text("[]")
     with pytest.raises(TailsynthError, match="results.json"):
         write_results_json(tmp_path / "results.json", load_runs([fine]), "c")
+
+
+def test_one_seed_prints_no_zero_std_and_val_columns_appear(tmp_path):
+    run = write_run(tmp_path, "ce", 0, TABLE["ce"][0])
+    data = json.loads((run / "metrics.json").read_text())
+    data["metrics"].update({"val_fpr95": 0.1234, "val_auroc": 0.9876})
+    (run / "metrics.json").write_text(json.dumps(data))
+    md = render_markdown(aggregate(load_runs([run])))
+    row = next(line for line in md.splitlines() if line.startswith("| ce"))
+    assert "±" not in row and "25.05" in row
+    header = next(line for line in md.splitlines() if line.startswith("| method"))
+    assert "val FPR@95" in header and "val AUROC" in header
+    assert "12.34" in row and "98.76" in row
+
+
+def test_rows_from_different_settings_are_flagged(tmp_path):
+    dirs = write_table(tmp_path)
+    out = tmp_path / "report"
+    write_report([d for d in dirs if "ce-" in d.name], out, config_digest={"ce": "aaaaaaaa11112222"})
+    md_same = (out / "report.md").read_text()
+    first = md_same.split("## Tail detection")[1].split("\n## ")[0]
+    assert "WARNING" not in first and "| settings |" not in first
+    write_report([d for d in dirs if "hod-" in d.name], out, config_digest={"hod": "bbbbbbbb33334444"})
+    md = (out / "report.md").read_text()
+    assert "WARNING: the rows were made with different non-method settings" in md
+    table = md.split("## Tail detection")[1].split("\n## ")[0]
+    assert "| settings |" in table
+    rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith(("| ce", "| hod"))}
+    assert rows["ce"].rstrip(" |").endswith("aaaaaaaa") and rows["hod"].rstrip(" |").endswith("bbbbbbbb")
+    results = json.loads((out / "results.json").read_text())
+    assert results["config_digest"] == {"ce": "aaaaaaaa11112222", "hod": "bbbbbbbb33334444"}

@@ -59,13 +59,19 @@ def train(workdir, cfg=CFG, seed=0, objective=None, **kw):
     return model, summary
 
 
-def test_learning_rate_is_cosine_with_drw_drop():
+def test_learning_rate_schedules_and_drw_drop():
     cfg = TrainConfig(epochs=10, lr=1e-3, min_lr=1e-5)
     assert learning_rate(cfg, 0, 100, 0, None) == pytest.approx(1e-3)
     assert learning_rate(cfg, 50, 100, 5, None) == pytest.approx(1e-5 + 0.5 * (1e-3 - 1e-5))
     assert learning_rate(cfg, 100, 100, 9, None) == pytest.approx(1e-5)
+    cosine = TrainConfig(epochs=10, lr=1e-3, min_lr=1e-5, lr_schedule="cosine")
     expected = (1e-5 + 0.5 * (1e-3 - 1e-5) * (1 + math.cos(math.pi * 0.7))) * 0.1
-    assert learning_rate(cfg, 70, 100, 7, drop_epoch=7) == pytest.approx(expected)
+    assert learning_rate(cosine, 70, 100, 7, drop_epoch=7) == pytest.approx(expected)
+    # auto under DRW = the LoGex code: constant lr, x0.1 from the DRW epoch
+    assert learning_rate(cfg, 50, 100, 5, drop_epoch=7) == pytest.approx(1e-3)
+    assert learning_rate(cfg, 70, 100, 7, drop_epoch=7) == pytest.approx(1e-4)
+    constant = TrainConfig(epochs=10, lr=1e-3, lr_schedule="constant")
+    assert learning_rate(constant, 99, 100, 9, None) == pytest.approx(1e-3)
 
 
 def test_training_learns_and_is_deterministic(tmp_path):
@@ -164,15 +170,15 @@ def test_objective_parameters_train_resume_and_parts_are_recorded(tmp_path):
     assert torch.equal(resumed.log_t, objective.log_t) and again == summary
 
 
-def test_drop_epoch_of_the_objective_divides_the_lr_by_ten(tmp_path):
+def test_fit_applies_the_drw_drop_on_a_constant_lr(tmp_path):
+    """ldam-rw-drw as the LoGex code trains it: constant lr, x0.1 from the DRW epoch (here 2)."""
     from tailsynth.losses import build_criterion
     crit = build_criterion("ldam-rw-drw", [30, 20, 14], drw_epoch=2)
     _, summary = train(tmp_path, objective=CriterionObjective(crit))
     steps = math.ceil(64 / CFG.batch_size)
     for h in summary["history"]:
         e = h["epoch"] - 1
-        expected = learning_rate(CFG, (e + 1) * steps - 1, steps * CFG.epochs, e, None) * (0.1 if e >= 2 else 1.0)
-        assert h["lr"] == pytest.approx(expected, rel=1e-12), h
+        assert h["lr"] == pytest.approx(CFG.lr * (0.1 if e >= 2 else 1.0), rel=1e-12), h  # constant under DRW
 
 
 def test_head_only_training_keeps_backbone_weights_and_batchnorm_statistics(tmp_path):

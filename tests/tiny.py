@@ -15,7 +15,8 @@ GENERATOR = [
     "diffusion.base={steps: 6, batch_size: 16, checkpoint_every: 3, progress: false}",
     "diffusion.lora={train: {steps: 4, batch_size: 8, checkpoint_every: 2, progress: false}}",
     "synthesis={n_per_class: 3, shard_size: 2, num_steps: 3, aux_method: ce, "
-    "params: {logex: {max_opt_steps: 2, batch_size: 4, checkpoint: false}, fg-entropy: {every: 2}}}",
+    "params: {logex: {max_opt_steps: 2, batch_size: 4, checkpoint: false}, "
+    "fg-entropy: {every: 2, num_steps: 3, guidance_scale: 3.0}}}",
     "oracle={epochs: 1}",
 ]
 

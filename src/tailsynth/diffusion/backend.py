@@ -39,8 +39,8 @@ class DiffusionBackend(Protocol):
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, H, W) in [0, 1] -> diffusion-space z (B, C, h, w)."""
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Diffusion-space z -> images (B, 3, H, W) in [0, 1] (differentiable)."""
+    def decode(self, z: torch.Tensor, clamp: bool = True) -> torch.Tensor:
+        """Diffusion-space z -> images (B, 3, H, W) in [0, 1] (differentiable); ``clamp=False``: unclamped."""
 
     def latent_shape(self, image_size: int) -> tuple[int, int, int]:
         """(C, h, w) of z for square images of side ``image_size``."""

@@ -172,10 +172,13 @@ class PixelBackend(torch.nn.Module):
             return images * 2.0 - 1.0  # the original arithmetic, so uncentred runs stay bit-identical
         return (images - self.data_mean.to(images.device, images.dtype)) * 2.0
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, clamp: bool = True) -> torch.Tensor:
+        """Diffusion space -> images in [0, 1]; ``clamp=False`` keeps values outside (FG-Entropy's raw decode)."""
         if self.cfg.data_mean is None:
-            return ((z + 1.0) / 2.0).clamp(0.0, 1.0)
-        return (z / 2.0 + self.data_mean.to(z.device, z.dtype)).clamp(0.0, 1.0)
+            images = (z + 1.0) / 2.0
+        else:
+            images = z / 2.0 + self.data_mean.to(z.device, z.dtype)
+        return images.clamp(0.0, 1.0) if clamp else images
 
     def latent_shape(self, image_size: int) -> tuple[int, int, int]:
         if image_size != self.cfg.image_size:

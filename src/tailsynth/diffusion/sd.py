@@ -126,9 +126,11 @@ class SDBackend(torch.nn.Module):
         posterior = self.vae.encode((images * 2.0 - 1.0).to(self.dtype)).latent_dist
         return posterior.mode().float() * self.scaling_factor
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, clamp: bool = True) -> torch.Tensor:
+        """VAE decode to [0, 1]; ``clamp=False`` keeps the values outside (FG-Entropy's raw decode)."""
         images = self.vae.decode((z / self.scaling_factor).to(self.dtype)).sample.float()
-        return ((images + 1.0) / 2.0).clamp(0.0, 1.0)
+        images = (images + 1.0) / 2.0
+        return images.clamp(0.0, 1.0) if clamp else images
 
     def latent_shape(self, image_size: int) -> tuple[int, int, int]:
         factor = 2 ** (len(self.vae.config.block_out_channels) - 1)

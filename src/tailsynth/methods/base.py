@@ -16,7 +16,7 @@ A method's own settings are validated when the experiment loads (``check_config`
 from __future__ import annotations
 
 import inspect
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -42,6 +42,9 @@ class SynthesisConfig(StrictConfig):
     guidance_scale: float = 3.0
     aux_method: str = "ldam-rw-drw"  # the auxiliary classifier (LoGex code: LDAM + DRW)
     aux_seed: int = 0
+    # how the guide resizes generated images to the auxiliary classifier's size (SD: 512 px -> 32 px);
+    # bicubic (antialiased) is how the saved images are read back for training, so DiG-IN optimises that image
+    guide_resize: Literal["bicubic", "bilinear"] = "bicubic"
     params: dict[str, dict[str, Any]] = {}
 
 
@@ -52,19 +55,30 @@ class NoParams(StrictConfig):
 class SyntheticGenerator:
     """How the LoRA-adapted diffusion model turns seeded noise into tail images for one method.
 
-    ``Config`` is the generator's own typed settings (``synthesis.params.<name>``); the shared DDIM steps
-    and CFG scale are passed into it when it has such fields. ``generate`` returns images in [0, 1]
+    ``Config`` is the generator's own typed settings (``synthesis.params.<name>``). ``shares_schedule``: the
+    experiment's ``synthesis.num_steps`` / ``guidance_scale`` are passed into it (LoGex's generators sample
+    the same DDIM chain); otherwise the Config's own defaults stand unless ``synthesis.params.<name>`` sets
+    them (FG-Entropy: 30 steps, CFG 5, as its official code). ``generate`` returns images in [0, 1]
     (B, C, H, W) and a per-image score (the auxiliary classifier's confidence in the target class)."""
 
     name: ClassVar[str] = ""
     Config: ClassVar[type[StrictConfig]] = NoParams
+    shares_schedule: ClassVar[bool] = True
 
     def params(self, synthesis: SynthesisConfig, where: str = "") -> StrictConfig:
         """This generator's typed config from ``synthesis.params.<name>`` (minus ``aux_method``)."""
         own = dict(synthesis.params.get(self.name, {}))
         own.pop("aux_method", None)
-        shared = {k: getattr(synthesis, k) for k in ("num_steps", "guidance_scale") if k in self.Config.model_fields}
+        shared = {k: getattr(synthesis, k) for k in ("num_steps", "guidance_scale")
+                  if k in self.Config.model_fields and self.shares_schedule}
         return build_config(self.Config, {**shared, **own}, where or f"synthesis.params.{self.name}")
+
+    def settings(self, synthesis: SynthesisConfig) -> dict[str, Any]:
+        """The settings a synthetic set was made with, for the report: DDIM steps, CFG, aux and own params."""
+        own = self.params(synthesis).model_dump()
+        return {"DDIM steps": own.pop("num_steps", synthesis.num_steps),
+                "CFG": own.pop("guidance_scale", synthesis.guidance_scale),
+                "aux classifier": self.aux_method(synthesis), "images / class": synthesis.n_per_class, **own}
 
     def aux_method(self, synthesis: SynthesisConfig) -> str:
         return synthesis.params.get(self.name, {}).get("aux_method", synthesis.aux_method)

@@ -13,6 +13,7 @@ from .registry import register
 class FgEntropySampling(SyntheticGenerator):
     name = "fg-entropy"
     Config = FgEntropyConfig
+    shares_schedule = False  # its own 30 DDIM steps and CFG 5 (official) unless synthesis.params sets them
 
     def generate(self, backend, guide, targets, cond, uncond, x_T, synthesis, params, generator):
         result = fg_entropy_sample(backend, guide, cond, uncond, x_T, params, generator, target_classes=targets)

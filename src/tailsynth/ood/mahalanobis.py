@@ -1,15 +1,18 @@
 """Feature-based scores: Mahalanobis distance (Lee et al. 2018) and relative Mahalanobis (Ren et al. 2021).
 
-Fit (on the penultimate features z of the TRAINING set, all classes):
+Fit (on the penultimate features z of the TRAINING set):
 - class means mu_c = mean of z_i with y_i = c, for every head and tail class;
-- one tied covariance (Lee et al. 2018, Eq. 1): Sigma = (1/N) sum_c sum_{i: y_i = c} (z_i - mu_c)(z_i - mu_c)^T
-  over the samples of ALL head and tail classes (the classifier is trained on both; the few tail samples
-  barely change the head-dominated estimate, and one Sigma makes the head and tail distances comparable);
+- one tied covariance (Lee et al. 2018, Eq. 1): Sigma = (1/N) sum_c sum_{i: y_i = c} (z_i - mu_c)(z_i - mu_c)^T.
+  The head-referenced scores (``maha_head``, ``rmaha``) fit it on the HEAD samples only, the
+  in-distribution, as Lee et al. and Ren et al. define it (LoGex Table 1 "Maha-head"); ``maha_head_all`` and
+  ``rmaha_all`` fit it on the head and tail samples. The tail-referenced scores (``maha_tail``,
+  ``maha_tail_minus_head``) compare head and tail distances and use one Sigma over all classes;
 - the precision P = pinv(Sigma) (Hermitian pseudo-inverse, as sklearn's EmpiricalCovariance used by the
   official Lee et al. / Ren et al. code; eigenvalues below D * eps * lambda_max are treated as zero), so
   the rank-deficient Sigma of small sets or dead ReLU units is handled: null directions are ignored.
   P is applied through a whitener W (W W^T = P) so all class distances cost one matrix product;
-- for rMaha, a background Gaussian N(mu_0, Sigma_0) on all training features (Ren et al. 2021, Eq. 3).
+- for rMaha, a background Gaussian N(mu_0, Sigma_0) on the same samples (Ren et al. 2021, Eq. 3): head only
+  for ``rmaha``, head + tail for ``rmaha_all``.
 
 Scores (squared distances MD_c(z) = (z - mu_c)^T P (z - mu_c), the form of Lee et al. Eq. 2 and
 Ren et al.'s MD_k; higher = more tail):
@@ -82,6 +85,12 @@ class _Mahalanobis(Score):
     """Fits class means and the tied covariance's whitener (and for rMaha the background Gaussian)."""
 
     uses = "features"
+    fit_on = "all"  # whose samples the covariance (and rMaha's background) is fitted on: "head" or "all"
+
+    def _fit_classes(self) -> np.ndarray:
+        if self.fit_on == "head":
+            return self.head_classes_
+        return np.concatenate([self.head_classes_, self.tail_classes_])
 
     def fit(self, features: Any, labels: Any, head_classes: Sequence[int], tail_classes: Sequence[int]):
         super().fit(None, None, head_classes, tail_classes)
@@ -91,7 +100,8 @@ class _Mahalanobis(Score):
             raise TailsynthError(f"score {self.name!r}: {len(x)} train features but {len(y)} labels")
         classes = np.concatenate([self.head_classes_, self.tail_classes_])
         means = class_means(x, y, classes)
-        self.whitener_ = tied_whitener(x, y, classes, means)
+        fit_classes = self._fit_classes()
+        self.whitener_ = tied_whitener(x, y, fit_classes, means[:len(fit_classes)])
         self.head_means_ = means[:len(self.head_classes_)]
         self.tail_means_ = means[len(self.head_classes_):]
         self.dim_ = x.shape[1]
@@ -105,10 +115,19 @@ class _Mahalanobis(Score):
 
 @register_score
 class MahaHead(_Mahalanobis):
-    name, needs = "maha_head", ("head",)
+    """min_{c in head} MD_c(z), Sigma fitted on the head samples (Lee et al. 2018; LoGex "Maha-head")."""
+
+    name, needs, fit_on = "maha_head", ("head",), "head"
 
     def _score(self, z: np.ndarray) -> np.ndarray:
         return self._distances(z, self.head_means_).min(axis=1)
+
+
+@register_score
+class MahaHeadAll(MahaHead):
+    """``maha_head`` with Sigma fitted on the head and tail samples."""
+
+    name, fit_on = "maha_head_all", "all"
 
 
 @register_score
@@ -129,11 +148,14 @@ class MahaTailMinusHead(_Mahalanobis):
 
 @register_score
 class RelativeMahalanobis(_Mahalanobis):
-    name, needs = "rmaha", ("head",)
+    """min_{c in head} [MD_c(z) - MD_0(z)] (Ren et al. 2021), Sigma and N(mu_0, Sigma_0) on the head samples."""
+
+    name, needs, fit_on = "rmaha", ("head",), "head"
 
     def fit(self, features: Any, labels: Any, head_classes: Sequence[int], tail_classes: Sequence[int]):
         super().fit(features, labels, head_classes, tail_classes)
         x = as_array(features, "train features", ndim=2)
+        x = x[np.isin(as_labels(labels, "train labels"), self._fit_classes())]
         self.background_mean_ = x.mean(axis=0, keepdims=True)             # mu_0, (1, D)
         centred = x - self.background_mean_
         self.background_whitener_ = whitener(centred.T @ centred / len(x))
@@ -143,3 +165,10 @@ class RelativeMahalanobis(_Mahalanobis):
         md_k = self._distances(z, self.head_means_)                         # (N, |head|)
         md_0 = squared_mahalanobis(z, self.background_mean_, self.background_whitener_)  # (N, 1)
         return (md_k - md_0).min(axis=1)
+
+
+@register_score
+class RelativeMahalanobisAll(RelativeMahalanobis):
+    """``rmaha`` with Sigma and the background Gaussian fitted on the head and tail samples."""
+
+    name, fit_on = "rmaha_all", "all"

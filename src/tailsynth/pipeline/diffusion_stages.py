@@ -134,7 +134,7 @@ def run_synthesize(cfg: SynthStageConfig, inputs: dict[str, Artifact], workdir: 
     s = cfg.synthesis
     backend, cond_of = load_adapted(inputs["base"].path, inputs["lora"].path, cfg.diffusion, split, device)
     aux, card = load_classifier(inputs["aux"].path)
-    guide = ClassifierGuide(aux.to(device), card["image_size"], card["in_channels"]).to(device)
+    guide = ClassifierGuide(aux.to(device), card["image_size"], card["in_channels"], mode=s.guide_resize).to(device)
     method = generator_named(cfg.method)
     params = method.params(s)
     size = cfg.diffusion.working_size(cfg.data.image_size)

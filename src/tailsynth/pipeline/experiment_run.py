@@ -75,14 +75,29 @@ def run_experiment(cfg: ExperimentConfig, runs_dir: str | Path, *, force: set[st
     result.plan = graph.plan
     result.wall_time_s = time.time() - started
     if not plan_only:
-        result.report_dir = _write_report(cfg, runs_dir, runner, result, quality, n_default, command)
+        result.report_dir = _write_report(cfg, runs_dir, runner, result, quality, n_default, command,
+                                          graph.synthetic_sets)
     return result
 
 
+METHOD_KEYS = ("name", "profile", "methods", "seeds", "method_params", "synthetic_sweep", "sweep_seeds",
+               "report_method", "scores")
+
+
+def settings_digest(cfg: ExperimentConfig) -> str:
+    """A digest of the experiment's non-method settings (benchmark, split, data, classifier, generator,
+    synthesis, oracle, ...): rows of one table should share it."""
+    from ..utils import stable_hash
+    settings = {k: v for k, v in to_dict(cfg).items() if k not in METHOD_KEYS}
+    settings["synthesis"] = {k: v for k, v in settings["synthesis"].items() if k != "params"}  # per generator
+    return stable_hash(settings)
+
+
 def _write_report(cfg: ExperimentConfig, runs_dir, runner: Runner, result: ExperimentResult,
-                  quality: Artifact | None, n_default: int, command: str) -> Path:
+                  quality: Artifact | None, n_default: int, command: str,
+                  graph_sets: dict[str, Artifact]) -> Path:
     from ..report import write_report
-    from ..report.quality import quality_table
+    from ..report.quality import quality_table, settings_table
     from ..report.sweep import sweep_points, sweep_sections
     from ..utils import read_json
     report_dir = Path(runs_dir) / "reports" / cfg.name
@@ -96,6 +111,13 @@ def _write_report(cfg: ExperimentConfig, runs_dir, runner: Runner, result: Exper
                                       for t in runner.timings}.values()), 1),
             "this_invocation_s": round(result.wall_time_s, 1)}
     sections: list = []
+    if graph_sets:
+        from ..methods import SynthesisConfig, generator_named
+        settings = {}
+        for name, artifact in graph_sets.items():
+            synthesis = SynthesisConfig(**read_json(artifact.path / "manifest.json")["config"]["synthesis"])
+            settings[name] = generator_named(name).settings(synthesis)
+        sections.append(settings_table(settings))
     if quality is not None:
         sections += [quality_table(read_json(quality.file("quality.json"))),
                      ("Samples: train images | synthetic images (oracle prediction below each)",
@@ -104,6 +126,8 @@ def _write_report(cfg: ExperimentConfig, runs_dir, runner: Runner, result: Exper
         seeds = cfg.sweep_seeds if cfg.sweep_seeds is not None else cfg.seeds
         points = sweep_points(cfg.synthetic_sweep, n_default, list(seeds), [a.path for a in result.evaluations])
         sections += sweep_sections(points)
+    digest = settings_digest(cfg)
+    labels = {read_json(a.path / "metrics.json")["method"] for a in result.evaluations}
     write_report([a.path for a in result.evaluations], report_dir, command=command, meta=meta,
-                 extra_sections=sections)
+                 extra_sections=sections, config_digest={label: digest for label in labels})
     return report_dir

@@ -12,7 +12,7 @@ from ..config import StrictConfig
 from ..data import BenchmarkConfig, Split, build_split
 from ..errors import TailsynthError
 from ..methods import METHODS
-from ..ood import SCORES, evaluate_scores, p_tail, tail_threshold
+from ..ood import SCORES, evaluate, evaluate_scores, p_tail, tail_threshold
 from ..training import ArrayData, TrainConfig, fit, predict
 from ..training.checkpoint import save_weights
 from ..training.selection import make_selector
@@ -100,8 +100,20 @@ def calibrate_tail_threshold(model: torch.nn.Module, val: ArrayData, split: Spli
             "val_tail_tpr": float(np.mean(scores[~head] > value)) if (~head).any() else None}
 
 
+def validation_metrics(val, train, split: Split, primary: str) -> dict[str, float]:
+    """FPR@95 / AUROC of the primary score and bAcc-head / bAcc-tail on the VALIDATION split, reported beside the
+    test numbers so that choices can be made on validation (empty when val has no tail image)."""
+    logits, feats, labels = val
+    if not len(labels) or not np.isin(labels, split.tail_classes).any():
+        return {}
+    res = evaluate(logits, feats, labels, split.head_classes, split.tail_classes, train[1], train[2],
+                   scores=[primary], primary=primary)
+    return {f"val_{k}": res[k] for k in ("fpr95", "auroc", "bacc_head", "bacc_tail")}
+
+
 def run_evaluate(cfg: EvalStageConfig, inputs: dict[str, Artifact], workdir: Path) -> dict[str, Any]:
-    """Test-set metrics and every OOD score; the P(tail) threshold at 95 % head TPR is calibrated on val."""
+    """Test-set metrics and every OOD score, validation metrics of the primary score (``val_*``); the P(tail)
+    threshold at 95 % head TPR is calibrated on val."""
     split = read_split(inputs["split"])
     model, card = load_classifier(inputs["classifier"].path)
     device = resolve_device(cfg.device)
@@ -115,6 +127,7 @@ def run_evaluate(cfg: EvalStageConfig, inputs: dict[str, Artifact], workdir: Pat
         outputs["test"], outputs["train"], outputs["val"], head_classes=split.head_classes,
         tail_classes=split.tail_classes, groups=split.groups, score_names=cfg.scores,
         primary=cfg.primary_score)
+    result["metrics"].update(validation_metrics(outputs["val"], outputs["train"], split, cfg.primary_score))
     test_logits, _, test_labels = outputs["test"]
     per_class = {name: float((test_logits.argmax(1)[test_labels == c] == c).mean())
                  for c, name in enumerate(split.class_names) if (test_labels == c).any()}
@@ -135,7 +148,7 @@ def run_evaluate(cfg: EvalStageConfig, inputs: dict[str, Artifact], workdir: Pat
 
 SPLIT = Stage("split", "1", run_split, "long-tailed benchmark split manifest")
 TRAIN = Stage("train_classifier", "1", run_train, "classifier training (one method, one seed)")
-EVALUATE = Stage("evaluate", "1", run_evaluate, "test metrics and OOD scores")
+EVALUATE = Stage("evaluate", "2", run_evaluate, "test metrics, OOD scores and validation metrics")
 
 
 def all_scores(names: list[str] | None) -> list[str]:

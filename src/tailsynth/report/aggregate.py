@@ -103,7 +103,7 @@ def read_results(path: str | Path) -> dict[str, Any]:
     return data
 
 
-_PER_METHOD = ("methods", "scores", "method_seeds", "method_commands", "runs", "wall_time_s")
+_PER_METHOD = ("methods", "scores", "method_seeds", "method_commands", "runs", "wall_time_s", "config_digest")
 
 
 def merge_results(old: Mapping[str, Any], new: Mapping[str, Any], where: str = "results.json") -> dict:
@@ -127,13 +127,17 @@ def merge_results(old: Mapping[str, Any], new: Mapping[str, Any], where: str = "
 
 
 def write_results_json(path: str | Path, runs: Iterable[RunResult], command: str = "",
-                       extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                       extra: Mapping[str, Any] | None = None,
+                       config_digest: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Aggregate ``runs`` and write ``path`` atomically, merging with an existing file; returns the dict.
 
-    ``extra`` adds top-level keys (it may not replace the per-method blocks).
+    ``extra`` adds top-level keys (it may not replace the per-method blocks). ``config_digest``: per method,
+    a digest of the non-method settings it was run with; kept per row through merges, so a report whose
+    rows come from different settings flags them.
     """
     path = Path(path)
     results = aggregate(runs, command)
+    results["config_digest"] = {m: (config_digest or {}).get(m) for m in results["methods"]}
     for key, value in (extra or {}).items():
         if key in _PER_METHOD or key in ("seeds", "primary_score"):
             raise TailsynthError(f"write_results_json: extra key {key!r} would overwrite the aggregated results")

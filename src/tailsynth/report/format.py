@@ -10,6 +10,7 @@ from typing import Any, Mapping, Sequence
 # (key, header, higher_is_better): the four columns of LoGex Table 2
 TABLE2_COLUMNS = (("fpr95", "FPR@95 ↓", False), ("auroc", "AUROC ↑", True),
                   ("bacc_head", "bAcc-head ↑", True), ("bacc_tail", "bAcc-tail ↑", True))
+VAL_COLUMNS = (("val_fpr95", "val FPR@95 ↓", False), ("val_auroc", "val AUROC ↑", True))
 SCORE_COLUMNS = (("fpr95", "FPR@95 ↓", False), ("auroc", "AUROC ↑", True))
 ACCURACY_LABELS = {"acc": "top-1 acc ↑", "acc_many": "many-shot acc ↑", "acc_medium": "medium-shot acc ↑",
                    "acc_few": "few-shot acc ↑"}
@@ -45,9 +46,12 @@ def percent(value: float) -> float:
 
 
 def fmt_cell(stat: Mapping[str, Any] | None) -> str:
-    """``{"mean": 0.2505, "std": 0.0123}`` -> ``"25.05 ± 1.23"``; a missing metric -> ``"–"``."""
+    """``{"mean": 0.2505, "std": 0.0123}`` -> ``"25.05 ± 1.23"``; one seed -> ``"25.05"`` (no std to show);
+    a missing metric -> ``"–"``."""
     if not stat:
         return "–"
+    if len(stat.get("values", [None, None])) < 2:
+        return f"{100.0 * stat['mean']:.2f}"
     return f"{100.0 * stat['mean']:.2f} ± {100.0 * stat['std']:.2f}"
 
 

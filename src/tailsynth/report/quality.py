@@ -7,6 +7,17 @@ from typing import Any, Mapping
 from .tables import Table
 
 
+def settings_table(settings: Mapping[str, Mapping[str, Any]]) -> Table:
+    """One row per synthetic generator: the settings its images were made with (``SyntheticGenerator.settings``)."""
+    keys = ["DDIM steps", "CFG", "aux classifier", "images / class"]
+    table = Table("Synthetic image settings", ["generator"] + keys + ["other settings"],
+                  caption="DDIM steps and CFG as the generator used them (FG-Entropy keeps its own unless set).")
+    for name, entry in settings.items():
+        other = ", ".join(f"{k}={v}" for k, v in entry.items() if k not in keys)
+        table.rows.append([(name, "")] + [(str(entry[k]), "") for k in keys] + [(other or "–", "")])
+    return table
+
+
 def quality_table(quality: Mapping[str, Any]) -> Table:
     classes = list(quality["real_tail_test"]["per_class"])
     table = Table("Synthetic image quality (oracle accuracy, %, LoGex §4.4)", ["images", "oracle acc."] + classes,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from .format import (ACCURACY_LABELS, SCORE_COLUMNS, TABLE2_COLUMNS, fmt_cell, fmt_seconds, order_methods,
+from .format import (ACCURACY_LABELS, SCORE_COLUMNS, TABLE2_COLUMNS, VAL_COLUMNS, fmt_cell, fmt_seconds, order_methods,
                      order_scores, rank_marks, score_label)
 
 Cell = tuple[str, str]  # (text, mark) with mark in {"", "best", "second"}
@@ -48,13 +48,25 @@ def method_table(results: Mapping[str, Any], order: Sequence[str] | None = None)
     """LoGex Table 2 over every method in ``results`` (``order`` first)."""
     methods = order_methods(list(results["methods"]), order)
     primary = score_label(results.get("primary_score", "p_tail"))
+    with_val = any("val_fpr95" in results["methods"][m] for m in methods)
+    columns = TABLE2_COLUMNS + (VAL_COLUMNS if with_val else ())
+    digests = {m: (results.get("config_digest") or {}).get(m) for m in methods}
+    mixed = len({d for d in digests.values() if d}) > 1
+    caption = (f"Percent, mean ± sample std over {_n_seeds_text(results, methods)}; FPR@95 and AUROC of the "
+               f"{primary} score on the test split" + ("; val columns: the same on the validation split, where "
+                                                      "choices are made" if with_val else "")
+               + ". Bold: best, underlined: second best per column.")
+    if mixed:
+        caption += (" WARNING: the rows were made with different non-method settings (column 'settings' = a "
+                    "digest of the experiment config without its method lists); compare only rows that share it.")
     table = Table("Tail detection and balanced accuracy (Table 2)",
-                  ["method"] + [header for _, header, _ in TABLE2_COLUMNS],
-                  caption=f"Percent, mean ± sample std over {_n_seeds_text(results, methods)}; FPR@95 and "
-                          f"AUROC of the {primary} score. Bold: best, underlined: second best per column.")
-    _fill(table, methods, TABLE2_COLUMNS, results["methods"])
+                  ["method"] + [header for _, header, _ in columns] + (["settings"] if mixed else []),
+                  caption=caption)
+    _fill(table, methods, columns, results["methods"])
     for method, row in zip(methods, table.rows):
         row.insert(0, (method, ""))
+        if mixed:
+            row.append(((digests[method] or "–")[:8], ""))
     return table
 
 

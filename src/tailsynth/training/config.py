@@ -30,6 +30,10 @@ class TrainConfig(StrictConfig):
     weight_decay: float = 1e-2
     momentum: float = 0.9
     warmup_epochs: int = 0
+    # cosine from lr to min_lr, or constant lr; auto: constant when the criterion defers re-weighting (DRW),
+    # as the LoGex code does (with --drw it never steps its cosine scheduler: constant lr, x0.1 at the DRW
+    # epoch), cosine otherwise
+    lr_schedule: Literal["auto", "cosine", "constant"] = "auto"
     augment: AugmentConfig = AugmentConfig()
     selection: Literal["bacc_head_minus_fpr", "val_acc", "last"] = "bacc_head_minus_fpr"
     amp: bool = True  # bf16 autocast, used only on CUDA

@@ -38,10 +38,14 @@ class ArrayData:
 
 
 def learning_rate(cfg: TrainConfig, step: int, total_steps: int, epoch: int, drop_epoch: int | None) -> float:
-    """Linear warm-up, then cosine from ``lr`` to ``min_lr``; x0.1 from ``drop_epoch`` (DRW, Cao et al.)."""
+    """Linear warm-up, then cosine from ``lr`` to ``min_lr`` or constant ``lr`` (``cfg.lr_schedule``; auto:
+    constant under DRW, as the LoGex code); x0.1 from ``drop_epoch`` (DRW, Cao et al. 2019)."""
+    schedule = cfg.lr_schedule if cfg.lr_schedule != "auto" else ("constant" if drop_epoch is not None else "cosine")
     warmup = cfg.warmup_epochs * total_steps // max(cfg.epochs, 1)
     if step < warmup:
         lr = cfg.lr * (step + 1) / warmup
+    elif schedule == "constant":
+        lr = cfg.lr
     else:
         progress = (step - warmup) / max(total_steps - warmup, 1)
         lr = cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))

@@ -4,8 +4,10 @@ Guidance methods (DiG-IN, LoGex §2.1 / §3 step 3; FG-Entropy, Hemmat et al. 20
 samples to the auxiliary classifier and backpropagate its output. The classifier was trained on uint8 images
 mapped to [-1, 1] (x01 * 2 - 1) at its own resolution and channel count, so the guide
 
-1. resizes (B, C, H, W) to ``image_size`` with bilinear interpolation, antialias off (differentiable;
-   LoGex's copy of DiG-IN resizes bicubically to 256 px),
+1. resizes (B, C, H, W) to ``image_size`` (differentiable): by default bicubic with antialiasing, the
+   resize with which a saved synthetic image is read back for training (PIL bicubic, ``data/decode.py``),
+   so guidance optimises the image the classifier later trains on (LoGex's copy of DiG-IN resizes
+   bicubically too); ``mode="bilinear"`` is bilinear without antialiasing,
 2. converts channels: RGB -> gray by ITU-R BT.601 luma weights (0.299, 0.587, 0.114), gray -> RGB by repeat,
 3. maps [0, 1] -> [-1, 1].
 
@@ -26,7 +28,7 @@ LUMA = (0.299, 0.587, 0.114)
 class ClassifierGuide(nn.Module):
     """``guide(images)`` -> logits (B, K) for images (B, C, H, W) in [0, 1]; differentiable w.r.t. images."""
 
-    def __init__(self, model: nn.Module, image_size: int, channels: int, mode: str = "bilinear"):
+    def __init__(self, model: nn.Module, image_size: int, channels: int, mode: str = "bicubic"):
         super().__init__()
         if channels not in (1, 3):
             raise TailsynthError(f"ClassifierGuide: channels must be 1 or 3, got {channels}")
@@ -52,7 +54,7 @@ class ClassifierGuide(nn.Module):
         x = images
         if x.shape[-2:] != (self.image_size, self.image_size):
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode=self.mode, align_corners=False,
-                              antialias=False)
+                              antialias=self.mode == "bicubic")
         if x.shape[1] == 3 and self.channels == 1:
             x = (x * self.luma.to(x.dtype)).sum(dim=1, keepdim=True)
         elif x.shape[1] == 1 and self.channels == 3:

@@ -13,11 +13,20 @@ step first moves x_t along the gradient of the classifier's predictive entropy, 
 ``sign = +1`` is entropy ASCENT, as the official code does (``latents += g``: samples the classifier is
 uncertain about, i.e. informative ones); LoGex §2.2 describes FG-entropy as "enforcing low entropy", which is
 ``sign = -1`` (descent). The default follows the official code.
+
+Two more details follow the official ``fg_pipe.py`` by default, each with the other choice as an option:
+
+- ``order = "official"``: the CFG noise prediction is computed at x_t BEFORE the nudge and the DDIM update
+  steps with it from the nudged x_t; ``"nudge_then_predict"`` calls the UNet again at the nudged x_t.
+- ``normalization = "official"``: min-max normalisation of the UNCLAMPED decode with min and max detached
+  (the gradient reaches saturated pixels and does not flow through min/max); ``"clamped"`` clamps the
+  decode to [0, 1] first and back-propagates through min and max.
 ``every = 0`` disables the feedback (plain DDIM, identical to :func:`~tailsynth.diffusion.ddim_sample`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from pydantic import model_validator
@@ -38,6 +47,8 @@ class FgEntropyConfig(StrictConfig):
     step_scale: float = 0.03  # ||step|| = step_scale * ||x_t||
     sign: float = 1.0  # +1 entropy ascent (official code), -1 descent
     minmax_normalize: bool = True  # per-image min-max to [0, 1] before the classifier (official)
+    normalization: Literal["official", "clamped"] = "official"  # see the module docstring
+    order: Literal["official", "nudge_then_predict"] = "official"  # see the module docstring
     bf16: bool = True  # bf16 autocast, CUDA only
 
     @model_validator(mode="after")
@@ -61,11 +72,34 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(dim=1)
 
 
-def _minmax(img: torch.Tensor) -> torch.Tensor:
+def _minmax(img: torch.Tensor, detach: bool) -> torch.Tensor:
+    """Per-image (img - min) / (max - min); ``detach``: min and max are constants for the gradient."""
     flat = img.flatten(1)
     lo, hi = flat.min(dim=1).values, flat.max(dim=1).values
+    if detach:
+        lo, hi = lo.detach(), hi.detach()
     shape = (-1,) + (1,) * (img.dim() - 1)
     return (img - lo.view(shape)) / (hi - lo).clamp_min(1e-8).view(shape)
+
+
+def _classifier_input(backend, s: torch.Tensor, cfg: FgEntropyConfig) -> torch.Tensor:
+    """What the classifier sees of the blended estimate s: min-max of the raw decode (official) or of the
+    clamped decode; without min-max, the clamped decode."""
+    if not cfg.minmax_normalize:
+        return backend.decode(s).float()
+    if cfg.normalization == "official":
+        return _minmax(backend.decode(s, clamp=False).float(), detach=True)
+    return _minmax(backend.decode(s).float(), detach=False)
+
+
+def feedback_entropy(backend, guide: ClassifierGuide, x: torch.Tensor, t: int, a_t: torch.Tensor,
+                     cond: torch.Tensor, cfg: FgEntropyConfig) -> torch.Tensor:
+    """H(x_t) per sample (B,): the classifier entropy of the blended Tweedie estimate (differentiable in x)."""
+    eps = backend.eps(x, torch.full((x.shape[0],), t, dtype=torch.long, device=x.device), cond)
+    x0 = predict_x0(x, eps, a_t)
+    c = (1 - a_t) ** 0.5
+    s = c * x0 + (1 - c) * x
+    return entropy(guide(_classifier_input(backend, s, cfg)))
 
 
 def feedback_step(backend, guide: ClassifierGuide, x_t: torch.Tensor, t: int, a_t: torch.Tensor,
@@ -73,14 +107,7 @@ def feedback_step(backend, guide: ClassifierGuide, x_t: torch.Tensor, t: int, a_
     """x_t + sign * dH/dx_t rescaled to step_scale * ||x_t|| per sample (the official FG-entropy step)."""
     x = x_t.detach().requires_grad_(True)
     with torch.enable_grad(), autocast_for(x.device, cfg.bf16):
-        eps = backend.eps(x, torch.full((x.shape[0],), t, dtype=torch.long, device=x.device), cond)
-        x0 = predict_x0(x, eps, a_t)
-        c = (1 - a_t) ** 0.5
-        s = c * x0 + (1 - c) * x
-        img = backend.decode(s).float()
-        if cfg.minmax_normalize:
-            img = _minmax(img)
-        h = entropy(guide(img))
+        h = feedback_entropy(backend, guide, x, t, a_t, cond, cfg)
         (g,) = torch.autograd.grad(h.sum(), [x])
     g = g.float()
     scale = cfg.step_scale * x_t.flatten(1).norm(dim=1) / g.flatten(1).norm(dim=1).clamp_min(1e-12)
@@ -90,7 +117,8 @@ def feedback_step(backend, guide: ClassifierGuide, x_t: torch.Tensor, t: int, a_
 class FgEntropyFeedback:
     """The FG-Entropy term as a sampler hook (:class:`~tailsynth.diffusion.samplers.StepChange`): on every
     ``every``-th step it nudges x_t with :func:`feedback_step`; the DDIM update then steps from the nudged
-    x_t with the CFG noise prediction recomputed there (``step.eps_at``)."""
+    x_t with the CFG noise prediction made at the un-nudged x_t (``order="official"``) or recomputed at the
+    nudged one (``"nudge_then_predict"``, ``step.eps_at``)."""
 
     def __init__(self, backend, guide: ClassifierGuide, cond: torch.Tensor, cfg: FgEntropyConfig):
         self.backend, self.guide, self.cond, self.cfg = backend, guide, cond, cfg
@@ -99,6 +127,8 @@ class FgEntropyFeedback:
         if not self.cfg.every or step.index % self.cfg.every:
             return None
         x_new = feedback_step(self.backend, self.guide, step.x_t, step.t, step.alpha_t, self.cond, self.cfg)
+        if self.cfg.order == "official":
+            return StepChange(x_t=x_new)
         return StepChange(x_t=x_new, eps=step.eps_at(x_new).float())
 
 
