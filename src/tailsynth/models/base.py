@@ -41,6 +41,19 @@ class FeatureClassifier(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def set_input_norm(self, mean, std) -> None:
+        """Normalise inputs as pretrained weights expect: the pipeline feeds x in [-1, 1]; the network then
+        sees ((x + 1) / 2 - mean) / std per channel (ImageNet: mean 0.485/0.456/0.406, std 0.229/0.224/0.225).
+        Non-persistent: the model card stores it and rebuilds it (``pipeline.artifacts.build_model``)."""
+        self.register_buffer("input_mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("input_std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+
+    def normalize_input(self, x: torch.Tensor) -> torch.Tensor:
+        """x unchanged, or the pretrained weights' normalisation (:meth:`set_input_norm`)."""
+        if getattr(self, "input_mean", None) is None:
+            return x
+        return ((x + 1.0) / 2.0 - self.input_mean.to(x.dtype)) / self.input_std.to(x.dtype)
+
     def forward_head(self, z: torch.Tensor) -> torch.Tensor:
         """Logits (B, K) from pooled features z (B, D)."""
         return self.head(z)

@@ -71,7 +71,7 @@ class CifarResNet(FeatureClassifier):
         kaiming_init(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.relu(self.bn1(self.conv1(self.normalize_input(x))))
         x = self.layer3(self.layer2(self.layer1(x)))
         return torch.flatten(self.pool(x), 1)
 

@@ -15,6 +15,7 @@ import torch
 from ..data import Split, load_images, split_arrays
 from ..diffusion import BACKENDS, load_lora
 from ..models import create_model
+from ..models.pretrained import IMAGENET_NORM, load_backbone
 from ..training import ArrayData, TrainConfig
 from ..training.checkpoint import load_weights
 from ..utils import read_json
@@ -49,8 +50,25 @@ def model_card(train: TrainConfig, data, split: Split, method: str, seed: int) -
 
 
 def build_model(card: dict[str, Any]) -> torch.nn.Module:
-    return create_model(card["model"], num_classes=card["num_classes"], in_channels=card["in_channels"],
-                        width=card["width"], small_input=card["small_input"])
+    model = create_model(card["model"], num_classes=card["num_classes"], in_channels=card["in_channels"],
+                         width=card["width"], small_input=card["small_input"])
+    if card.get("input_norm"):
+        model.set_input_norm(card["input_norm"]["mean"], card["input_norm"]["std"])
+    return model
+
+
+def new_classifier(train: TrainConfig, data, split: Split, method: str, seed: int
+                   ) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """A freshly initialised network and its card; with ``train.pretrained`` its backbone is loaded from the
+    weights file (head re-initialised) and the card stores the input normalisation those weights expect."""
+    card = model_card(train, data, split, method, seed)
+    if train.input_norm == "imagenet" or (train.input_norm == "auto" and train.pretrained):
+        card["input_norm"] = IMAGENET_NORM if data.channels == 3 else {  # gray: the channels' average
+            k: [round(sum(v) / 3, 4)] for k, v in IMAGENET_NORM.items()}
+    model = build_model(card)
+    if train.pretrained:
+        card["pretrained"] = {"path": str(train.pretrained), **load_backbone(model, train.pretrained)}
+    return model, card
 
 
 def load_classifier(artifact_dir: Path) -> tuple[torch.nn.Module, dict[str, Any]]:

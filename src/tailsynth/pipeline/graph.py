@@ -7,6 +7,7 @@ every method's own settings before anything runs.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from ..config import StrictConfig, build_config
@@ -59,11 +60,28 @@ def check_experiment(cfg: ExperimentConfig) -> None:
         if aux.generator is not None:
             raise TailsynthError(f"synthesis.params.{name}.aux_method: {aux.name!r} trains on synthetic images "
                                  f"itself; the auxiliary classifier must be trained on real images")
+    if cfg.classifier.pretrained:
+        check_pretrained(cfg)
     for name in cfg.methods:
         generator = METHODS.get(name).generator
         if generator is not None:
             generator.params(synthesis)
             METHODS.get(generator.aux_method(synthesis))
+
+
+def check_pretrained(cfg: ExperimentConfig) -> None:
+    """The weights file fits the configured network (names and shapes), before any stage runs."""
+    from ..models import create_model
+    from ..models.pretrained import load_backbone
+    c = cfg.classifier
+    small = c.small_input if c.small_input is not None else cfg.data.image_size <= 64
+    model = create_model(c.model, num_classes=2, in_channels=cfg.data.channels, width=c.width, small_input=small)
+    try:
+        load_backbone(model, c.pretrained)
+    except TailsynthError as err:
+        raise TailsynthError(f"classifier.pretrained: {err}" + (" (small_input is on because image_size <= 64: "
+                                                                "set classifier.small_input=false)" if small else "")
+                             ) from None
 
 
 def describe_cost(stage: str, cfg: StrictConfig) -> str:
@@ -92,6 +110,7 @@ class StageGraph:
         self.synthetic_sets: dict[str, Artifact] = {}  # generator name -> its synthetic set
         self._done: dict[tuple[str, str], Artifact] = {}
         self._split: Artifact | None = None
+        self._weights_sha: dict[str, str] = {}
 
     def run(self, stage: Stage, cfg: StrictConfig, inputs: dict[str, Artifact], seed: int | None,
             label: str) -> Artifact:
@@ -137,8 +156,18 @@ class StageGraph:
             if label != method.name:
                 extra["label"] = label
         stage_cfg = TrainStageConfig(method=method.name, criterion_params=cfg.method_params.get(method.name, {}),
-                                     seed=seed, data=cfg.data, train=train_cfg, device=cfg.device, **extra)
+                                     seed=seed, data=cfg.data, train=train_cfg, device=cfg.device,
+                                     weights_sha256=self.weights_sha256(train_cfg), **extra)
         return self.run(TRAIN, stage_cfg, {"split": self.split(), **inputs}, seed, f"{label} seed {seed}")
+
+    def weights_sha256(self, train: TrainConfig) -> str | None:
+        """SHA-256 of the pretrained weights file (memoised), so new weights at the same path retrain."""
+        if not train.pretrained:
+            return None
+        if train.pretrained not in self._weights_sha:
+            from ..data.content_hash import file_sha256
+            self._weights_sha[train.pretrained] = file_sha256(Path(train.pretrained))
+        return self._weights_sha[train.pretrained]
 
     def diffusion_stage_config(self) -> DiffusionStageConfig:
         return DiffusionStageConfig(diffusion=self.diffusion, data=self.config.data, device=self.config.device)
@@ -176,7 +205,8 @@ class StageGraph:
         """Oracle on the full pool (report only) and its verdict on every synthetic set (LoGex §4.4)."""
         cfg = self.config
         train = build_config(TrainConfig, {**cfg.classifier.model_dump(), **(cfg.oracle or {})}, "experiment key 'oracle'")
-        oracle = self.run(TRAIN_ORACLE, OracleStageConfig(data=cfg.data, train=train, device=cfg.device),
+        oracle = self.run(TRAIN_ORACLE, OracleStageConfig(data=cfg.data, train=train, device=cfg.device,
+                                                          weights_sha256=self.weights_sha256(train)),
                           {"split": self.split()}, 0, "oracle")
         inputs = {"split": self.split(), "oracle": oracle,
                   **{f"synthetic:{k}": v for k, v in self.synthetic_sets.items()}}

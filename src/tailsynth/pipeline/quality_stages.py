@@ -21,7 +21,7 @@ from ..training import ArrayData, TrainConfig, fit, predict
 from ..training.batches import ImageBatches
 from ..training.objectives import CriterionObjective
 from ..utils import atomic_write_bytes, atomic_write_json, resolve_device
-from .artifacts import build_model, drop_checkpoints, load_classifier, model_card, read_split, split_data
+from .artifacts import drop_checkpoints, load_classifier, new_classifier, read_split, split_data
 from .experiment import DataConfig
 from .runner import Stage
 from .store import Artifact
@@ -30,6 +30,7 @@ from .store import Artifact
 class OracleStageConfig(StrictConfig):
     data: DataConfig
     train: TrainConfig
+    weights_sha256: str | None = None  # of train.pretrained
     seed: int = 0
     device: str = "auto"
 
@@ -60,8 +61,7 @@ def run_train_oracle(cfg: OracleStageConfig, inputs: dict[str, Artifact], workdi
     split = read_split(inputs["split"])
     pool, val = oracle_pool(split, cfg.data), split_data(split, cfg.data, "val")
     torch.manual_seed(cfg.seed)
-    card = model_card(cfg.train, cfg.data, split, "oracle", cfg.seed)
-    model = build_model(card)
+    model, card = new_classifier(cfg.train, cfg.data, split, "oracle", cfg.seed)
     counts = np.bincount(pool.labels, minlength=len(split.class_names)).tolist()
     train_cfg = cfg.train.model_copy(update={"selection": "last"})  # the oracle makes no choice on val
     summary = fit(model, CriterionObjective(build_criterion("ce", counts)), ImageBatches(pool, train_cfg.augment),

@@ -17,7 +17,7 @@ from ..training import ArrayData, TrainConfig, fit, predict
 from ..training.checkpoint import save_weights
 from ..training.selection import make_selector
 from ..utils import atomic_write_bytes, atomic_write_json, read_json, resolve_device
-from .artifacts import SPLIT_FILE, build_model, drop_checkpoints, load_classifier, model_card, read_split, split_data
+from .artifacts import SPLIT_FILE, drop_checkpoints, load_classifier, new_classifier, read_split, split_data
 from .experiment import DataConfig
 from .runner import Stage
 from .store import Artifact
@@ -36,6 +36,7 @@ class TrainStageConfig(StrictConfig):
     data: DataConfig
     train: TrainConfig
     device: str = "auto"
+    weights_sha256: str | None = None  # of train.pretrained: new weights at the same path are a new stage
     synthetic_per_class: int | None = None  # synthesis methods: first N synthetic images per tail class
     label: str | None = None  # the row name in reports (default: method), e.g. "logex@25" in a sweep
 
@@ -70,8 +71,7 @@ def run_train(cfg: TrainStageConfig, inputs: dict[str, Artifact], workdir: Path)
         raise TailsynthError(f"no training images for classes {missing} in {inputs['split'].path}")
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)  # weight initialisation
-    card = model_card(cfg.train, cfg.data, split, cfg.label or cfg.method, cfg.seed)
-    model = build_model(card)
+    model, card = new_classifier(cfg.train, cfg.data, split, cfg.label or cfg.method, cfg.seed)
     trainable = method.init_model(model, inputs, cfg.seed)
     objective = method.objective(counts.tolist(), split, cfg.criterion_params)
     select = make_selector(cfg.train.selection, split.head_classes, split.tail_classes)

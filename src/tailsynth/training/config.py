@@ -20,6 +20,11 @@ class TrainConfig(StrictConfig):
 
     model: str = "resnet18"
     width: float = 1.0
+    # torchvision-layout ResNet weights on disk (.pth / .safetensors; nothing is downloaded): the backbone
+    # starts from them, the classifier layer is initialised for the benchmark's classes
+    pretrained: str | None = None
+    # input normalisation inside the network: auto = ImageNet mean/std when ``pretrained`` is set, else none
+    input_norm: Literal["auto", "none", "imagenet"] = "auto"
     small_input: bool | None = None  # None: small stem when image_size <= 64
     epochs: int = 60
     batch_size: int = 128
