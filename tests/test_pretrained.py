@@ -71,7 +71,7 @@ def test_weights_only_refuses_pickled_code(tmp_path):
             return (print, ("pwned",))
 
     with open(tmp_path / "evil.pth", "wb") as fh:
-        pickle.dump({"conv1.weight": Evil()}, fh)
+        pickle.dump({"conv1.weight": Evil()}, fh, protocol=2)
     with pytest.raises(TailsynthError, match="cannot read pretrained weights"):
         read_state_dict(tmp_path / "evil.pth")
 
