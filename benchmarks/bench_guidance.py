@@ -49,6 +49,7 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave as is)")
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--skip-reference", action="store_true")
+    p.add_argument("--out", default=None, help="also write the figures to this JSON file")
     p.add_argument("--memory-child", choices=["ckpt", "full"], help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -183,10 +184,14 @@ def main(argv=None) -> None:
           f"batch {args.batch_size}, UNet {sum(p.numel() for p in backend.unet.parameters()) / 1e6:.2f} M params")
     ours, t_ours = timed(lambda: dig_in(backend, guide, targets, cond, uncond, x_T, config(args, False)), dev)
     r_ours = report("batched", ours, t_ours)
+    figures = {"args": vars(args), "threads": torch.get_num_threads(), "batched_s": t_ours,
+               "batched_accepted": int(ours.accepted.sum()), "batched_accepted_per_s": r_ours}
     if not args.skip_reference:
         ref, t_ref = timed(lambda: dig_in_reference(backend, guide, targets, cond, uncond, x_T,
                                                     config(args, True)), dev)
         r_ref = report("reference", ref, t_ref)
+        figures.update({"reference_s": t_ref, "reference_accepted": int(ref.accepted.sum()),
+                        "speedup_accepted_per_s": r_ours / max(r_ref, 1e-12)})
         same = (ours.accepted == ref.accepted).float().mean()
         print(f"speed-up (accepted img/s) {r_ours / max(r_ref, 1e-12):.2f}x; wall-time ratio {t_ref / t_ours:.2f}x; "
               f"acceptance {100 * ours.accepted.float().mean():.1f} % vs {100 * ref.accepted.float().mean():.1f} %; "
@@ -194,9 +199,14 @@ def main(argv=None) -> None:
               f"max |image diff| {(ours.images - ref.images).abs().max():.2e}, "
               f"max |confidence diff| {(ours.confidence - ref.confidence).abs().max():.2e}")
     if mem is not None:
+        figures["peak_memory_bytes"] = mem
         print(f"peak memory of one iteration at batch {min(args.batch_size, args.n_images)}: full backprop "
               f"{mem['full'] / 2**20:.1f} MiB, per-step checkpointing {mem['ckpt'] / 2**20:.1f} MiB "
               f"({100 * mem['ckpt'] / max(mem['full'], 1):.1f} % of full)")
+
+    if args.out:
+        with open(args.out, "w") as fh:
+            json.dump(figures, fh, indent=2, default=str)
 
 
 if __name__ == "__main__":

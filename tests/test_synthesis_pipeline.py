@@ -95,7 +95,7 @@ def test_guided_methods_through_the_pipeline(tmp_path):
     overrides = [o for o in TINY if not o.startswith(("methods", "synthesis"))] + [
         "methods=[logex-lora,logex,fg-entropy]",
         "synthesis={n_per_class: 2, shard_size: 2, num_steps: 3, aux_method: ce, "
-        "params: {logex: {max_opt_steps: 2, threshold: 0.99, batch_size: 2}, fg-entropy: {every: 1}}}"]
+        "params: {logex: {max_opt_steps: 2, threshold: 0.99, batch_size: 2}, fg-entropy: {every: 1, num_steps: 4}}}"]
     result = run_experiment(load_experiment("demo", overrides), tmp_path / "runs", log=quiet)
     assert len(list((tmp_path / "runs" / "train_diffusion").glob("*/manifest.json"))) == 1
     assert len(list((tmp_path / "runs" / "adapt_lora").glob("*/manifest.json"))) == 1
@@ -108,6 +108,18 @@ def test_guided_methods_through_the_pipeline(tmp_path):
     assert np.mean(list(sets["logex"].values())) > np.mean(list(sets["lora"].values()))
     results = json.loads((result.report_dir / "results.json").read_text())
     assert set(results["methods"]) == {"logex-lora", "logex", "fg-entropy"}
+    # each row's settings: LoGex's generators share the experiment's DDIM steps and CFG; FG-Entropy keeps its
+    # own CFG 5 (official) unless its params set it (here only num_steps)
+    settings = results["synthetic_sets"]["settings"]
+    assert (settings["lora"]["DDIM steps"], settings["lora"]["CFG"]) == (3, 3.0)
+    assert (settings["logex"]["DDIM steps"], settings["logex"]["CFG"]) == (3, 3.0)
+    assert (settings["fg-entropy"]["DDIM steps"], settings["fg-entropy"]["CFG"]) == (4, 5.0)
+    assert settings["fg-entropy"]["order"] == "official" and settings["logex"]["aux classifier"] == "ce"
+    per_class = results["synthetic_sets"]["per_class"]["logex"]
+    assert all(e["n"] == 2 and 0 <= e["accepted"] <= 1 for e in per_class.values())
+    assert np.mean([e["mean_score"] for e in per_class.values()]) == pytest.approx(np.mean(list(sets["logex"].values())))
+    assert set(results["oracle_accuracy"]) == {"real_tail_test", "lora", "logex", "fg-entropy"}
+    assert "Synthetic image settings" in (result.report_dir / "report.md").read_text()
 
 
 def test_images_per_class_sweep_uses_prefixes_of_one_synthesis(tmp_path):

@@ -97,7 +97,7 @@ def _write_report(cfg: ExperimentConfig, runs_dir, runner: Runner, result: Exper
                   quality: Artifact | None, n_default: int, command: str,
                   graph_sets: dict[str, Artifact]) -> Path:
     from ..report import write_report
-    from ..report.quality import quality_table, settings_table
+    from ..report.quality import quality_table, settings_table, synthetic_summary, synthetic_table
     from ..report.sweep import sweep_points, sweep_sections
     from ..utils import read_json
     report_dir = Path(runs_dir) / "reports" / cfg.name
@@ -111,15 +111,21 @@ def _write_report(cfg: ExperimentConfig, runs_dir, runner: Runner, result: Exper
                                       for t in runner.timings}.values()), 1),
             "this_invocation_s": round(result.wall_time_s, 1)}
     sections: list = []
+    results: dict = {}
     if graph_sets:
+        from ..data.synthetic import SyntheticSet
         from ..methods import SynthesisConfig, generator_named
-        settings = {}
+        settings, summary = {}, {}
         for name, artifact in graph_sets.items():
             synthesis = SynthesisConfig(**read_json(artifact.path / "manifest.json")["config"]["synthesis"])
             settings[name] = generator_named(name).settings(synthesis)
-        sections.append(settings_table(settings))
+            rows = SyntheticSet.read(artifact.path).select(n_default if synthesis.n_per_class >= n_default else None).rows
+            summary[name] = synthetic_summary(rows, settings[name].get("threshold"))
+        sections += [settings_table(settings), synthetic_table(summary)]
+        results["synthetic_sets"] = {"settings": settings, "per_class": summary}
     if quality is not None:
-        sections += [quality_table(read_json(quality.file("quality.json"))),
+        results["oracle_accuracy"] = read_json(quality.file("quality.json"))
+        sections += [quality_table(results["oracle_accuracy"]),
                      ("Samples: train images | synthetic images (oracle prediction below each)",
                       quality.file("samples.png").read_bytes())]
     if cfg.synthetic_sweep:
@@ -129,5 +135,5 @@ def _write_report(cfg: ExperimentConfig, runs_dir, runner: Runner, result: Exper
     digest = settings_digest(cfg)
     labels = {read_json(a.path / "metrics.json")["method"] for a in result.evaluations}
     write_report([a.path for a in result.evaluations], report_dir, command=command, meta=meta,
-                 extra_sections=sections, config_digest={label: digest for label in labels})
+                 extra_sections=sections, config_digest={label: digest for label in labels}, extra_results=results)
     return report_dir

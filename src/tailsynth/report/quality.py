@@ -18,6 +18,32 @@ def settings_table(settings: Mapping[str, Mapping[str, Any]]) -> Table:
     return table
 
 
+def synthetic_summary(rows: list[dict], threshold: float | None) -> dict[str, dict[str, Any]]:
+    """Per class of one synthetic set: images, mean score (the auxiliary classifier's target confidence) and,
+    for a thresholded generator (DiG-IN), the share of images at or above the threshold."""
+    out: dict[str, dict[str, Any]] = {}
+    for name in dict.fromkeys(r["class"] for r in rows):
+        scores = [float(r["score"]) for r in rows if r["class"] == name]
+        entry = {"n": len(scores), "mean_score": sum(scores) / len(scores)}
+        if threshold is not None:
+            entry["accepted"] = sum(s >= threshold for s in scores) / len(scores)
+        out[name] = entry
+    return out
+
+
+def synthetic_table(summary: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> Table:
+    table = Table("Synthetic sets: auxiliary-classifier confidence per tail class",
+                  ["generator", "class", "images", "mean confidence", "share >= threshold"],
+                  caption="Confidence = the auxiliary classifier's softmax of the target class on the saved image "
+                          "(DiG-IN stops at its threshold).")
+    for generator, classes in summary.items():
+        for name, e in classes.items():
+            accepted = f"{100 * e['accepted']:.1f} %" if "accepted" in e else "–"
+            table.rows.append([(generator, ""), (name, ""), (str(e["n"]), ""), (f"{e['mean_score']:.3f}", ""),
+                               (accepted, "")])
+    return table
+
+
 def quality_table(quality: Mapping[str, Any]) -> Table:
     classes = list(quality["real_tail_test"]["per_class"])
     table = Table("Synthetic image quality (oracle accuracy, %, LoGex §4.4)", ["images", "oracle acc."] + classes,

@@ -32,11 +32,13 @@ def _kept_runs(results: Mapping[str, Any], new_methods: set[str]) -> list[RunRes
 def write_report(run_dirs: Iterable[str | Path], out_dir: str | Path, command: str = "",
                  meta: Mapping[str, Any] | None = None,
                  extra_sections: Sequence[Section] = (),
-                 config_digest: Mapping[str, str] | None = None) -> tuple[Path, Path, Path]:
+                 config_digest: Mapping[str, str] | None = None,
+                 extra_results: Mapping[str, Any] | None = None) -> tuple[Path, Path, Path]:
     """Read the runs, write ``results.json`` (merged with an existing one: methods in ``run_dirs`` replace
     their old rows, other methods are kept), then ``report.md`` and ``report.html`` from the merged results,
     each written once, atomically. ``extra_sections``: Tables (in both files) and (title, PNG or HTML)
-    sections (HTML only).
+    sections (HTML only); ``extra_results``: further top-level blocks of results.json (synthetic-set and
+    oracle figures), so every figure of the report is in the results file.
 
     Figures use the given runs plus, for kept methods, their recorded run directories if they still exist.
     Returns ``(md_path, html_path, json_path)``.
@@ -46,7 +48,7 @@ def write_report(run_dirs: Iterable[str | Path], out_dir: str | Path, command: s
     meta.setdefault("command", command)
     runs = load_runs(run_dirs)
     json_path = out_dir / RESULTS_JSON
-    extra = {"meta": {k: meta[k] for k in _META_KEYS if meta.get(k) is not None}}
+    extra = {"meta": {k: meta[k] for k in _META_KEYS if meta.get(k) is not None}, **(extra_results or {})}
     results = write_results_json(json_path, runs, command, extra=extra, config_digest=config_digest)
     plot_runs = runs + _kept_runs(results, {r.method for r in runs})
     md_path = out_dir / REPORT_MD
