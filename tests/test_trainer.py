@@ -175,7 +175,6 @@ def test_fit_applies_the_drw_drop_on_a_constant_lr(tmp_path):
     from tailsynth.losses import build_criterion
     crit = build_criterion("ldam-rw-drw", [30, 20, 14], drw_epoch=2)
     _, summary = train(tmp_path, objective=CriterionObjective(crit))
-    steps = math.ceil(64 / CFG.batch_size)
     for h in summary["history"]:
         e = h["epoch"] - 1
         assert h["lr"] == pytest.approx(CFG.lr * (0.1 if e >= 2 else 1.0), rel=1e-12), h  # constant under DRW

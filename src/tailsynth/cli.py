@@ -47,6 +47,9 @@ def _run(config: str, overrides: tuple[str, ...], runs: str, force: tuple[str, .
     started = time.time()
     result = run_experiment(cfg, runs, force=set(force), plan_only=plan, command=_command_line(),
                             log=click.echo)
+    from .distributed import world
+    if world()[0] != 0:  # another process of a multi-process run: rank 0 reports
+        return
     if plan:
         click.echo(f"{'stage':<18} {'fingerprint':<18} {'state':<18} {'label':<24} work")
         for row in result.plan:

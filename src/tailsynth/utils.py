@@ -86,7 +86,10 @@ def derive_seed(*parts: int | str) -> int:
 
 def resolve_device(name: str | None = "auto") -> torch.device:
     if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            from .distributed import local_cuda_device
+            return local_cuda_device()  # cuda:LOCAL_RANK under a multi-process launcher, else cuda:0
+        return torch.device("cpu")
     try:
         device = torch.device(name)
     except RuntimeError as err:

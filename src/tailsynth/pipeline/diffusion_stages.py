@@ -20,6 +20,7 @@ from PIL import Image
 from pydantic import field_validator
 from tqdm.auto import tqdm
 
+from .. import distributed
 from ..config import StrictConfig, to_dict
 from ..data.synthetic import SyntheticSet
 from ..diffusion import BACKENDS, DenoiserTrainConfig, LoraAdaptConfig, PixelBackend, adapt_lora, train_denoiser
@@ -140,17 +141,20 @@ def run_synthesize(cfg: SynthStageConfig, inputs: dict[str, Artifact], workdir: 
     size = cfg.diffusion.working_size(cfg.data.image_size)
     latent = backend.latent_shape(size)
     shard_dir = workdir / "shards"
-    shard_dir.mkdir(exist_ok=True)
-    reused = reuse_shards(cfg, inputs, workdir)
+    rank, world_size = distributed.world()
+    if rank == 0:
+        shard_dir.mkdir(exist_ok=True)
+        reused = reuse_shards(cfg, inputs, workdir)
+    distributed.barrier()  # the other ranks start once the folder and the reused shards are in place
     n_shards = -(-s.n_per_class // s.shard_size)
     done = sum(len(read_json(m)) for m in shard_dir.glob("*.json"))
     bar = tqdm(total=s.n_per_class * len(split.tail_classes), initial=done, desc=f"synthesis {cfg.method}",
                unit="img", disable=not progress_enabled())
-    for c in split.tail_classes:
+    for position, c in enumerate(split.tail_classes):
         name = split.class_names[c]
         for k in range(n_shards):
             marker = shard_dir / f"{c:04d}_{k:04d}.json"
-            if marker.is_file():
+            if marker.is_file() or (position * n_shards + k) % world_size != rank:  # done, or another rank's
                 continue
             n = _shard_size(s.n_per_class, s.shard_size, k)
             seed = derive_seed(s.seed, c, k)
@@ -171,6 +175,9 @@ def run_synthesize(cfg: SynthStageConfig, inputs: dict[str, Artifact], workdir: 
             bar.update(n)
             bar.set_postfix(mean_conf=f"{float(confidence.float().mean()):.3f}")
     bar.close()
+    distributed.barrier()  # every rank's shards are written
+    if rank != 0:
+        return {}
     rows = []
     for marker in sorted(shard_dir.glob("*.json")):
         rows += read_json(marker)
@@ -223,4 +230,4 @@ def _safe(name: str) -> str:
 
 TRAIN_DIFFUSION = Stage("train_diffusion", "1", run_train_diffusion, "base denoiser on the head classes")
 ADAPT_LORA = Stage("adapt_lora", "1", run_adapt_lora, "LoRA (+ tail tokens) on the tail images")
-SYNTHESIZE = Stage("synthesize", "3", run_synthesize, "synthetic tail images (a SyntheticSet)")
+SYNTHESIZE = Stage("synthesize", "3", run_synthesize, "synthetic tail images (a SyntheticSet)", sharded=True)

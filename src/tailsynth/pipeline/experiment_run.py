@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .. import __version__
+from .. import __version__, distributed
 from ..config import to_dict
 from ..report.sweep import row_label
 from .experiment import ExperimentConfig
@@ -52,7 +52,9 @@ def run_experiment(cfg: ExperimentConfig, runs_dir: str | Path, *, force: set[st
                    command: str = "") -> ExperimentResult:
     started = time.time()
     check_experiment(cfg)
-    runner = Runner(ArtifactStore(runs_dir), force=set(force or ()), log=log)
+    distributed.init()  # several processes (torchrun / accelerate launch): see tailsynth.distributed
+    main = distributed.world()[0] == 0
+    runner = Runner(ArtifactStore(runs_dir), force=set(force or ()), log=log if main else (lambda _msg: None))
     graph = StageGraph(cfg, runner, plan_only)
     split = graph.split()
     eval_cfg = EvalStageConfig(data=cfg.data, scores=all_scores(cfg.scores), primary_score=cfg.primary_score,
@@ -74,7 +76,7 @@ def run_experiment(cfg: ExperimentConfig, runs_dir: str | Path, *, force: set[st
     quality = graph.quality() if graph.synthetic_sets and cfg.oracle is not None else None
     result.plan = graph.plan
     result.wall_time_s = time.time() - started
-    if not plan_only:
+    if not plan_only and main:
         result.report_dir = _write_report(cfg, runs_dir, runner, result, quality, n_default, command,
                                           graph.synthetic_sets)
     return result

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from pydantic import BaseModel
 
-from .. import __version__
+from .. import __version__, distributed
 from ..config import to_dict
 from ..errors import TailsynthError
 from ..utils import atomic_write_json, stable_hash
@@ -34,6 +34,7 @@ class Stage:
     version: str
     func: StageFunc
     description: str = ""
+    sharded: bool = False  # with several processes, every rank runs ``func`` on its share (tailsynth.distributed)
 
 
 @dataclass
@@ -76,6 +77,37 @@ class Runner:
 
     def run(self, stage: Stage, cfg: BaseModel, inputs: dict[str, Artifact] | None = None,
             seed: int | None = None, label: str = "") -> Artifact:
+        """The finished artifact of ``stage`` (cached, resumed or computed now). With several processes
+        (``tailsynth.distributed``) rank 0 computes it; for a sharded stage every rank works on its share."""
+        rank, size = distributed.world()
+        if size == 1:
+            return self._run_here(stage, cfg, inputs, seed, label)
+        if rank == 0:
+            started: list[Path] = []
+
+            def on_start(workdir: Path) -> None:
+                started.append(workdir)
+                if stage.sharded:
+                    distributed.broadcast(str(workdir))
+
+            artifact = self._run_here(stage, cfg, inputs, seed, label, on_start=on_start)
+            if stage.sharded and not started:
+                distributed.broadcast(None)  # cached: nothing for the other ranks to do
+            distributed.barrier()
+            return artifact
+        fp = self.fingerprint(stage, cfg, dict(inputs or {}))
+        if stage.sharded:
+            workdir = distributed.broadcast(None)
+            if workdir is not None:
+                stage.func(cfg, dict(inputs or {}), Path(workdir))  # this rank's shards
+        distributed.barrier()
+        artifact = self.store.lookup(stage.name, fp)
+        if artifact is None:
+            raise TailsynthError(f"rank {rank}: {stage.name}/{fp} was not finished by rank 0")
+        return artifact
+
+    def _run_here(self, stage: Stage, cfg: BaseModel, inputs: dict[str, Artifact] | None, seed: int | None,
+                  label: str, on_start: Callable[[Path], Any] | None = None) -> Artifact:
         inputs = dict(inputs or {})
         fp = self.fingerprint(stage, cfg, inputs)
         key = (stage.name, fp)
@@ -102,6 +134,8 @@ class Runner:
             self.log(f"[{'resume' if resuming else 'run'}] {name}")
             earlier = _earlier_wall_time(workdir)
             started = time.time()
+            if on_start is not None:
+                on_start(workdir)  # the other ranks start on their shards
             try:
                 extra = stage.func(cfg, inputs, workdir) or {}
             except BaseException:  # Ctrl-C or an error: keep the time spent, a rerun adds to it
