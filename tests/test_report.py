@@ -228,3 +228,12 @@ def test_rows_from_different_settings_are_flagged(tmp_path):
     assert rows["ce"].rstrip(" |").endswith("aaaaaaaa") and rows["hod"].rstrip(" |").endswith("bbbbbbbb")
     results = json.loads((out / "results.json").read_text())
     assert results["config_digest"] == {"ce": "aaaaaaaa11112222", "hod": "bbbbbbbb33334444"}
+
+
+def test_cli_summary_shows_no_spread_for_one_seed(tmp_path, capsys):
+    from tailsynth.cli import _print_summary
+    out = tmp_path / "r"
+    write_report([write_run(tmp_path, "ce", 0, TABLE["ce"][0])], out)
+    _print_summary(out)
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("ce"))
+    assert "±" not in row and "25.05" in row

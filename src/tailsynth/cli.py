@@ -31,7 +31,12 @@ def _print_summary(report_dir: Path) -> None:
         cells = []
         for key in ("fpr95", "auroc", "bacc_head", "bacc_tail"):
             m = row.get(key)
-            cells.append(f"{100 * m['mean']:6.2f} ± {100 * m['std']:5.2f}" if m else "     -         ")
+            if not m:
+                cells.append(f"{'-':>6}         ")
+            elif len(m.get("values", [])) < 2:  # one seed: no spread to show
+                cells.append(f"{100 * m['mean']:6.2f}         ")
+            else:
+                cells.append(f"{100 * m['mean']:6.2f} ± {100 * m['std']:5.2f}")
         click.echo(f"{name:<18}  " + "   ".join(cells))
     click.echo(f"\nreport: {(report_dir / 'report.html').resolve()}")
 
