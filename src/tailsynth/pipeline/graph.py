@@ -95,8 +95,8 @@ def describe_cost(stage: str, cfg: StrictConfig) -> str:
     if stage == "adapt_lora":
         return f"{cfg.diffusion.lora.train.steps} steps x batch {cfg.diffusion.lora.train.batch_size}"
     if stage == "synthesize":
-        s = cfg.synthesis
-        return f"{s.n_per_class} images/tail class x {s.num_steps} DDIM steps ({cfg.method})"
+        steps = generator_named(cfg.method).settings(cfg.synthesis)["DDIM steps"]
+        return f"{cfg.synthesis.n_per_class} images/tail class x {steps} DDIM steps ({cfg.method})"
     return "small"
 
 
