@@ -1,16 +1,25 @@
-"""Before/after figures of the tiny test experiment from two golden files (tests/golden/tiny.json versions):
+"""Before/after figures of the tiny test experiment from two golden files (tests/golden/tiny.json versions),
+each a path or a git ``REV:path`` (read with ``git show``):
 
-    git show e88a31a:tests/golden/tiny.json > /tmp/before.json
-    python benchmarks/diagnostics/compare_golden.py /tmp/before.json tests/golden/tiny.json
+    python benchmarks/diagnostics/compare_golden.py e88a31a:tests/golden/tiny.json tests/golden/tiny.json
 
 Prints, per row, FPR@95 / bAcc-head of P(tail) and the AUROC of maha_head and rmaha, before -> after, and
 whether each synthetic set's images changed (entries of the machine both files share)."""
 import json
+import subprocess
 import sys
+from pathlib import Path
+
+
+def read_golden(spec: str) -> dict:
+    """A golden file from a path, or from ``REV:path`` in this repository's history."""
+    if Path(spec).is_file():
+        return json.loads(Path(spec).read_text())
+    return json.loads(subprocess.run(["git", "show", spec], capture_output=True, text=True, check=True).stdout)
 
 
 def main(before_path: str, after_path: str) -> None:
-    before, after = json.load(open(before_path)), json.load(open(after_path))
+    before, after = read_golden(before_path), read_golden(after_path)
     for key in sorted(set(before) & set(after)):
         print(f"machine: {key}")
         b, a = before[key]["metrics"], after[key]["metrics"]
