@@ -170,19 +170,6 @@ def data() -> None:
 BUILD_REMEDY = "rerun with --skip-corrupt to leave them out of the split"
 
 
-def _without_samples(split, drop: dict[str, str]):
-    """``split`` without the samples whose source id is in ``drop``; the sidecar lists the dropped ids."""
-    import dataclasses
-
-    import numpy as np
-    keep = np.array([i for i, sid in enumerate(split.source_ids) if sid not in drop], dtype=np.int64)
-    pick = keep.tolist()
-    return dataclasses.replace(
-        split, source_ids=[split.source_ids[i] for i in pick], labels=split.labels[keep],
-        roles=[split.roles[i] for i in pick], splits=[split.splits[i] for i in pick],
-        source_index=split.source_index[keep], meta={**split.meta, "skipped_corrupt": sorted(drop)})
-
-
 def _check_decodable(cfg, split, skip_corrupt: bool):
     """Decode every image file of the source once: an error naming the corrupt files, or with
     ``skip_corrupt`` the split without them and a line saying what was skipped."""
@@ -192,7 +179,7 @@ def _check_decodable(cfg, split, skip_corrupt: bool):
         return split, None
     if not skip_corrupt:
         raise corrupt_error(cfg.source, list(corrupt.values()), BUILD_REMEDY)
-    kept = _without_samples(split, corrupt)
+    kept = split.without(corrupt)
     names = ", ".join(list(corrupt)[:10]) + (" ..." if len(corrupt) > 10 else "")
     return kept, (f"skipped {len(corrupt)} corrupt or truncated image file(s), {len(split) - len(kept)} of "
                   f"them in this split: {names} (tailsynth run needs data.skip_corrupt=true for this source)")

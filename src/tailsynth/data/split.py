@@ -55,6 +55,17 @@ class Split:
             raise TailsynthError(f"unknown split {which!r}; valid: {', '.join(SPLITS)}")
         return np.array([s == which for s in self.splits], dtype=bool)
 
+    def without(self, source_ids, note: str = "skipped_corrupt") -> "Split":
+        """This split without the samples whose source id is in ``source_ids``; the sidecar lists them."""
+        import dataclasses
+        drop = set(source_ids)
+        keep = np.array([i for i, sid in enumerate(self.source_ids) if sid not in drop], dtype=np.int64)
+        pick = keep.tolist()
+        return dataclasses.replace(
+            self, source_ids=[self.source_ids[i] for i in pick], labels=self.labels[keep],
+            roles=[self.roles[i] for i in pick], splits=[self.splits[i] for i in pick],
+            source_index=self.source_index[keep], meta={**self.meta, note: sorted(drop)})
+
     def ids(self, which: str) -> list[str]:
         return [sid for sid, s in zip(self.source_ids, self.splits) if s == which]
 

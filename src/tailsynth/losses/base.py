@@ -94,6 +94,11 @@ class Criterion(nn.Module):
 LOSSES: Registry[Callable[..., Criterion]] = Registry("loss")
 
 
+def criterion_parameters(name: str) -> list[str]:
+    """The hyper-parameters the loss registered as ``name`` accepts (besides the class counts / tail classes)."""
+    return [p for p in inspect.signature(LOSSES.get(name)).parameters if p not in ("class_counts", "tail_classes")]
+
+
 def build_criterion(name: str, class_counts: Sequence[int], tail_classes: Sequence[int] = (),
                     **params) -> Criterion:
     """Build the criterion registered as ``name`` (a row of LoGex Table 2).
@@ -102,7 +107,7 @@ def build_criterion(name: str, class_counts: Sequence[int], tail_classes: Sequen
     ``drw_epoch``, ``hod_weight``); an unknown one is an error listing the valid ones.
     """
     factory = LOSSES.get(name)
-    accepted = [p for p in inspect.signature(factory).parameters if p not in ("class_counts", "tail_classes")]
+    accepted = criterion_parameters(name)
     unknown = sorted(set(params) - set(accepted))
     if unknown:
         raise TailsynthError(f"loss {name!r} got unknown parameters {unknown}; valid: {sorted(accepted)}")

@@ -15,7 +15,6 @@ A method's own settings are validated when the experiment loads (``check_config`
 """
 from __future__ import annotations
 
-import inspect
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -23,7 +22,7 @@ import torch
 
 from ..config import StrictConfig, build_config
 from ..errors import TailsynthError
-from ..losses import LOSSES, build_criterion
+from ..losses import build_criterion, criterion_parameters
 from ..training import ArrayData, TrainConfig
 from ..training.batches import ImageBatches
 from ..training.objectives import CriterionObjective, Objective
@@ -105,8 +104,7 @@ class Method:
     # --- configuration, checked when the experiment loads -------------------------------------------------
     def check_config(self, exp) -> None:
         """Validate this method's settings in the experiment (``method_params.<name>``: criterion parameters)."""
-        factory = LOSSES.get(self.criterion)
-        accepted = [p for p in inspect.signature(factory).parameters if p not in ("class_counts", "tail_classes")]
+        accepted = criterion_parameters(self.criterion)
         unknown = sorted(set(exp.method_params.get(self.name, {})) - set(accepted))
         if unknown:
             raise TailsynthError(f"method_params.{self.name}: unknown parameters {unknown} for loss "

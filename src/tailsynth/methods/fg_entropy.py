@@ -4,9 +4,10 @@ every 5th step (the sampler hook :class:`~tailsynth.diffusion.guidance.FgEntropy
 synthetic images."""
 from __future__ import annotations
 
+import torch
+
 from ..diffusion.guidance import FgEntropyConfig, fg_entropy_sample
 from .base import Method, SyntheticGenerator
-from .logex import target_confidence
 from .registry import register
 
 
@@ -18,7 +19,8 @@ class FgEntropySampling(SyntheticGenerator):
     def generate(self, backend, guide, targets, cond, uncond, x_T, synthesis, params, generator):
         result = fg_entropy_sample(backend, guide, cond, uncond, x_T, params, generator, target_classes=targets)
         images = result.images.clamp(0, 1)
-        return images, target_confidence(guide, images, targets)
+        with torch.no_grad():
+            return images, guide.target_prob(images, targets)
 
 
 @register

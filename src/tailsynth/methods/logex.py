@@ -20,12 +20,6 @@ from .base import Method, SyntheticGenerator
 from .registry import register
 
 
-@torch.no_grad()
-def target_confidence(guide, images01: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """The auxiliary classifier's softmax of the target class on final images (B,)."""
-    return guide(images01).float().softmax(1).gather(1, targets[:, None])[:, 0]
-
-
 class LoraSampling(SyntheticGenerator):
     """LoGex "only LoRA": DDIM eta 0, CFG ``synthesis.guidance_scale``, no classifier guidance."""
 
@@ -36,7 +30,7 @@ class LoraSampling(SyntheticGenerator):
             out = ddim_sample(backend.eps, x_T, cond, uncond, backend.alphas_cumprod, num_steps=synthesis.num_steps,
                               guidance_scale=synthesis.guidance_scale, clip_x0=getattr(backend, "clip_x0", False))
             images = backend.decode(out.sample).clamp(0, 1)
-            return images, target_confidence(guide, images, targets)
+            return images, guide.target_prob(images, targets)
 
 
 class DigInSampling(SyntheticGenerator):

@@ -25,6 +25,7 @@ class ExperimentResult:
     evaluations: list[Artifact] = field(default_factory=list)
     plan: list[dict[str, Any]] = field(default_factory=list)
     report_dir: Path | None = None
+    labels: set[str] = field(default_factory=set)  # the report rows (method or method@N)
     wall_time_s: float = 0.0
 
 
@@ -71,6 +72,7 @@ def run_experiment(cfg: ExperimentConfig, runs_dir: str | Path, *, force: set[st
     for method, seed, per_class in rows:
         classifier = graph.classifier(method, seed, per_class)
         label = row_label(method, per_class, n_default)
+        result.labels.add(label)
         result.evaluations.append(graph.run(EVALUATE, eval_cfg, {"split": split, "classifier": classifier},
                                             seed, f"{label} seed {seed}"))
     quality = graph.quality() if graph.synthetic_sets and cfg.oracle is not None else None
@@ -121,7 +123,7 @@ def _write_report(cfg: ExperimentConfig, runs_dir, runner: Runner, result: Exper
         for name, artifact in graph_sets.items():
             synthesis = SynthesisConfig(**read_json(artifact.path / "manifest.json")["config"]["synthesis"])
             settings[name] = generator_named(name).settings(synthesis)
-            rows = SyntheticSet.read(artifact.path).select(n_default if synthesis.n_per_class >= n_default else None).rows
+            rows = SyntheticSet.read(artifact.path).select(n_default).rows  # the main rows' images
             summary[name] = synthetic_summary(rows, settings[name].get("threshold"))
         sections += [settings_table(settings), synthetic_table(summary)]
         results["synthetic_sets"] = {"settings": settings, "per_class": summary}
@@ -135,7 +137,7 @@ def _write_report(cfg: ExperimentConfig, runs_dir, runner: Runner, result: Exper
         points = sweep_points(cfg.synthetic_sweep, n_default, list(seeds), [a.path for a in result.evaluations])
         sections += sweep_sections(points)
     digest = settings_digest(cfg)
-    labels = {read_json(a.path / "metrics.json")["method"] for a in result.evaluations}
     write_report([a.path for a in result.evaluations], report_dir, command=command, meta=meta,
-                 extra_sections=sections, config_digest={label: digest for label in labels}, extra_results=results)
+                 extra_sections=sections, config_digest={label: digest for label in result.labels},
+                 extra_results=results)
     return report_dir
