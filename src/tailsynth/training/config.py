@@ -3,15 +3,20 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import Field
+
 from ..config import StrictConfig
 
 
 class AugmentConfig(StrictConfig):
-    """LoGex retraining augmentation: random horizontal/vertical flips and a random rotation."""
+    """LoGex retraining augmentation: random horizontal/vertical flips and a random rotation; ``crop_padding``
+    > 0 adds the CIFAR random crop (pad with black by that many pixels, crop back at a random offset; He et
+    al. 2016, as the LDMLR / LDAM code trains its CIFAR encoders)."""
 
     hflip: bool = True
     vflip: bool = True
     rotation_deg: float = 15.0
+    crop_padding: int = Field(0, ge=0)
 
 
 class TrainConfig(StrictConfig):
@@ -40,5 +45,9 @@ class TrainConfig(StrictConfig):
     # epoch), cosine otherwise
     lr_schedule: Literal["auto", "cosine", "constant"] = "auto"
     augment: AugmentConfig = AugmentConfig()
-    selection: Literal["bacc_head_minus_fpr", "val_acc", "last"] = "bacc_head_minus_fpr"
+    # val_bacc: mean per-class recall on val (a balanced-test-accuracy proxy when val is long-tailed, CIFAR-LT)
+    selection: Literal["bacc_head_minus_fpr", "val_acc", "val_bacc", "last"] = "bacc_head_minus_fpr"
     amp: bool = True  # bf16 autocast, used only on CUDA
+    # channels_last memory format for conv nets during training (faster CPU/GPU convolutions; results equal
+    # up to float rounding)
+    channels_last: bool = False

@@ -17,11 +17,15 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def make_selector(name: str, head_classes: Sequence[int], tail_classes: Sequence[int]) -> SelectFn | None:
-    """``bacc_head_minus_fpr`` (LoGex: bAcc-head minus FPR@95 of P(tail)), ``val_acc``, or ``last``."""
+    """``bacc_head_minus_fpr`` (LoGex: bAcc-head minus FPR@95 of P(tail)), ``val_acc``, ``val_bacc`` (mean per-class
+    recall), or ``last``."""
     if name == "last":
         return None
     if name == "val_acc":
         return lambda logits, labels: float((logits.argmax(1) == labels).mean())
+    if name == "val_bacc":
+        classes = sorted(set(head_classes) | set(tail_classes))
+        return lambda logits, labels: float(balanced_accuracy_on(labels, logits.argmax(1), classes))
     if name == "bacc_head_minus_fpr":
         if len(tail_classes) == 0:
             raise TailsynthError("selection 'bacc_head_minus_fpr' needs tail classes; use 'val_acc' or 'last'")
@@ -35,4 +39,4 @@ def make_selector(name: str, head_classes: Sequence[int], tail_classes: Sequence
             return float(bacc - fpr)
 
         return select
-    raise TailsynthError(f"unknown selection {name!r}; valid: bacc_head_minus_fpr, val_acc, last")
+    raise TailsynthError(f"unknown selection {name!r}; valid: bacc_head_minus_fpr, val_acc, val_bacc, last")

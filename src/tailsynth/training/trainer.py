@@ -95,6 +95,8 @@ def fit(model: torch.nn.Module, objective: Objective, batches, val: ArrayData,
     """
     workdir = Path(workdir)
     model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
     objective.to(device)
     params = list(model.head.parameters()) if trainable == "head" else list(model.parameters())
     if trainable == "head":
@@ -129,6 +131,8 @@ def fit(model: torch.nn.Module, objective: Objective, batches, val: ArrayData,
                    disable=not (progress_enabled() if progress is None else progress), mininterval=1.0)
         for b, batch in bar:
             batch = {k: v.to(device) for k, v in batch.items()}
+            if cfg.channels_last and "x" in batch and batch["x"].dim() == 4:
+                batch["x"] = batch["x"].contiguous(memory_format=torch.channels_last)
             n = len(batch["y"])
             step = epoch * steps_per_epoch + b
             for group in optimizer.param_groups:
