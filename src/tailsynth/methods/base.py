@@ -9,7 +9,9 @@ an auxiliary classifier) is built once:
 - ``graph.classifier(name, seed)``      -- the trained classifier of another method (cRT's base, an aux);
 - ``graph.synthetic(generator)``       -- synthetic tail images of a :class:`SyntheticGenerator` made by
   the LoRA-adapted diffusion model (base diffusion -> LoRA -> auxiliary classifier -> synthesis);
-- ``graph.train(method, seed, inputs)`` -- the method's own classifier-training stage over those inputs.
+- ``graph.train(method, seed, inputs)`` -- the method's own classifier-training stage over those inputs;
+- ``graph.features(classifier)``, ``graph.feature_diffusion(features)``, ``graph.pseudo_features(...)``,
+  ``graph.label_shift(base, ...)`` -- feature-space stages (LDMLR, label shift).
 
 A method's own settings are validated when the experiment loads (``check_config``), before any stage runs.
 """
@@ -118,14 +120,21 @@ class Method:
         return graph.train(self, seed, inputs, per_class=per_class)
 
     # --- training (inside the train stage) ------------------------------------------------------------------
-    def training_data(self, split, real: ArrayData, inputs: dict, data_cfg, per_class: int | None) -> ArrayData:
-        """Real training images, plus the synthetic ones (training split only, never val or test)."""
+    def training_data(self, split, real: ArrayData, inputs: dict, data_cfg, per_class: int | None,
+                      params: dict[str, Any] | None = None) -> ArrayData:
+        """Real training images, plus the synthetic ones (training split only, never val or test); ``params``:
+        the method's ``method_params`` entry."""
         if "synthetic" not in inputs:
             return real
         from ..data.synthetic import SyntheticSet
         syn = SyntheticSet.read(inputs["synthetic"].path).select(per_class)
         images, labels = syn.load_images(split.class_names, data_cfg.image_size, data_cfg.channels)
         return ArrayData(np.concatenate([real.images, images]), np.concatenate([real.labels, labels]))
+
+    def validation_data(self, split, val: ArrayData, inputs: dict):
+        """What model selection scores each epoch: the validation images (default) or, for a method that
+        trains on cached features, the validation features (:class:`~tailsynth.training.FeatureData`)."""
+        return val
 
     def init_model(self, model: torch.nn.Module, inputs: dict, seed: int) -> str:
         """Prepare the fresh network; returns which parameters train: "all" or "head"."""

@@ -80,7 +80,7 @@ def run_experiment(cfg: ExperimentConfig, runs_dir: str | Path, *, force: set[st
     result.wall_time_s = time.time() - started
     if not plan_only and main:
         result.report_dir = _write_report(cfg, runs_dir, runner, result, quality, n_default, command,
-                                          graph.synthetic_sets)
+                                          graph.synthetic_sets, graph.pseudo_sets)
     return result
 
 
@@ -99,7 +99,7 @@ def settings_digest(cfg: ExperimentConfig) -> str:
 
 def _write_report(cfg: ExperimentConfig, runs_dir, runner: Runner, result: ExperimentResult,
                   quality: Artifact | None, n_default: int, command: str,
-                  graph_sets: dict[str, Artifact]) -> Path:
+                  graph_sets: dict[str, Artifact], pseudo_sets: dict[str, Artifact] | None = None) -> Path:
     from ..report import write_report
     from ..report.quality import quality_table, settings_table, synthetic_summary, synthetic_table
     from ..report.sweep import sweep_points, sweep_sections
@@ -127,6 +127,13 @@ def _write_report(cfg: ExperimentConfig, runs_dir, runner: Runner, result: Exper
             summary[name] = synthetic_summary(rows, settings[name].get("threshold"))
         sections += [settings_table(settings), synthetic_table(summary)]
         results["synthetic_sets"] = {"settings": settings, "per_class": summary}
+    for label, artifact in (pseudo_sets or {}).items():
+        from ..report.feature_quality import quality_table as pseudo_table
+        pq = read_json(artifact.file("quality.json"))
+        results.setdefault("pseudo_features", {})[label] = pq
+        sections += [pseudo_table(label, pq),
+                     (f"Pseudo-features of {label}: real (blue) vs generated (orange) training features, first two "
+                      "principal components of the real features", artifact.file("pca.png").read_bytes())]
     if quality is not None:
         results["oracle_accuracy"] = read_json(quality.file("quality.json"))
         sections += [quality_table(results["oracle_accuracy"]),

@@ -86,6 +86,10 @@ def check_pretrained(cfg: ExperimentConfig) -> None:
 
 def describe_cost(stage: str, cfg: StrictConfig) -> str:
     """A rough size of a stage's work for ``--plan`` (epochs, optimisation steps, images)."""
+    if stage == "train_feature_diffusion":
+        return f"{cfg.diffusion.steps} steps x batch {cfg.diffusion.batch_size} (feature vectors)"
+    if stage == "sample_pseudo_features":
+        return f"ratio {cfg.pseudo.ratio} ({cfg.pseudo.classes}), {cfg.pseudo.sampling.sampler} {cfg.pseudo.sampling.num_steps} steps"
     if stage in ("train_classifier", "train_oracle"):
         return f"{cfg.train.epochs} epochs x batch {cfg.train.batch_size}"
     if stage == "train_diffusion":
@@ -111,6 +115,7 @@ class StageGraph:
         self._done: dict[tuple[str, str], Artifact] = {}
         self._split: Artifact | None = None
         self._weights_sha: dict[str, str] = {}
+        self.pseudo_sets: dict[str, Artifact] = {}  # report label -> its pseudo-feature set (LDMLR)
 
     def run(self, stage: Stage, cfg: StrictConfig, inputs: dict[str, Artifact], seed: int | None,
             label: str) -> Artifact:
@@ -142,11 +147,13 @@ class StageGraph:
         return METHODS.get(name).classifier(self, seed, per_class)
 
     def train(self, method: Method, seed: int, inputs: dict[str, Artifact], *, per_class: int | None = None,
-              epochs: int | None = None) -> Artifact:
+              epochs: int | None = None, train: TrainConfig | None = None) -> Artifact:
         """``method``'s classifier-training stage on the split plus ``inputs``; ``per_class`` synthetic images
-        per tail class (a sweep row), ``epochs`` instead of the experiment's (cRT)."""
+        per tail class (a sweep row), ``epochs`` instead of the experiment's (cRT), ``train`` instead of the
+        experiment's classifier config (LDMLR's head fine-tune)."""
         cfg = self.config
-        train_cfg = cfg.classifier if epochs is None else cfg.classifier.model_copy(update={"epochs": epochs})
+        train_cfg = train if train is not None else cfg.classifier
+        train_cfg = train_cfg if epochs is None else train_cfg.model_copy(update={"epochs": epochs})
         extra: dict[str, Any] = {}
         label = method.name
         if "synthetic" in inputs:
@@ -200,6 +207,37 @@ class StageGraph:
                             s.seed, f"synthesis {generator.name}")
         self.synthetic_sets[generator.name] = artifact
         return artifact
+
+    # --- feature space (LDMLR, label shift; pipeline.feature_stages) -----------------------------------------------
+    def features(self, classifier: Artifact, train_augment=None, seed: int = 0) -> Artifact:
+        """Penultimate features of ``classifier`` on train / val / test."""
+        from .feature_stages import ENCODE, EncodeStageConfig
+        cfg = EncodeStageConfig(data=self.config.data, train_augment=train_augment, seed=seed, device=self.config.device)
+        return self.run(ENCODE, cfg, {"split": self.split(), "classifier": classifier}, seed,
+                        f"features of {classifier.fingerprint[:8]}")
+
+    def feature_diffusion(self, features: Artifact, diffusion) -> Artifact:
+        """A class-conditional diffusion model on the training features (``diffusion``: FeatureDiffusionConfig)."""
+        from .feature_stages import TRAIN_FEATURE_DIFFUSION, FeatureDiffusionStageConfig
+        cfg = FeatureDiffusionStageConfig(diffusion=diffusion, device=self.config.device)
+        return self.run(TRAIN_FEATURE_DIFFUSION, cfg, {"split": self.split(), "features": features}, diffusion.seed,
+                        f"feature diffusion on {features.fingerprint[:8]}")
+
+    def pseudo_features(self, features: Artifact, diffusion: Artifact, pseudo, label: str) -> Artifact:
+        """Pseudo-features per class from ``diffusion`` (``pseudo``: PseudoFeatureConfig); shown in the report."""
+        from .feature_stages import SAMPLE_PSEUDO, PseudoStageConfig
+        cfg = PseudoStageConfig(pseudo=pseudo, device=self.config.device)
+        artifact = self.run(SAMPLE_PSEUDO, cfg, {"split": self.split(), "features": features, "diffusion": diffusion},
+                            pseudo.seed, f"pseudo-features for {label}")
+        self.pseudo_sets.setdefault(label, artifact)
+        return artifact
+
+    def label_shift(self, base: Artifact, method: str, seed: int, label_shift) -> Artifact:
+        """``base`` re-calibrated by the training prior (``label_shift``: LabelShiftConfig); a classifier artifact."""
+        from .feature_stages import LABEL_SHIFT, LabelShiftStageConfig
+        cfg = LabelShiftStageConfig(label_shift=label_shift, method=method, data=self.config.data,
+                                    device=self.config.device)
+        return self.run(LABEL_SHIFT, cfg, {"split": self.split(), "base": base}, seed, f"{method} seed {seed}")
 
     def quality(self) -> Artifact:
         """Oracle on the full pool (report only) and its verdict on every synthetic set (LoGex §4.4)."""

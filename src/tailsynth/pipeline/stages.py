@@ -63,8 +63,9 @@ def run_train(cfg: TrainStageConfig, inputs: dict[str, Artifact], workdir: Path)
         return {"best_epoch": summary["best_epoch"], "best_score": summary["best_score"]}
     split = read_split(inputs["split"])
     train = method.training_data(split, split_data(split, cfg.data, "train"), inputs, cfg.data,
-                                 cfg.synthetic_per_class)
-    val = split_data(split, cfg.data, "val")
+                                 cfg.synthetic_per_class, cfg.criterion_params)
+    val_images = split_data(split, cfg.data, "val")
+    val = method.validation_data(split, val_images, inputs)
     counts = np.bincount(train.labels, minlength=len(split.class_names))
     missing = [split.class_names[c] for c in range(len(counts)) if counts[c] == 0]
     if missing:
@@ -79,7 +80,7 @@ def run_train(cfg: TrainStageConfig, inputs: dict[str, Artifact], workdir: Path)
                   device=device, select=select, trainable=trainable)
     save_weights(model, workdir / "model.safetensors")
     if split.tail_classes:
-        card["tail_threshold"] = calibrate_tail_threshold(model, val, split, device)
+        card["tail_threshold"] = calibrate_tail_threshold(model, val_images, split, device)
     atomic_write_json(workdir / "history.json", summary)
     atomic_write_json(workdir / "model.json", card)  # last: its presence marks the work as finished
     drop_checkpoints(workdir)

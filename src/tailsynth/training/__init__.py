@@ -2,7 +2,7 @@
 from .batches import FeatureBatches, ImageBatches
 from .config import AugmentConfig, TrainConfig
 from .objectives import CriterionObjective, Objective
-from .trainer import ArrayData, fit, learning_rate, predict
+from .trainer import ArrayData, FeatureData, fit, learning_rate, predict, validation_logits
 
-__all__ = ["AugmentConfig", "ArrayData", "CriterionObjective", "FeatureBatches", "ImageBatches", "Objective",
-           "TrainConfig", "fit", "learning_rate", "predict"]
+__all__ = ["AugmentConfig", "ArrayData", "CriterionObjective", "FeatureBatches", "FeatureData", "ImageBatches", "Objective",
+           "TrainConfig", "fit", "learning_rate", "predict", "validation_logits"]

@@ -39,14 +39,17 @@ class ImageBatches:
 
 
 class FeatureBatches:
-    """Cached feature vectors (N, D) float32 and labels (N,) -> ``{"z": (B, D), "y": (B,)}``, shuffled;
-    for objectives that train a head on features without an image forward pass (LDMLR, cRT on features)."""
+    """Cached feature vectors (N, D) float32 and labels (N,) -> ``{"z": (B, D), "y": (B,)}`` (+ ``"pseudo"``
+    (B,) bool when ``pseudo`` flags generated vectors), in a registered sampler's order; for objectives that
+    train a head on features without an image forward pass (LDMLR)."""
 
-    def __init__(self, features: np.ndarray, labels: np.ndarray, sampler: str = "instance"):
+    def __init__(self, features: np.ndarray, labels: np.ndarray, sampler: str = "instance",
+                 pseudo: np.ndarray | None = None):
         if len(features) != len(labels):
             raise TailsynthError(f"{len(features)} feature vectors but {len(labels)} labels")
         self.features = torch.as_tensor(np.asarray(features, dtype=np.float32))
         self.labels, self.order_fn = np.asarray(labels, dtype=np.int64), SAMPLERS.get(sampler)
+        self.pseudo = None if pseudo is None else torch.as_tensor(np.asarray(pseudo, dtype=bool))
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -55,4 +58,7 @@ class FeatureBatches:
         order = self.order_fn(self.labels, generator)
         for b in range(math.ceil(len(self) / batch_size)):
             idx = torch.as_tensor(order[b * batch_size:(b + 1) * batch_size])
-            yield {"z": self.features[idx], "y": torch.from_numpy(self.labels[idx.numpy()])}
+            batch = {"z": self.features[idx], "y": torch.from_numpy(self.labels[idx.numpy()])}
+            if self.pseudo is not None:
+                batch["pseudo"] = self.pseudo[idx]
+            yield batch

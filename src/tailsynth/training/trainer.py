@@ -37,6 +37,34 @@ class ArrayData:
             raise TailsynthError(f"{len(self.images)} images but {len(self.labels)} labels")
 
 
+@dataclass
+class FeatureData:
+    """Cached feature vectors (N, D) float32 and labels (N,); ``pseudo`` (N,) bool marks generated ones (LDMLR).
+    A method that trains a classifier layer on features gives these instead of images (no image forward pass)."""
+
+    features: np.ndarray
+    labels: np.ndarray
+    pseudo: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.features) != len(self.labels):
+            raise TailsynthError(f"{len(self.features)} feature vectors but {len(self.labels)} labels")
+        if self.pseudo is not None and len(self.pseudo) != len(self.labels):
+            raise TailsynthError(f"{len(self.pseudo)} pseudo flags for {len(self.labels)} feature vectors")
+
+
+@torch.no_grad()
+def validation_logits(model: torch.nn.Module, val, device: torch.device, batch_size: int = 512) -> np.ndarray:
+    """Logits of the validation split in eval mode: from images (:class:`ArrayData`) through the whole network,
+    or from cached features (:class:`FeatureData`) through the classifier layer alone."""
+    if isinstance(val, FeatureData):
+        model.eval()
+        z = torch.as_tensor(np.asarray(val.features, dtype=np.float32))
+        out = [model.forward_head(z[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(z), batch_size)]
+        return torch.cat(out).numpy() if out else np.zeros((0, model.num_classes), np.float32)
+    return predict(model, val.images, device, batch_size, amp=False)[0]
+
+
 def learning_rate(cfg: TrainConfig, step: int, total_steps: int, epoch: int, drop_epoch: int | None) -> float:
     """Linear warm-up, then cosine from ``lr`` to ``min_lr`` or constant ``lr`` (``cfg.lr_schedule``; auto:
     constant under DRW, as the LoGex code); x0.1 from ``drop_epoch`` (DRW, Cao et al. 2019)."""
@@ -79,7 +107,7 @@ def _set_train_mode(model: torch.nn.Module, trainable: str) -> None:
         model.head.train()
 
 
-def fit(model: torch.nn.Module, objective: Objective, batches, val: ArrayData,
+def fit(model: torch.nn.Module, objective: Objective, batches, val: "ArrayData | FeatureData",
         cfg: TrainConfig, workdir: Path, *, seed: int, device: torch.device, select: SelectFn | None,
         trainable: str = "all", log: Callable[[str], None] = print, progress: bool | None = None) -> dict:
     """Train ``model`` in place, checkpointing to ``workdir`` each epoch; leave the selected weights in
@@ -158,7 +186,7 @@ def fit(model: torch.nn.Module, objective: Objective, batches, val: ArrayData,
         if cfg.selection == "last" or select is None:
             score = float(epoch)
         else:
-            val_logits, _ = predict(model, val.images, device, cfg.eval_batch_size, amp=False)  # as evaluation
+            val_logits = validation_logits(model, val, device, cfg.eval_batch_size)  # as evaluation
             score = float(select(val_logits, val.labels))
             record["val_selection"] = score
         if state["best_score"] is None or score > state["best_score"]:
