@@ -38,16 +38,18 @@ from .train import STATE, _checkpoint, _copy_into, _finish, _load_tensors, _resu
 
 
 class FeatureDiffusionConfig(StrictConfig):
-    """The feature denoiser and its training (defaults measured on CIFAR-10-LT / PBC-LT features, CPU)."""
+    """The feature denoiser and its training. Size and length are a CPU-measured choice: hidden 256 x 3 blocks
+    (0.96 M parameters) costs ~25 ms per step of 256 vectors on one core, so 2000 steps take about a minute
+    (the official code: a 1-D UNet, 201 epochs of batch 256, SGD 1e-4 without momentum)."""
 
-    hidden: int = Field(512, ge=8)
-    blocks: int = Field(4, ge=1)
+    hidden: int = Field(256, ge=8)
+    blocks: int = Field(3, ge=1)
     prediction: Literal["epsilon", "sample"] = "epsilon"  # LDMLR Eq. 10; "sample": the code's pred_x0
     normalization: Literal["standardize", "minmax_clip"] = "standardize"
     schedule: Literal["cosine", "linear"] = "cosine"
     num_train_timesteps: int = Field(1000, ge=2)
     label_dropout: float = Field(0.1, ge=0.0, lt=1.0)
-    steps: int = Field(6000, ge=1)
+    steps: int = Field(2000, ge=1)
     batch_size: int = Field(256, ge=1)
     lr: float = Field(1e-3, gt=0)  # LDMLR: Adam 1e-3
     warmup_steps: int = 100
