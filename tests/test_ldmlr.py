@@ -239,3 +239,13 @@ def test_the_ablation_script_reports_val_and_test_per_variant(tiny_run, tmp_path
     assert base["test_acc"][0] == pytest.approx(metrics["acc"], abs=1e-9)  # features through G == images through f
     ablation.write(out, tmp_path / "abl", "cmd", [0])
     assert "| ratio=0.4 |" in (tmp_path / "abl.md").read_text() and (tmp_path / "abl-ratio.png").is_file()
+
+
+def test_class_balanced_batches_draw_every_class_equally_and_reproducibly():
+    from tailsynth.diffusion.feature_diffusion import balanced_indices
+    labels = torch.tensor([0] * 990 + [1] * 10)
+    idx = torch.cat([balanced_indices(s, 256, labels, 2, seed=1) for s in range(40)])
+    share = float((labels[idx] == 1).float().mean())
+    assert 0.46 < share < 0.54  # 10 of 1000 features, half of every batch
+    assert torch.equal(balanced_indices(7, 256, labels, 2, 1), balanced_indices(7, 256, labels, 2, 1))
+    assert not torch.equal(balanced_indices(7, 256, labels, 2, 1), balanced_indices(8, 256, labels, 2, 1))

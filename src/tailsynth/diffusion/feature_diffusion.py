@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from ..config import StrictConfig, to_dict
 from ..errors import TailsynthError
-from ..utils import progress_enabled, read_json, stable_hash
+from ..utils import derive_seed, progress_enabled, read_json, stable_hash
 from .samplers import ddim_sample, ddpm_sample
 from .schedule import add_noise, make_alphas_cumprod
 from .train import STATE, _checkpoint, _copy_into, _finish, _load_tensors, _resume, batch_indices
@@ -49,6 +49,9 @@ class FeatureDiffusionConfig(StrictConfig):
     schedule: Literal["cosine", "linear"] = "cosine"
     num_train_timesteps: int = Field(1000, ge=2)
     label_dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    # batch composition: "instance" (every training feature equally likely, LDMLR) or "class_balanced"
+    # (every class equally likely, then a feature of it: the rare classes' label embeddings get as many updates)
+    sampler: Literal["instance", "class_balanced"] = "instance"
     steps: int = Field(2000, ge=1)
     batch_size: int = Field(256, ge=1)
     lr: float = Field(1e-3, gt=0)  # LDMLR: Adam 1e-3
@@ -220,7 +223,10 @@ def train_feature_diffusion(features, labels, num_classes: int, cfg: FeatureDiff
     model.train()
     for step in tqdm(range(step, stop), desc="feature diffusion", disable=not progress_enabled(), initial=step,
                      total=cfg.steps, mininterval=1.0):
-        idx = batch_indices(step, min(cfg.batch_size, len(y_all)), len(y_all), cfg.seed).to(device)
+        if cfg.sampler == "class_balanced":
+            idx = balanced_indices(step, cfg.batch_size, y_all, num_classes, cfg.seed).to(device)
+        else:
+            idx = batch_indices(step, min(cfg.batch_size, len(y_all)), len(y_all), cfg.seed).to(device)
         for g in opt.param_groups:
             g["lr"] = cfg.lr * _lr_factor(step, cfg)
         loss = model.training_loss(x_all[idx], y_all.to(device)[idx], gen)
@@ -240,6 +246,19 @@ def train_feature_diffusion(features, labels, num_classes: int, cfg: FeatureDiff
     if stop >= cfg.steps:
         _finish(workdir, named, ema, cfg.steps, fingerprint, cfg)
     return model.eval(), losses
+
+
+def balanced_indices(step: int, batch: int, labels: torch.Tensor, num_classes: int, seed: int) -> torch.Tensor:
+    """Batch ``step`` of class-balanced sampling: a class uniformly among those present, then one of its
+    features uniformly, from a generator seeded by (seed, step) (so a resumed run draws the same batches)."""
+    gen = torch.Generator().manual_seed(derive_seed(seed, "balanced", step))
+    present = torch.unique(labels)
+    members = [torch.nonzero(labels == c).view(-1) for c in present.tolist()]
+    pick = torch.randint(0, len(present), (batch,), generator=gen)
+    offset = torch.rand(batch, generator=gen)
+    sizes = torch.tensor([len(m) for m in members])
+    within = (offset * sizes[pick]).long().clamp(max=sizes[pick] - 1)
+    return torch.stack([members[int(c)][int(i)] for c, i in zip(pick, within)])
 
 
 def _lr_factor(step: int, cfg: FeatureDiffusionConfig) -> float:
