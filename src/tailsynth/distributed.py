@@ -6,8 +6,14 @@ artifacts are the same files); the synthesis stage, whose shards are independent
 (seed, class, shard), spreads its shards over all ranks (shard i goes to rank i mod N), each on its own
 device (``cuda:LOCAL_RANK``). A kill of any rank leaves the finished shards in the ``.partial`` folder, and
 the rerun -- with any number of processes -- resumes from them. Ranks synchronise with a gloo process group
-(barriers and one broadcast per stage), so CPUs and GPUs use the same code. Data-parallel training of one
-classifier or denoiser is not implemented: the other ranks wait while rank 0 trains.
+(barriers and one broadcast per stage), so CPUs and GPUs use the same code.
+
+Classifier training is data-parallel: every rank draws the same seeded global batch, takes its contiguous
+slice of it, and the gradients are summed over ranks with each rank's loss weighted by its share of the
+batch, so the step is the single-process step on the global batch (exactly for a plain mean loss, up to
+float summation order; BatchNorm statistics are per rank, as in DistributedDataParallel without SyncBatchNorm,
+which PyTorch offers on GPUs only). Rank 0 alone validates and writes checkpoints; after a kill, every rank
+resumes from rank 0's last checkpoint. Denoiser training runs on rank 0 while the others wait.
 """
 from __future__ import annotations
 
@@ -47,3 +53,28 @@ def broadcast(obj: Any) -> Any:
 
 def local_cuda_device() -> torch.device:
     return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
+
+
+def active() -> bool:
+    import torch.distributed as dist
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def batch_slice(n: int) -> slice:
+    """This rank's contiguous share of a global batch of ``n`` samples (sizes differ by at most one)."""
+    rank, size = world()
+    return slice(rank * n // size, (rank + 1) * n // size)
+
+
+def all_reduce_sum(tensors: list[torch.Tensor]) -> None:
+    """Sum ``tensors`` in place over the ranks (one flattened gloo all-reduce)."""
+    import torch.distributed as dist
+    if not tensors:
+        return
+    flat = torch.cat([t.detach().reshape(-1).float().cpu() for t in tensors])
+    dist.all_reduce(flat)
+    offset = 0
+    for t in tensors:
+        n = t.numel()
+        t.copy_(flat[offset:offset + n].view_as(t).to(t.device, t.dtype))
+        offset += n

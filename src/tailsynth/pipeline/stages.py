@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import distributed
 from ..config import StrictConfig
 from ..data import BenchmarkConfig, Split, build_split
 from ..errors import TailsynthError
@@ -78,6 +79,8 @@ def run_train(cfg: TrainStageConfig, inputs: dict[str, Artifact], workdir: Path)
     select = make_selector(cfg.train.selection, split.head_classes, split.tail_classes)
     summary = fit(model, objective, method.batches(train, cfg.train), val, cfg.train, workdir, seed=cfg.seed,
                   device=device, select=select, trainable=trainable)
+    if distributed.world()[0] != 0:
+        return {}  # data-parallel: rank 0 writes the artifact
     save_weights(model, workdir / "model.safetensors")
     if split.tail_classes:
         card["tail_threshold"] = calibrate_tail_threshold(model, val_images, split, device)
@@ -148,7 +151,7 @@ def run_evaluate(cfg: EvalStageConfig, inputs: dict[str, Artifact], workdir: Pat
 
 
 SPLIT = Stage("split", "1", run_split, "long-tailed benchmark split manifest")
-TRAIN = Stage("train_classifier", "1", run_train, "classifier training (one method, one seed)")
+TRAIN = Stage("train_classifier", "1", run_train, "classifier training (one method, one seed)", sharded=True)
 EVALUATE = Stage("evaluate", "2", run_evaluate, "test metrics, OOD scores and validation metrics")
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .. import distributed
 from ..errors import TailsynthError
 from ..utils import derive_seed, progress_enabled
 from .augment import to_float
@@ -142,6 +143,8 @@ def fit(model: torch.nn.Module, objective: Objective, batches, val: "ArrayData |
     use_amp = cfg.amp and device.type == "cuda"
     extra = {"objective": objective} if any(True for _ in objective.parameters()) else {}
 
+    parallel = distributed.active()
+    main = distributed.world()[0] == 0
     state = load_checkpoint(workdir, model, optimizer, device, extra)
     if state is None:
         state = {"epoch": 0, "best_score": None, "best_epoch": None, "history": []}
@@ -165,14 +168,27 @@ def fit(model: torch.nn.Module, objective: Objective, batches, val: "ArrayData |
             step = epoch * steps_per_epoch + b
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(cfg, step, total_steps, epoch, objective.drop_epoch)
+            if parallel:  # this rank's slice; its loss weighted by its share, gradients summed over ranks
+                batch = {k: v[distributed.batch_slice(n)] for k, v in batch.items()}
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 loss, parts = split_output(objective(model, batch))
-            if not torch.isfinite(loss):
+            if parallel:
+                share = len(batch["y"]) / n
+                total_loss = (loss.detach().float() * share).reshape(1)
+                distributed.all_reduce_sum([total_loss])
+                loss = loss * share
+            if not torch.isfinite(total_loss if parallel else loss):
                 raise TailsynthError(
                     f"loss is {loss.item()} at epoch {epoch + 1}, batch {b + 1}; training stopped. "
                     f"The last good checkpoint (after epoch {state['epoch']}) is kept in {workdir}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if parallel:
+                for p in params:
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+                distributed.all_reduce_sum([p.grad for p in params])
+                loss = total_loss[0]
             optimizer.step()
             total += loss.item() * n
             count += n
@@ -183,7 +199,7 @@ def fit(model: torch.nn.Module, objective: Objective, batches, val: "ArrayData |
         record = {"epoch": epoch + 1, "train_loss": total / max(count, 1), "lr": optimizer.param_groups[0]["lr"]}
         if part_sums:
             record["loss_parts"] = {k: v / max(count, 1) for k, v in part_sums.items()}
-        if cfg.selection == "last" or select is None:
+        if cfg.selection == "last" or select is None or not main:
             score = float(epoch)
         else:
             val_logits = validation_logits(model, val, device, cfg.eval_batch_size)  # as evaluation
@@ -191,11 +207,14 @@ def fit(model: torch.nn.Module, objective: Objective, batches, val: "ArrayData |
             record["val_selection"] = score
         if state["best_score"] is None or score > state["best_score"]:
             state["best_score"], state["best_epoch"] = score, epoch + 1
-            save_weights(model, workdir / "best.safetensors")
+            if main:
+                save_weights(model, workdir / "best.safetensors")
         state["history"].append(record)
         state["epoch"] = epoch + 1
-        save_checkpoint(workdir, model, optimizer, state, extra)
+        if main:
+            save_checkpoint(workdir, model, optimizer, state, extra)
         log(f"epoch {epoch + 1}/{cfg.epochs} loss {record['train_loss']:.4f}"
             + (f" val {cfg.selection} {score:.4f}" if "val_selection" in record else ""))
-    load_weights(model, workdir / "best.safetensors")
+    if main:
+        load_weights(model, workdir / "best.safetensors")
     return {"best_epoch": state["best_epoch"], "best_score": state["best_score"], "history": state["history"]}
