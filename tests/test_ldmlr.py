@@ -133,6 +133,14 @@ def test_feature_distances_against_closed_forms():
     # diagonal Gaussians: FD = |dmu|^2 + sum (s1 - s2)^2
     fd = frechet_distance(np.zeros(2), np.diag([4.0, 1.0]), np.ones(2), np.diag([1.0, 9.0]))
     assert fd == pytest.approx(2.0 + (2 - 1) ** 2 + (1 - 3) ** 2, rel=1e-9)
+    # against scipy's matrix square root on full-rank covariances; finite on singular ones (3 samples in 64-d)
+    from scipy import linalg
+    a, b = rng.normal(size=(300, 6)), rng.normal(size=(300, 6)) * 1.5 + 0.3
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    ref = np.sum((a.mean(0) - b.mean(0)) ** 2) + np.trace(s1 + s2) - 2 * np.trace(np.real(linalg.sqrtm(s1 @ s2)))
+    assert frechet_distance(a.mean(0), s1, b.mean(0), s2) == pytest.approx(ref, rel=1e-8)
+    few = rng.normal(size=(3, 64))
+    assert np.isfinite(distances(few, rng.normal(size=(3, 64)))["frechet"])
 
 
 def test_random_crop_is_torchvisions_pad_and_crop():

@@ -128,8 +128,9 @@ def _write_report(cfg: ExperimentConfig, runs_dir, runner: Runner, result: Exper
         sections += [settings_table(settings), synthetic_table(summary)]
         results["synthetic_sets"] = {"settings": settings, "per_class": summary}
     for label, artifact in (pseudo_sets or {}).items():
+        from ..report.feature_quality import finite_or_none
         from ..report.feature_quality import quality_table as pseudo_table
-        pq = read_json(artifact.file("quality.json"))
+        pq = finite_or_none(read_json(artifact.file("quality.json")))
         results.setdefault("pseudo_features", {})[label] = pq
         sections += [pseudo_table(label, pq),
                      (f"Pseudo-features of {label}: real (blue) vs generated (orange) training features, first two "

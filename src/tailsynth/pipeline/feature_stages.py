@@ -160,7 +160,7 @@ def chosen_classes(split, which: str) -> list[int]:
 def run_sample_pseudo(cfg: PseudoStageConfig, inputs: dict[str, Artifact], workdir: Path) -> dict[str, Any]:
     """LDMLR Eq. 11-12: pseudo-features per class, plus their distance to the real features (quality.json)
     and a PCA plot of real vs generated features per class (pca.png)."""
-    from ..report.feature_quality import feature_quality, pca_plot
+    from ..report.feature_quality import feature_quality, finite_or_none, pca_plot
     split = read_split(inputs["split"])
     fs = FeatureSet.read(inputs["features"].path)
     record = read_json(inputs["diffusion"].file("feature_diffusion.json"))
@@ -180,8 +180,8 @@ def run_sample_pseudo(cfg: PseudoStageConfig, inputs: dict[str, Artifact], workd
     pseudo.write(workdir)
     z_val, y_val = fs.subset("val")
     quality = feature_quality(z_train, y_train, z_val, y_val, feats, labels, split.class_names)
-    atomic_write_json(workdir / "quality.json", {"counts": {split.class_names[c]: k for c, k in counts.items()},
-                                                 **quality})
+    atomic_write_json(workdir / "quality.json", finite_or_none(
+        {"counts": {split.class_names[c]: k for c, k in counts.items()}, **quality}))
     atomic_write_bytes(workdir / "pca.png", pca_plot(z_train, y_train, feats, labels, split.class_names,
                                                      sorted(counts)))
     return {"n_pseudo": n}

@@ -11,12 +11,10 @@ Classes with fewer than two validation features get no entry against val.
 """
 from __future__ import annotations
 
-import warnings
 from typing import Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
-from scipy import linalg
 
 from .plots import figure_png
 
@@ -27,11 +25,25 @@ def _moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def frechet_distance(mu1, s1, mu2, s2) -> float:
-    """Fréchet distance between N(mu1, s1) and N(mu2, s2) (the FID formula)."""
-    with warnings.catch_warnings():  # a class with fewer val samples than dimensions has a singular covariance
-        warnings.simplefilter("ignore")
-        covmean = np.real(linalg.sqrtm(s1 @ s2))
-    return float(np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+    """Fréchet distance between N(mu1, s1) and N(mu2, s2) (the FID formula), with tr (s1 s2)^(1/2) computed as
+    sum sqrt(eig(A s2 A)), A = s1^(1/2) from a symmetric eigendecomposition: finite also when a covariance is
+    singular (fewer samples than dimensions), where a general matrix square root returns NaN."""
+    w, v = np.linalg.eigh((s1 + s1.T) / 2)
+    root = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    m = root @ s2 @ root
+    trace_sqrt = float(np.sum(np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None))))
+    return float(np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * trace_sqrt)
+
+
+def finite_or_none(obj):
+    """``obj`` with every non-finite float replaced by None (JSON has no NaN)."""
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [finite_or_none(v) for v in obj]
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
 
 
 def distances(gen: np.ndarray, real: np.ndarray) -> dict[str, float]:
@@ -77,9 +89,9 @@ def quality_rows(quality: dict) -> list[list[str]]:
         g, t = row.get("gen_vs_val"), row.get("train_vs_val")
 
         def cell(key, a=g, b=t):
-            if a is None:
+            if a is None or a.get(key) is None:
                 return "-"
-            return f"{a[key]:.3f}" + (f" ({b[key]:.3f})" if b is not None else "")
+            return f"{a[key]:.3f}" + (f" ({b[key]:.3f})" if b is not None and b.get(key) is not None else "")
 
         rows.append([name, str(row["n_gen"]), str(row["n_val"]), cell("mean_dist"), cell("cov_dist"), cell("frechet")])
     return rows
