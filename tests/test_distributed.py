@@ -144,17 +144,19 @@ def test_data_parallel_step_equals_the_single_process_step(tmp_path):
 
 def test_a_data_parallel_classifier_matches_within_tolerance_and_a_killed_rank_resumes(tmp_path):
     """A ResNet with BatchNorm, 2 processes vs 1 at the same global batch: BatchNorm statistics are per rank (as
-    DistributedDataParallel without SyncBatchNorm), so the runs differ slightly; stated tolerance: test accuracy
-    within 5 points. Killing rank 1 after the first epoch's checkpoint stops the run; rerunning resumes from rank
+    DistributedDataParallel without SyncBatchNorm), so the runs differ slightly; stated tolerance: bAcc-head and
+    AUROC within 3 points (the 10-shot tail classes' accuracy moves by several points between any two runs that
+    differ in float rounding, so overall accuracy is no measure of the data-parallel step). Killing rank 1 after the first epoch's checkpoint stops the run; rerunning resumes from rank
     0's checkpoint and ends with the weights of an uninterrupted 2-process run."""
     import signal
     import time
-    overrides = tiny("methods=[ce]", "classifier.epochs=4", generator=False)
+    overrides = tiny("methods=[ce]", "classifier.epochs=20", generator=False)  # long enough to be killed mid-way
     assert run_cli(tmp_path / "one", tmp_path, 1, overrides).returncode == 0
     assert run_cli(tmp_path / "two", tmp_path, 2, overrides).returncode == 0
     metrics = {n: json.loads(next((tmp_path / n / "evaluate").glob("*/metrics.json")).read_text())["metrics"]
                for n in ("one", "two")}
-    assert abs(metrics["one"]["acc"] - metrics["two"]["acc"]) <= 0.05, metrics
+    for key in ("bacc_head", "auroc"):
+        assert abs(metrics["one"][key] - metrics["two"][key]) <= 0.03, (key, metrics)
     # the killed run
     proc = run_cli(tmp_path / "killed", tmp_path, 2, overrides, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                    text=True)
