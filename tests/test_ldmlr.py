@@ -58,7 +58,6 @@ def test_ddim_on_a_gaussian_matches_the_exact_posterior_mean_and_the_data_distri
 
 @pytest.mark.slow
 def test_trained_feature_diffusion_samples_each_class_distribution_and_resumes(tmp_path):
-    torch.set_num_threads(1)
     rng = np.random.default_rng(0)
     z = np.concatenate([rng.normal([3.0, 0.0], [0.5, 1.0], (1500, 2)), rng.normal([-2.0, 5.0], [1.0, 0.6], (500, 2))])
     y = np.array([0] * 1500 + [1] * 500)
