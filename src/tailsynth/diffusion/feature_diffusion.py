@@ -34,7 +34,7 @@ from ..errors import TailsynthError
 from ..utils import derive_seed, progress_enabled, read_json, stable_hash
 from .samplers import ddim_sample, ddpm_sample
 from .schedule import add_noise, make_alphas_cumprod
-from .train import STATE, _checkpoint, _copy_into, _finish, _load_tensors, _resume, batch_indices
+from .train import _checkpoint, _copy_into, _finish, _load_tensors, batch_indices, resume_from
 
 
 class FeatureDiffusionConfig(StrictConfig):
@@ -209,15 +209,10 @@ def train_feature_diffusion(features, labels, num_classes: int, cfg: FeatureDiff
     ema = {k: p.detach().float().clone() for k, p in named.items()} if cfg.ema_decay > 0 else {}
     gen = torch.Generator().manual_seed(cfg.seed)
     fingerprint = stable_hash({"cfg": to_dict(cfg), "n": len(y_all), "dim": int(z_all.shape[1]), "k": num_classes})
-    step = 0
-    if (workdir / STATE).is_file():
-        state = read_json(workdir / STATE)
-        if state.get("fingerprint") != fingerprint:
-            raise TailsynthError(f"{workdir} holds a feature-diffusion run with another config or data")
-        if state.get("finished"):
-            _copy_into(named, _load_tensors(workdir / "final.safetensors"), workdir)
-            return model.eval(), []
-        step = _resume(workdir, named, ema, opt, gen, device)
+    step = resume_from(workdir, fingerprint, named, ema, opt, gen, device,
+                       "a feature-diffusion run with another config or data")
+    if step is None:
+        return model.eval(), []
     stop = cfg.steps if max_new_steps is None else min(cfg.steps, step + max_new_steps)
     losses: list[float] = []
     model.train()

@@ -148,15 +148,10 @@ def fit_denoiser(backend, params: dict[str, torch.nn.Parameter], images, cond_id
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
     ema = {k: p.detach().float().clone() for k, p in named.items()} if cfg.ema_decay > 0 else {}
     gen = torch.Generator().manual_seed(seed)  # t, noise, dropout and flips
-    step = 0
-    if (workdir / STATE).is_file():
-        state = read_json(workdir / STATE)
-        if state.get("fingerprint") != fingerprint:
-            raise TailsynthError(f"{workdir} holds a run with another config/seed/data; use a fresh workdir")
-        if state.get("finished"):
-            _copy_into(named, _load_tensors(workdir / "final.safetensors"), workdir)
-            return TrainResult(workdir, int(state["step"]), True)
-        step = _resume(workdir, named, ema, opt, gen, device)
+    step = resume_from(workdir, fingerprint, named, ema, opt, gen, device,
+                       "a run with another config/seed/data; use a fresh workdir")
+    if step is None:
+        return TrainResult(workdir, int(read_json(workdir / STATE)["step"]), True)
     T = backend.alphas_cumprod.shape[0]
     acp = backend.alphas_cumprod.to(device)
     stop = cfg.steps if max_new_steps is None else min(cfg.steps, step + max_new_steps)
@@ -226,6 +221,21 @@ def _checkpoint(workdir: Path, named, ema, opt, gen, step: int, fingerprint: str
     atomic_write_bytes(workdir / "ckpt_optimizer.pt", buffer.getvalue())
     atomic_write_json(workdir / STATE, {"step": step, "finished": False, "fingerprint": fingerprint,
                                         "config": to_dict(cfg)})
+
+
+def resume_from(workdir: Path, fingerprint: str, named, ema, opt, gen, device, mismatch: str) -> int | None:
+    """Steps already done in ``workdir`` (0 for a fresh one, after loading its checkpoint otherwise), or None when
+    the run there is finished (its final weights are then loaded into ``named``). A run with another
+    ``fingerprint`` is an error: "<workdir> holds <mismatch>"."""
+    if not (workdir / STATE).is_file():
+        return 0
+    state = read_json(workdir / STATE)
+    if state.get("fingerprint") != fingerprint:
+        raise TailsynthError(f"{workdir} holds {mismatch}")
+    if state.get("finished"):
+        _copy_into(named, _load_tensors(workdir / "final.safetensors"), workdir)
+        return None
+    return _resume(workdir, named, ema, opt, gen, device)
 
 
 def _resume(workdir: Path, named, ema, opt, gen, device) -> int:
