@@ -198,6 +198,23 @@ class PixelBackend(torch.nn.Module):
         self.class_names.extend(names)
         return list(range(start, start + len(names)))
 
+    # -- conditioning-space anchors (Dream-OOD / BOOD) -------------------------------------------
+    def anchor_embeddings(self, class_ids: torch.Tensor) -> torch.Tensor:
+        """One anchor vector per class (n, T * D): the class's T learned tokens concatenated. Dream-OOD's anchor is
+        the class-name token embedding that the prompt puts in front of the UNet; here the whole condition is the
+        class's token sequence, so its flattening is that embedding, and :meth:`condition_from_anchor` is its
+        exact inverse (an outlier vector replaces all T tokens of the class)."""
+        return self.encode_condition(class_ids=class_ids).flatten(1)
+
+    def condition_from_anchor(self, vectors: torch.Tensor, class_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Condition (n, T, D) from anchor-space vectors (n, T * D) (``class_ids`` unused: the vector is the
+        whole condition)."""
+        t, d = self.cfg.tokens_per_class, self.cfg.cross_attention_dim
+        if vectors.ndim != 2 or vectors.shape[1] != t * d:
+            raise TailsynthError(f"anchor vectors of shape {tuple(vectors.shape)}; the pixel backend's anchor "
+                                 f"dimension is tokens_per_class x cross_attention_dim = {t} x {d} = {t * d}")
+        return vectors.to(self.class_tokens.dtype).view(-1, t, d)
+
     # -- persistence ----------------------------------------------------------------------------
     trains_base = True  # the base model is trained here, on the head images (pipeline stage train_diffusion)
 

@@ -138,6 +138,56 @@ class SDBackend(torch.nn.Module):
             raise TailsynthError(f"image size {image_size} is not divisible by the VAE downsampling factor {factor}")
         return (int(self.unet.config.in_channels), image_size // factor, image_size // factor)
 
+    # -- conditioning-space anchors (Dream-OOD / BOOD) ----------------------------------------------
+    def _name_token_ids(self, name: str) -> list[int]:
+        ids = self.tokenizer(name, add_special_tokens=False).input_ids
+        if not ids:
+            raise TailsynthError(f"class name {name!r} has no tokens")
+        return list(ids)
+
+    def anchor_embeddings(self, class_ids: torch.Tensor) -> torch.Tensor:
+        """The CLIP token-embedding row of each class's name (n, 768 for SD-1.x), Dream-OOD's anchors; a name of
+        several tokens: the mean of their rows (it becomes ONE pseudo-word, see :meth:`condition_from_anchor`)."""
+        table = self.text_encoder.get_input_embeddings().weight
+        rows = [table[torch.as_tensor(self._name_token_ids(self.class_names[int(i)]))].float().mean(0)
+                for i in torch.as_tensor(class_ids).view(-1)]
+        return torch.stack(rows)
+
+    @torch.no_grad()
+    def condition_from_anchor(self, vectors: torch.Tensor, class_ids: torch.Tensor) -> torch.Tensor:
+        """Text-encoder states (n, 77, D) of ``prompt_template`` in which the class name is ONE token position whose
+        input embedding is overwritten by the vector (Dream-OOD stage 3: the class token's embedding row is
+        replaced by an outlier embedding; the rest of the prompt is encoded as usual)."""
+        table = self.text_encoder.get_input_embeddings()
+        if vectors.ndim != 2 or vectors.shape[1] != table.embedding_dim:
+            raise TailsynthError(f"anchor vectors of shape {tuple(vectors.shape)}; this text encoder's token "
+                                 f"embeddings have {table.embedding_dim} dimensions")
+        ids, positions = [], []
+        length = self.tokenizer.model_max_length
+        for i in torch.as_tensor(class_ids).view(-1):
+            name = self.class_names[int(i)]
+            before, _, after = self.cfg.prompt_template.partition("{class_name}")
+            head = self.tokenizer(before.strip(), add_special_tokens=False).input_ids if before.strip() else []
+            tail = self.tokenizer(after.strip(), add_special_tokens=False).input_ids if after.strip() else []
+            seq = [self.tokenizer.bos_token_id, *head, self._name_token_ids(name)[0], *tail, self.tokenizer.eos_token_id]
+            seq = (seq + [self.tokenizer.pad_token_id or self.tokenizer.eos_token_id] * length)[:length]
+            ids.append(seq)
+            positions.append(1 + len(head))
+        rows = torch.arange(len(ids))
+        pos = torch.as_tensor(positions)
+        values = vectors.to(table.weight.device, table.weight.dtype)
+
+        def substitute(_module, _inputs, output):
+            output = output.clone()
+            output[rows, pos] = values
+            return output
+
+        handle = table.register_forward_hook(substitute)
+        try:
+            return self.text_encoder(torch.as_tensor(ids, device=self._device()))[0]
+        finally:
+            handle.remove()
+
     def add_classes(self, names: list[str]) -> list[int]:
         """New classes are just new names in the prompt template (SD already has words)."""
         if not names:

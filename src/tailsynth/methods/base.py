@@ -102,6 +102,8 @@ class Method:
     criterion_params: ClassVar[dict[str, Any]] = {}
     sampler: ClassVar[str] = "instance"
     generator: ClassVar[SyntheticGenerator | None] = None
+    # the test score of this row's FPR@95 / AUROC; None: the experiment's ``primary_score`` (LoGex: P(tail))
+    primary_score: ClassVar[str | None] = None
 
     # --- configuration, checked when the experiment loads -------------------------------------------------
     def check_config(self, exp) -> None:
@@ -135,6 +137,21 @@ class Method:
         """What model selection scores each epoch: the validation images (default) or, for a method that
         trains on cached features, the validation features (:class:`~tailsynth.training.FeatureData`)."""
         return val
+
+    def trained_classes(self, split) -> list[int]:
+        """The classes the classifier learns (each needs training images): all of them, or only the
+        in-distribution head for a method that treats the tail as out-of-distribution (Dream-OOD, BOOD)."""
+        return list(range(len(split.class_names)))
+
+    def head_spec(self, split, inputs: dict, params: dict[str, Any]) -> dict[str, Any] | None:
+        """A classifier head other than the plain linear layer (:func:`tailsynth.models.heads.install_head`),
+        stored in the model card; None: the plain linear layer."""
+        return None
+
+    def selector(self, split, train: TrainConfig):
+        """Model selection on the validation split: the experiment's ``classifier.selection``."""
+        from ..training.selection import make_selector
+        return make_selector(train.selection, split.head_classes, split.tail_classes)
 
     def init_model(self, model: torch.nn.Module, inputs: dict, seed: int) -> str:
         """Prepare the fresh network; returns which parameters train: "all" or "head"."""

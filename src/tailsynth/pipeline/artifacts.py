@@ -15,6 +15,7 @@ import torch
 from ..data import Split, load_images, split_arrays
 from ..diffusion import BACKENDS, load_lora
 from ..models import create_model
+from ..models.heads import install_head
 from ..models.pretrained import IMAGENET_NORM, load_backbone
 from ..training import ArrayData, TrainConfig
 from ..training.checkpoint import load_weights
@@ -52,16 +53,21 @@ def model_card(train: TrainConfig, data, split: Split, method: str, seed: int) -
 def build_model(card: dict[str, Any]) -> torch.nn.Module:
     model = create_model(card["model"], num_classes=card["num_classes"], in_channels=card["in_channels"],
                          width=card["width"], small_input=card["small_input"])
+    if card.get("head"):  # a head other than the plain linear layer (models/heads.py)
+        install_head(model, card["head"])
     if card.get("input_norm"):
         model.set_input_norm(card["input_norm"]["mean"], card["input_norm"]["std"])
     return model
 
 
-def new_classifier(train: TrainConfig, data, split: Split, method: str, seed: int
+def new_classifier(train: TrainConfig, data, split: Split, method: str, seed: int, head: dict | None = None
                    ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """A freshly initialised network and its card; with ``train.pretrained`` its backbone is loaded from the
-    weights file (head re-initialised) and the card stores the input normalisation those weights expect."""
+    weights file (head re-initialised) and the card stores the input normalisation those weights expect;
+    ``head``: a head spec of :func:`tailsynth.models.heads.install_head` (stored in the card)."""
     card = model_card(train, data, split, method, seed)
+    if head:
+        card["head"] = head
     if train.input_norm == "imagenet" or (train.input_norm == "auto" and train.pretrained):
         card["input_norm"] = IMAGENET_NORM if data.channels == 3 else {  # gray: the channels' average
             k: [round(sum(v) / 3, 4)] for k, v in IMAGENET_NORM.items()}

@@ -146,45 +146,68 @@ def run_synthesize(cfg: SynthStageConfig, inputs: dict[str, Artifact], workdir: 
         shard_dir.mkdir(exist_ok=True)
         reused = reuse_shards(cfg, inputs, workdir)
     distributed.barrier()  # the other ranks start once the folder and the reused shards are in place
-    n_shards = -(-s.n_per_class // s.shard_size)
-    done = sum(len(read_json(m)) for m in shard_dir.glob("*.json"))
-    bar = tqdm(total=s.n_per_class * len(split.tail_classes), initial=done, desc=f"synthesis {cfg.method}",
-               unit="img", disable=not progress_enabled())
-    for position, c in enumerate(split.tail_classes):
-        name = split.class_names[c]
-        for k in range(n_shards):
-            marker = shard_dir / f"{c:04d}_{k:04d}.json"
-            if marker.is_file() or (position * n_shards + k) % world_size != rank:  # done, or another rank's
-                continue
-            n = _shard_size(s.n_per_class, s.shard_size, k)
-            seed = derive_seed(s.seed, c, k)
-            generator = torch.Generator().manual_seed(seed)
-            x_T = torch.randn((n, *latent), generator=generator).to(device)
-            targets = torch.full((n,), c, dtype=torch.long, device=device)
-            cond = backend.encode_condition(class_ids=torch.full((n,), cond_of[c], dtype=torch.long, device=device))
-            uncond = backend.null_condition(n).to(device)
-            images, confidence = method.generate(backend, guide, targets, cond, uncond, x_T, s, params, generator)
-            rows = []
-            for i in range(n):
-                index = k * s.shard_size + i
-                rel = f"images/{_safe(name)}/{index:05d}.png"
-                atomic_write_bytes(workdir / rel, _png(images[i]))
-                rows.append({"file": rel, "class": name, "role": "tail", "method": cfg.method, "seed": seed,
-                             "score": round(float(confidence[i]), 6)})
-            atomic_write_json(marker, rows)
-            bar.update(n)
-            bar.set_postfix(mean_conf=f"{float(confidence.float().mean()):.3f}")
-    bar.close()
-    distributed.barrier()  # every rank's shards are written
-    if rank != 0:
+    jobs = [(c, split.class_names[c], s.n_per_class) for c in split.tail_classes]
+
+    def make(c: int, k: int, x_T: torch.Tensor, generator: torch.Generator):
+        n = len(x_T)
+        targets = torch.full((n,), c, dtype=torch.long, device=device)
+        cond = backend.encode_condition(class_ids=torch.full((n,), cond_of[c], dtype=torch.long, device=device))
+        uncond = backend.null_condition(n).to(device)
+        return method.generate(backend, guide, targets, cond, uncond, x_T, s, params, generator)
+
+    write_shards(workdir, jobs, make, latent, s.shard_size, s.seed, cfg.method, "tail", device,
+                 f"synthesis {cfg.method}", "mean_conf")
+    if distributed.world()[0] != 0:
         return {}
-    rows = []
-    for marker in sorted(shard_dir.glob("*.json")):
-        rows += read_json(marker)
-    SyntheticSet(workdir, rows).write()
-    conf = np.array([r["score"] for r in rows])
+    rows = SyntheticSet.read(workdir).rows
+    conf = np.array([float(r["score"]) for r in rows])
     return {"n_images": len(rows), "mean_aux_confidence": float(conf.mean()) if len(conf) else None,
             "reused_shards": reused}
+
+
+def write_shards(workdir: Path, jobs, make, latent: tuple[int, ...], shard_size: int, seed: int, method: str,
+                 role: str, device: torch.device, desc: str, score_name: str = "score") -> None:
+    """The synthesis shard protocol, shared by every generating stage: ``jobs`` = [(class index, class name,
+    images of that class)]; each class's images come in shards of ``shard_size``, shard k of class c from its own
+    generator seeded by (seed, c, k) that first draws x_T, then is handed to ``make(c, k, x_T, generator) ->
+    (images in [0, 1], per-image scores)``. A shard writes its PNGs, then a marker ``shards/CCCC_KKKK.json``
+    (its rows); a marked shard is never redone, so an interrupted stage resumes with exactly the files an
+    uninterrupted one writes. With several processes the shards are dealt round-robin over the ranks; rank 0
+    writes ``synthetic.csv`` (a :class:`SyntheticSet`) once every rank is done."""
+    shard_dir = workdir / "shards"
+    rank, world_size = distributed.world()
+    done = sum(len(read_json(m)) for m in shard_dir.glob("*.json"))
+    bar = tqdm(total=sum(n for _, _, n in jobs), initial=done, desc=desc, unit="img", disable=not progress_enabled())
+    position = 0
+    for c, name, n_class in jobs:
+        for k in range(-(-n_class // shard_size)):
+            marker = shard_dir / f"{c:04d}_{k:04d}.json"
+            mine = position % world_size == rank
+            position += 1
+            if marker.is_file() or not mine:  # done, or another rank's
+                continue
+            n = _shard_size(n_class, shard_size, k)
+            shard_seed = derive_seed(seed, c, k)
+            generator = torch.Generator().manual_seed(shard_seed)
+            x_T = torch.randn((n, *latent), generator=generator).to(device)
+            images, scores = make(c, k, x_T, generator)
+            rows = []
+            for i in range(n):
+                index = k * shard_size + i
+                rel = f"images/{_safe(name)}/{index:05d}.png"
+                atomic_write_bytes(workdir / rel, _png(images[i]))
+                rows.append({"file": rel, "class": name, "role": role, "method": method, "seed": shard_seed,
+                             "score": round(float(scores[i]), 6)})
+            atomic_write_json(marker, rows)
+            bar.update(n)
+            bar.set_postfix({score_name: f"{float(scores.float().mean()):.3f}"})
+    bar.close()
+    distributed.barrier()  # every rank's shards are written
+    if rank == 0:
+        rows = []
+        for marker in sorted(shard_dir.glob("*.json")):
+            rows += read_json(marker)
+        SyntheticSet(workdir, rows).write()
 
 
 def _shard_size(n_per_class: int, shard_size: int, k: int) -> int:

@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 from .. import __version__, distributed
 from ..config import to_dict
+from ..methods import METHODS
 from ..report.sweep import row_label
 from .experiment import ExperimentConfig
 from .graph import StageGraph, check_experiment
@@ -73,7 +74,9 @@ def run_experiment(cfg: ExperimentConfig, runs_dir: str | Path, *, force: set[st
         classifier = graph.classifier(method, seed, per_class)
         label = row_label(method, per_class, n_default)
         result.labels.add(label)
-        result.evaluations.append(graph.run(EVALUATE, eval_cfg, {"split": split, "classifier": classifier},
+        own = METHODS.get(method).primary_score  # a row with its own test score (Dream-OOD, BOOD: energy)
+        row_eval = eval_cfg if own is None else eval_cfg.model_copy(update={"primary_score": own})
+        result.evaluations.append(graph.run(EVALUATE, row_eval, {"split": split, "classifier": classifier},
                                             seed, f"{label} seed {seed}"))
     quality = graph.quality() if graph.synthetic_sets and cfg.oracle is not None else None
     result.plan = graph.plan

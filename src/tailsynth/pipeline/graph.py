@@ -116,6 +116,7 @@ class StageGraph:
         self._split: Artifact | None = None
         self._weights_sha: dict[str, str] = {}
         self.pseudo_sets: dict[str, Artifact] = {}  # report label -> its pseudo-feature set (LDMLR)
+        self.outlier_sets: dict[str, tuple[Artifact, Artifact]] = {}  # dream-ood / bood -> (embeddings, images)
 
     def run(self, stage: Stage, cfg: StrictConfig, inputs: dict[str, Artifact], seed: int | None,
             label: str) -> Artifact:
@@ -238,6 +239,24 @@ class StageGraph:
         cfg = LabelShiftStageConfig(label_shift=label_shift, method=method, data=self.config.data,
                                     device=self.config.device)
         return self.run(LABEL_SHIFT, cfg, {"split": self.split(), "base": base}, seed, f"{method} seed {seed}")
+
+    # --- outliers in the conditioning space (Dream-OOD, BOOD; pipeline.outlier_stages) -------------------------
+    def outlier_embeddings(self, kind: str, encoder: Artifact, settings: dict) -> Artifact:
+        """Stage 2 of Dream-OOD / BOOD on ``encoder``'s embeddings (``settings``: dream_ood= or bood= configs)."""
+        from .outlier_stages import IMAGINE_OUTLIERS, OutlierStageConfig
+        cfg = OutlierStageConfig(kind=kind, data=self.config.data, device=self.config.device, **settings)
+        return self.run(IMAGINE_OUTLIERS, cfg, {"split": self.split(), "encoder": encoder}, None,
+                        f"{kind} outlier embeddings")
+
+    def outlier_images(self, kind: str, embeddings: Artifact, decode) -> Artifact:
+        """Stage 3: the outlier vectors decoded by the base diffusion model (``decode``: DecodeConfig)."""
+        from .outlier_stages import DECODE_OUTLIERS, DecodeStageConfig
+        cfg = DecodeStageConfig(kind=kind, decode=decode, diffusion=self.diffusion, data=self.config.data,
+                                device=self.config.device)
+        artifact = self.run(DECODE_OUTLIERS, cfg, {"split": self.split(), "base": self.base_diffusion(),
+                                                   "outliers": embeddings}, decode.seed, f"{kind} outlier images")
+        self.outlier_sets[kind] = (embeddings, artifact)
+        return artifact
 
     def quality(self) -> Artifact:
         """Oracle on the full pool (report only) and its verdict on every synthetic set (LoGex §4.4)."""

@@ -16,7 +16,6 @@ from ..methods import METHODS
 from ..ood import SCORES, evaluate, evaluate_scores, p_tail, tail_threshold
 from ..training import ArrayData, TrainConfig, fit, predict
 from ..training.checkpoint import save_weights
-from ..training.selection import make_selector
 from ..utils import atomic_write_bytes, atomic_write_json, read_json, resolve_device
 from .artifacts import SPLIT_FILE, drop_checkpoints, load_classifier, new_classifier, read_split, split_data
 from .experiment import DataConfig
@@ -67,16 +66,18 @@ def run_train(cfg: TrainStageConfig, inputs: dict[str, Artifact], workdir: Path)
                                  cfg.synthetic_per_class, cfg.criterion_params)
     val_images = split_data(split, cfg.data, "val")
     val = method.validation_data(split, val_images, inputs)
-    counts = np.bincount(train.labels, minlength=len(split.class_names))
-    missing = [split.class_names[c] for c in range(len(counts)) if counts[c] == 0]
+    labels = np.asarray(train.labels)
+    counts = np.bincount(labels[labels >= 0], minlength=len(split.class_names))  # label -1: an outlier (Dream-OOD)
+    missing = [split.class_names[c] for c in method.trained_classes(split) if counts[c] == 0]
     if missing:
         raise TailsynthError(f"no training images for classes {missing} in {inputs['split'].path}")
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)  # weight initialisation
-    model, card = new_classifier(cfg.train, cfg.data, split, cfg.label or cfg.method, cfg.seed)
+    model, card = new_classifier(cfg.train, cfg.data, split, cfg.label or cfg.method, cfg.seed,
+                                 head=method.head_spec(split, inputs, cfg.criterion_params))
     trainable = method.init_model(model, inputs, cfg.seed)
     objective = method.objective(counts.tolist(), split, cfg.criterion_params)
-    select = make_selector(cfg.train.selection, split.head_classes, split.tail_classes)
+    select = method.selector(split, cfg.train)
     summary = fit(model, objective, method.batches(train, cfg.train), val, cfg.train, workdir, seed=cfg.seed,
                   device=device, select=select, trainable=trainable)
     if distributed.world()[0] != 0:

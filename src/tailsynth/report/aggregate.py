@@ -6,6 +6,7 @@ Format (values are fractions in [0, 1]; tables multiply by 100 as LoGex Tables 1
      "scores":  {NAME: {SCORE: {"fpr95" | "auroc": {"mean", "std", "values"}}}},
      "seeds": [union of all seeds], "command": str, "primary_score": str,
      "method_seeds": {NAME: [seeds]}, "method_commands": {NAME: command that produced the row},
+     "method_primary_score": {NAME: its own primary score, for rows whose FPR@95 / AUROC use another score},
      "runs": {NAME: [{"seed", "path"}]}, "wall_time_s": {NAME: summed training wall time or null}}
 
 ``std`` is the SAMPLE standard deviation (``ddof=1``) when a method has >= 2 seeds and 0.0 for a single
@@ -54,12 +55,21 @@ def group_by_method(runs: Iterable[RunResult]) -> dict[str, list[RunResult]]:
     return groups
 
 
-def _primary(runs: list[RunResult]) -> str:
-    names = sorted({r.primary_score for r in runs})
-    if len(names) > 1:
-        where = ", ".join(f"{r.path} ({r.primary_score})" for r in runs)
-        raise TailsynthError(f"runs of one report use different primary scores {names}: {where}")
-    return names[0]
+def _primary(runs: list[RunResult], preferred: str | None = None) -> str:
+    """The report's primary score: ``preferred`` (the experiment's) when a row uses it, else the one most rows
+    use; rows with their own (Dream-OOD's energy) are listed in ``method_primary_score``. One method's seeds
+    must agree."""
+    for method, group in group_by_method(runs).items():
+        names = sorted({r.primary_score for r in group})
+        if len(names) > 1:
+            where = ", ".join(f"{r.path} ({r.primary_score})" for r in group)
+            raise TailsynthError(f"runs of {method} use different primary scores {names}: {where}")
+    counts: dict[str, int] = {}
+    for r in runs:
+        counts[r.primary_score] = counts.get(r.primary_score, 0) + 1
+    if preferred in counts:
+        return preferred
+    return max(sorted(counts), key=lambda name: counts[name])
 
 
 def _method_block(group: list[RunResult]) -> tuple[dict, dict]:
@@ -71,17 +81,19 @@ def _method_block(group: list[RunResult]) -> tuple[dict, dict]:
     return metrics, scores
 
 
-def aggregate(runs: Iterable[RunResult], command: str = "") -> dict[str, Any]:
+def aggregate(runs: Iterable[RunResult], command: str = "", primary: str | None = None) -> dict[str, Any]:
     """The ``results.json`` dict of ``runs`` (see the module docstring for the format)."""
     runs = list(runs)
     if not runs:
         raise TailsynthError("cannot aggregate zero runs")
     results: dict[str, Any] = {"methods": {}, "scores": {}, "seeds": sorted({r.seed for r in runs}),
-                               "command": command, "primary_score": _primary(runs), "method_seeds": {},
+                               "command": command, "primary_score": _primary(runs, primary), "method_seeds": {},
                                "method_commands": {}, "runs": {}, "wall_time_s": {}}
     for method, group in group_by_method(runs).items():
         results["methods"][method], results["scores"][method] = _method_block(group)
         results["method_seeds"][method] = [r.seed for r in group]
+        if group[0].primary_score != results["primary_score"]:
+            results.setdefault("method_primary_score", {})[method] = group[0].primary_score
         results["method_commands"][method] = command
         results["runs"][method] = [{"seed": r.seed, "path": str(r.path)} for r in group]
         walls = [r.wall_time_s for r in group]
@@ -103,7 +115,8 @@ def read_results(path: str | Path) -> dict[str, Any]:
     return data
 
 
-_PER_METHOD = ("methods", "scores", "method_seeds", "method_commands", "runs", "wall_time_s", "config_digest")
+_PER_METHOD = ("methods", "scores", "method_seeds", "method_commands", "runs", "wall_time_s", "config_digest",
+               "method_primary_score")
 
 
 def merge_results(old: Mapping[str, Any], new: Mapping[str, Any], where: str = "results.json") -> dict:
@@ -128,7 +141,7 @@ def merge_results(old: Mapping[str, Any], new: Mapping[str, Any], where: str = "
 
 def write_results_json(path: str | Path, runs: Iterable[RunResult], command: str = "",
                        extra: Mapping[str, Any] | None = None,
-                       config_digest: Mapping[str, str] | None = None) -> dict[str, Any]:
+                       config_digest: Mapping[str, str] | None = None, primary: str | None = None) -> dict[str, Any]:
     """Aggregate ``runs`` and write ``path`` atomically, merging with an existing file; returns the dict.
 
     ``extra`` adds top-level keys (it may not replace the per-method blocks). ``config_digest``: per method,
@@ -136,7 +149,7 @@ def write_results_json(path: str | Path, runs: Iterable[RunResult], command: str
     rows come from different settings flags them.
     """
     path = Path(path)
-    results = aggregate(runs, command)
+    results = aggregate(runs, command, primary)
     results["config_digest"] = {m: (config_digest or {}).get(m) for m in results["methods"]}
     for key, value in (extra or {}).items():
         if key in _PER_METHOD or key in ("seeds", "primary_score"):

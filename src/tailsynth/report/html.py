@@ -81,12 +81,13 @@ def _figures(results: Mapping[str, Any], runs: Sequence[RunResult], order: Seque
     ordered.update({m: g for m, g in groups.items() if m not in ordered})
     primary = results.get("primary_score", "p_tail")
     out = []
-    roc = plot_roc(ordered, primary)
+    own = results.get("method_primary_score") or {}
+    roc = plot_roc(ordered, primary, own)
     if roc is not None:
         out.append(_section(f"ROC curves: {score_label(primary)}", png_img(roc, "ROC curves")
                             + '<p class="caption">One curve per method from its lowest seed (not pooled over '
                               'seeds); head is the positive class, dashed line at TPR 95 %.</p>'))
-    hist = plot_histograms(ordered, primary)
+    hist = plot_histograms(ordered, primary, own)
     if hist is not None:
         out.append(_section(f"{score_label(primary)} on head vs tail test images", png_img(hist, "histograms")
                             + '<p class="caption">Lowest seed of each method; densities.</p>'))

@@ -32,11 +32,14 @@ def figure_png(fig: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def representative_runs(groups: Mapping[str, Sequence[RunResult]], score: str) -> dict[str, RunResult]:
-    """{method: its lowest-seed run} among runs that hold the per-sample ``score`` with head and tail."""
+def representative_runs(groups: Mapping[str, Sequence[RunResult]], score: str,
+                        own: Mapping[str, str] | None = None) -> dict[str, RunResult]:
+    """{method: its lowest-seed run} among runs that hold the per-sample ``score`` (``own[method]`` for a row
+    with its own score) with head and tail."""
     chosen = {}
     for method, runs in groups.items():
-        usable = [r for r in runs if score in r.score_arrays and r.is_tail is not None
+        name = (own or {}).get(method, score)
+        usable = [r for r in runs if name in r.score_arrays and r.is_tail is not None
                   and r.is_tail.any() and (~r.is_tail).any()]
         if usable:
             chosen[method] = min(usable, key=lambda r: r.seed)
@@ -51,16 +54,21 @@ def roc_points(run: RunResult, score: str) -> tuple[np.ndarray, np.ndarray, floa
     return fpr, tpr, float(roc_auc_score(is_head, head_likeness))
 
 
-def plot_roc(groups: Mapping[str, Sequence[RunResult]], score: str) -> bytes | None:
-    """One ROC curve per method (lowest seed) for ``score``; None when no run holds that score."""
-    runs = representative_runs(groups, score)
+def plot_roc(groups: Mapping[str, Sequence[RunResult]], score: str, own: Mapping[str, str] | None = None
+             ) -> bytes | None:
+    """One ROC curve per method (lowest seed) for ``score`` (``own[method]`` for a row with its own primary
+    score, named in its legend entry); None when no run holds that score."""
+    own = own or {}
+    runs = representative_runs(groups, score, own)
     if not runs:
         return None
     fig = Figure(figsize=(5.5, 5.0))
     ax = fig.add_subplot(1, 1, 1)
     for method, run in runs.items():
-        fpr, tpr, auc = roc_points(run, score)
-        ax.plot(fpr, tpr, lw=1.6, label=f"{method} (seed {run.seed}, AUROC {100 * auc:.2f})")
+        name = own.get(method, score)
+        fpr, tpr, auc = roc_points(run, name)
+        which = f", {score_label(name)}" if name != score else ""
+        ax.plot(fpr, tpr, lw=1.6, label=f"{method} (seed {run.seed}{which}, AUROC {100 * auc:.2f})")
     ax.axhline(0.95, color="grey", ls="--", lw=0.8, label="TPR 95 %")
     ax.plot([0, 1], [0, 1], color="lightgrey", lw=0.8)
     ax.set_xlabel("FPR: tail accepted as head")
@@ -72,9 +80,11 @@ def plot_roc(groups: Mapping[str, Sequence[RunResult]], score: str) -> bytes | N
     return figure_png(fig)
 
 
-def plot_histograms(groups: Mapping[str, Sequence[RunResult]], score: str) -> bytes | None:
-    """Per method (lowest seed): density histograms of ``score`` on head vs tail test images."""
-    runs = representative_runs(groups, score)
+def plot_histograms(groups: Mapping[str, Sequence[RunResult]], score: str, own: Mapping[str, str] | None = None
+                    ) -> bytes | None:
+    """Per method (lowest seed): density histograms of ``score`` (``own[method]``) on head vs tail test images."""
+    own = own or {}
+    runs = representative_runs(groups, score, own)
     if not runs:
         return None
     ncols = min(3, len(runs))
@@ -82,13 +92,14 @@ def plot_histograms(groups: Mapping[str, Sequence[RunResult]], score: str) -> by
     fig = Figure(figsize=(4.0 * ncols, 3.0 * nrows))
     for i, (method, run) in enumerate(runs.items()):
         ax = fig.add_subplot(nrows, ncols, i + 1)
-        values = run.score_arrays[score]
+        name = own.get(method, score)
+        values = run.score_arrays[name]
         finite = values[np.isfinite(values)]
         bins = np.histogram_bin_edges(finite, bins=40) if finite.size else 10
         ax.hist(values[~run.is_tail], bins=bins, density=True, alpha=0.6, label="head", color="tab:blue")
         ax.hist(values[run.is_tail], bins=bins, density=True, alpha=0.6, label="tail", color="tab:red")
         ax.set_title(f"{method} (seed {run.seed})", fontsize=9)
-        ax.set_xlabel(score_label(score), fontsize=8)
+        ax.set_xlabel(score_label(name), fontsize=8)
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=7)
     fig.tight_layout()

@@ -56,6 +56,11 @@ def method_table(results: Mapping[str, Any], order: Sequence[str] | None = None)
                f"{primary} score on the test split" + ("; val columns: the same on the validation split, where "
                                                       "choices are made" if with_val else "")
                + ". Bold: best, underlined: second best per column.")
+    own = {m: results.get("method_primary_score", {}).get(m) for m in methods}
+    own = {m: score for m, score in own.items() if score}
+    if own:
+        caption += (" Rows with their own test score (FPR@95 / AUROC of it): "
+                    + ", ".join(f"{m}: {score_label(score)}" for m, score in own.items()) + ".")
     if mixed:
         caption += (" WARNING: the rows were made with different non-method settings (column 'settings' = a "
                     "digest of the experiment config without its method lists); compare only rows that share it.")

@@ -49,7 +49,9 @@ def write_report(run_dirs: Iterable[str | Path], out_dir: str | Path, command: s
     runs = load_runs(run_dirs)
     json_path = out_dir / RESULTS_JSON
     extra = {"meta": {k: meta[k] for k in _META_KEYS if meta.get(k) is not None}, **(extra_results or {})}
-    results = write_results_json(json_path, runs, command, extra=extra, config_digest=config_digest)
+    primary = (meta.get("config") or {}).get("primary_score")  # the experiment's; rows may have their own
+    results = write_results_json(json_path, runs, command, extra=extra, config_digest=config_digest,
+                                 primary=primary)
     plot_runs = runs + _kept_runs(results, {r.method for r in runs})
     md_path = out_dir / REPORT_MD
     tables = [section for section in extra_sections if isinstance(section, Table)]

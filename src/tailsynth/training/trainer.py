@@ -214,7 +214,7 @@ def fit(model: torch.nn.Module, objective: Objective, batches, val: "ArrayData |
         if main:
             save_checkpoint(workdir, model, optimizer, state, extra)
         log(f"epoch {epoch + 1}/{cfg.epochs} loss {record['train_loss']:.4f}"
-            + (f" val {cfg.selection} {score:.4f}" if "val_selection" in record else ""))
+            + (f" val {getattr(select, 'label', cfg.selection)} {score:.4f}" if "val_selection" in record else ""))
     if main:
         load_weights(model, workdir / "best.safetensors")
     return {"best_epoch": state["best_epoch"], "best_score": state["best_score"], "history": state["history"]}

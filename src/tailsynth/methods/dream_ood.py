@@ -1,0 +1,223 @@
+"""Dream-OOD (Du et al., NeurIPS 2023, "Dream the Impossible: Outlier Imagination with Diffusion Models"),
+four stages, each a cached artifact; the tail-detection protocol of LoGex §4.1.
+
+1. ``vmf-encoder``: a classifier whose pooled features are projected to the diffusion model's conditioning
+   width, logits = cos(W f(x), a_c) / tau (tau 0.1) with fixed anchors a_c = the class's conditioning
+   embedding (:class:`~tailsynth.models.heads.AnchorCosineHead`; pixel backend: the class's learned tokens,
+   concatenated; Stable Diffusion: the CLIP token-embedding row of the class name), CE on the
+   in-distribution (head) classes only.
+2. ``imagine_outliers``: low-likelihood sampling around each class's boundary
+   (:mod:`tailsynth.outliers.dream_ood`), rescaled to the anchor's norm.
+3. ``decode_outliers``: each outlier vector replaces the class's conditioning embedding in the base
+   diffusion model (head-only, no LoRA), DDIM with CFG; images with role ``outlier``.
+4. This method's classifier: a head-only network (tail logits absent) trained from scratch with the
+   experiment's recipe on L = CE(ID) + w * CE(MLP(logsumexp(logits)), in/out), MLP 1 -> 512 -> 2 (the
+   official code; w = 1 for ImageNet-100, 2.5 for CIFAR-100). Dream-OOD never sees a tail class, so the real
+   tail training images join the generated outliers as out-of-distribution (LoGex §4.1: 1432 generated +
+   120 real). Test score: the energy over the in-distribution logits (``energy_head``); model selection on
+   the validation split by bAcc-head - FPR@95 of that score (LoGex's criterion with this row's score).
+
+BOOD (``methods/bood.py``) shares stages 1, 3 and 4; only stage 2 differs.
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from ..config import StrictConfig, build_config
+from ..errors import TailsynthError
+from ..losses import build_criterion
+from ..ood.metrics import balanced_accuracy_on, fpr_at_tpr
+from ..outliers import DecodeConfig, DreamOodSamplingConfig
+from ..training import ArrayData
+from ..training.objectives import CriterionObjective, Objective
+from .base import Method
+from .registry import register
+
+OUTLIER_LABEL = -1  # training label of an out-of-distribution image (generated outlier or real tail image)
+
+
+class VmfEncoderConfig(StrictConfig):
+    """``method_params.vmf-encoder``: Dream-OOD's temperature (Eq. 2; the paper and code: 0.1)."""
+
+    tau: float = Field(0.1, gt=0)
+
+
+def _head_only_bacc(split):
+    head = list(split.head_classes)
+
+    def select(logits: np.ndarray, labels: np.ndarray) -> float:
+        keep = np.isin(labels, head)
+        return float(balanced_accuracy_on(labels[keep], logits[keep].argmax(1), head))
+
+    select.label = "bacc_head"
+    return select
+
+
+@register
+class VmfEncoder(Method):
+    """Dream-OOD stage 1: the text-conditioned latent space (an artifact of Dream-OOD and BOOD, not a table row)."""
+
+    name = "vmf-encoder"
+    reference = "Dream-OOD stage 1: cos(W f(x), a_c) / tau with fixed conditioning-space anchors, CE on the head"
+    primary_score = "energy_head"  # a head-only classifier: P(tail) is 0 for every image
+
+    def check_config(self, exp) -> None:
+        build_config(VmfEncoderConfig, exp.method_params.get(self.name, {}), f"method_params.{self.name}")
+
+    def classifier(self, graph, seed, per_class=None):
+        return graph.train(self, seed, {"base": graph.base_diffusion()})
+
+    def trained_classes(self, split):
+        return list(split.head_classes)
+
+    def training_data(self, split, real, inputs, data_cfg, per_class, params=None):
+        keep = np.isin(real.labels, split.head_classes)
+        return ArrayData(real.images[keep], real.labels[keep])
+
+    def head_spec(self, split, inputs, params):
+        anchors = self.anchors(split, inputs)
+        tau = build_config(VmfEncoderConfig, params or {}, f"method_params.{self.name}").tau
+        return {"kind": "anchor_cosine", "dim": int(anchors.shape[1]), "tau": tau, "classes": list(split.head_classes)}
+
+    @staticmethod
+    def anchors(split, inputs) -> torch.Tensor:
+        """(K, D) anchors: row c = the base diffusion model's conditioning embedding of head class c, zeros for
+        the tail (classes the base model never saw)."""
+        from ..pipeline.artifacts import load_base
+        from ..pipeline.diffusion_stages import DiffusionConfig
+        from ..utils import read_json
+        record = read_json(inputs["base"].path / "manifest.json")["config"]["diffusion"]
+        diffusion = build_config(DiffusionConfig, record, "base diffusion manifest")
+        backend = load_base(inputs["base"].path, diffusion, torch.device("cpu"))
+        head = list(split.head_classes)
+        if not getattr(backend, "trains_base", True):
+            backend.add_classes([split.class_names[c] for c in head])
+        with torch.no_grad():
+            rows = backend.anchor_embeddings(torch.arange(len(head))).float()
+        anchors = torch.zeros(len(split.class_names), rows.shape[1])
+        anchors[torch.as_tensor(head)] = rows
+        return anchors
+
+    def init_model(self, model, inputs, seed):
+        from ..pipeline.artifacts import read_split
+        model.head.set_anchors(self.anchors(read_split(inputs["split"]), inputs))
+        return "all"
+
+    def objective(self, class_counts, split, params):
+        return CriterionObjective(build_criterion("ce", class_counts))
+
+    def selector(self, split, train):
+        return _head_only_bacc(split)
+
+
+class OutlierExposureConfig(StrictConfig):
+    """Settings shared by Dream-OOD and BOOD's stages 3-4."""
+
+    encoder_seed: int = 0  # one encoder and one outlier set for every seed of the row (as the synthetic rows' aux)
+    decode: DecodeConfig = DecodeConfig()
+    weight: float = Field(1.0, ge=0)  # w of the energy regulariser (ImageNet-100: 1, CIFAR-100: 2.5)
+    mlp_hidden: int = Field(512, ge=1)
+    real_tail_as_outliers: bool = True  # LoGex §4.1: the real tail images join the generated outliers
+
+
+class DreamOodConfig(OutlierExposureConfig):
+    """``method_params.dream-ood``."""
+
+    outliers: DreamOodSamplingConfig = DreamOodSamplingConfig()
+
+
+class EnergyRegularizedObjective(Objective):
+    """Dream-OOD / VOS stage 4 on a batch {"x", "y"} with y = -1 for out-of-distribution images:
+    CE over the in-distribution classes on the ID images + w * CE(MLP(E(x)), [x is ID]) with the energy
+    E(x) = logsumexp over the ID logits and MLP 1 -> hidden -> 2 (trained with the network: its parameters are
+    the objective's, optimised and checkpointed by the trainer)."""
+
+    def __init__(self, id_classes: list[int], weight: float, hidden: int = 512):
+        super().__init__()
+        self.register_buffer("id_classes", torch.as_tensor(id_classes, dtype=torch.long), persistent=False)
+        self.weight = float(weight)
+        self.mlp = nn.Sequential(nn.Linear(1, hidden), nn.ReLU(), nn.Linear(hidden, 2))
+
+    def forward(self, model, batch):
+        logits = model(batch["x"]).float()[:, self.id_classes.to(batch["x"].device)]
+        y = batch["y"]
+        is_id = y >= 0
+        zero = logits.sum() * 0.0
+        position = torch.searchsorted(self.id_classes.to(y.device), y.clamp_min(0))  # class -> column in logits
+        ce = F.cross_entropy(logits[is_id], position[is_id]) if is_id.any() else zero
+        energy = torch.logsumexp(logits, dim=1, keepdim=True)
+        reg = F.cross_entropy(self.mlp(energy), is_id.long())
+        return ce + self.weight * reg, {"ce_id": ce.detach(), "energy_reg": reg.detach()}
+
+
+def energy_selector(split):
+    """bAcc-head - FPR@95 of the head energy on the validation split (LoGex's criterion, this row's score)."""
+    head, tail = list(split.head_classes), list(split.tail_classes)
+
+    def select(logits: np.ndarray, labels: np.ndarray) -> float:
+        from scipy.special import logsumexp
+        score = -logsumexp(logits.astype(np.float64)[:, head], axis=1)  # higher = more tail-like
+        is_tail = np.isin(labels, tail)
+        return float(balanced_accuracy_on(labels, logits.argmax(1), head) - fpr_at_tpr(score[~is_tail], score[is_tail]))
+
+    select.label = "bacc_head_minus_fpr(energy_head)"
+    return select
+
+
+@register
+class DreamOod(Method):
+    name = "dream-ood"
+    reference = "Dream-OOD (Du et al. 2023): outliers imagined in the conditioning space, decoded, energy regulariser"
+    kind: ClassVar[str] = "dream-ood"
+    Config: ClassVar[type[OutlierExposureConfig]] = DreamOodConfig
+    primary_score = "energy_head"
+
+    def config(self, params: dict[str, Any] | None) -> OutlierExposureConfig:
+        return build_config(self.Config, params or {}, f"method_params.{self.name}")
+
+    def check_config(self, exp) -> None:
+        self.config(exp.method_params.get(self.name, {}))
+        if exp.diffusion.get("backend", "pixel") not in ("pixel", "sd"):
+            raise TailsynthError(f"{self.name}: needs a backend with conditioning anchors (pixel or sd)")
+
+    def stage2_settings(self, cfg) -> dict[str, Any]:
+        return {"dream_ood": cfg.outliers}
+
+    def classifier(self, graph, seed, per_class=None):
+        cfg = self.config(graph.config.method_params.get(self.name, {}))
+        encoder = graph.classifier("vmf-encoder", cfg.encoder_seed)
+        embeddings = graph.outlier_embeddings(self.kind, encoder, self.stage2_settings(cfg))
+        images = graph.outlier_images(self.kind, embeddings, cfg.decode)
+        return graph.train(self, seed, {"outliers": images})
+
+    def trained_classes(self, split):
+        return list(split.head_classes)
+
+    def training_data(self, split, real, inputs, data_cfg, per_class, params=None):
+        from ..data.synthetic import SyntheticSet
+        cfg = self.config(params)
+        outliers = SyntheticSet.read(inputs["outliers"].path).select(role="outlier")
+        images, _ = outliers.load_images(split.class_names, data_cfg.image_size, data_cfg.channels)
+        is_tail = np.isin(real.labels, split.tail_classes)
+        labels = np.where(is_tail, OUTLIER_LABEL, real.labels)
+        keep = ~is_tail | cfg.real_tail_as_outliers
+        return ArrayData(np.concatenate([real.images[keep], images]),
+                         np.concatenate([labels[keep], np.full(len(images), OUTLIER_LABEL)]).astype(np.int64))
+
+    def head_spec(self, split, inputs, params):
+        return {"kind": "linear", "classes": list(split.head_classes)}
+
+    def objective(self, class_counts, split, params):
+        cfg = self.config(params)
+        return EnergyRegularizedObjective(list(split.head_classes), cfg.weight, cfg.mlp_hidden)
+
+    def selector(self, split, train):
+        if train.selection == "last":
+            return None
+        return energy_selector(split)
