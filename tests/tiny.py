@@ -7,7 +7,9 @@ BASE = [
     "benchmark=digits-lt", "seeds=[0]", "data.image_size=8", "data.channels=1",
     "classifier.width=0.125", "classifier.epochs=1", "classifier.batch_size=64", "crt_epochs=1",
     "method_params={ldam-rw-drw: {drw_epoch: 1}, ldmlr: {diffusion: {steps: 30, hidden: 32, blocks: 1, "
-    "checkpoint_every: 15}, head: {epochs: 2}, pseudo: {sampling: {num_steps: 5}}}}",
+    "checkpoint_every: 15}, head: {epochs: 2}, pseudo: {sampling: {num_steps: 5}}}, "
+    "dream-ood: {outliers: {n_per_class: 4, k: 5, n_boundary: 10, n_pick: 2, n_candidates: 20}, "
+    "decode: {num_steps: 3, shard_size: 4}}, bood: {outliers: {n_per_class: 4}, decode: {num_steps: 3, shard_size: 4}}}",
 ]
 
 GENERATOR = [

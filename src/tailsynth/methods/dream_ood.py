@@ -30,7 +30,6 @@ from pydantic import Field
 from torch import nn
 
 from ..config import StrictConfig, build_config
-from ..errors import TailsynthError
 from ..losses import build_criterion
 from ..ood.metrics import balanced_accuracy_on, fpr_at_tpr
 from ..outliers import DecodeConfig, DreamOodSamplingConfig
@@ -183,8 +182,6 @@ class DreamOod(Method):
 
     def check_config(self, exp) -> None:
         self.config(exp.method_params.get(self.name, {}))
-        if exp.diffusion.get("backend", "pixel") not in ("pixel", "sd"):
-            raise TailsynthError(f"{self.name}: needs a backend with conditioning anchors (pixel or sd)")
 
     def stage2_settings(self, cfg) -> dict[str, Any]:
         return {"dream_ood": cfg.outliers}

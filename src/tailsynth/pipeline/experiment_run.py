@@ -83,7 +83,7 @@ def run_experiment(cfg: ExperimentConfig, runs_dir: str | Path, *, force: set[st
     result.wall_time_s = time.time() - started
     if not plan_only and main:
         result.report_dir = _write_report(cfg, runs_dir, runner, result, quality, n_default, command,
-                                          graph.synthetic_sets, graph.pseudo_sets)
+                                          graph.synthetic_sets, graph.pseudo_sets, graph.outlier_sets, split)
     return result
 
 
@@ -102,7 +102,9 @@ def settings_digest(cfg: ExperimentConfig) -> str:
 
 def _write_report(cfg: ExperimentConfig, runs_dir, runner: Runner, result: ExperimentResult,
                   quality: Artifact | None, n_default: int, command: str,
-                  graph_sets: dict[str, Artifact], pseudo_sets: dict[str, Artifact] | None = None) -> Path:
+                  graph_sets: dict[str, Artifact], pseudo_sets: dict[str, Artifact] | None = None,
+                  outlier_sets: dict[str, tuple[Artifact, Artifact]] | None = None,
+                  split_artifact: Artifact | None = None) -> Path:
     from ..report import write_report
     from ..report.quality import quality_table, settings_table, synthetic_summary, synthetic_table
     from ..report.sweep import sweep_points, sweep_sections
@@ -138,6 +140,12 @@ def _write_report(cfg: ExperimentConfig, runs_dir, runner: Runner, result: Exper
         sections += [pseudo_table(label, pq),
                      (f"Pseudo-features of {label}: real (blue) vs generated (orange) training features, first two "
                       "principal components of the real features", artifact.file("pca.png").read_bytes())]
+    if outlier_sets:
+        from ..report.outliers import outlier_sections
+        from .artifacts import read_split
+        extra, found = outlier_sections(outlier_sets, read_split(split_artifact), cfg.data)
+        sections += extra
+        results.update(found)
     if quality is not None:
         results["oracle_accuracy"] = read_json(quality.file("quality.json"))
         sections += [quality_table(results["oracle_accuracy"]),

@@ -6,12 +6,13 @@ import io
 import numpy as np
 
 
-def sample_grid(columns, split, per_class: int) -> bytes:
-    """Rows: tail classes; column blocks: train images, then each method's synthetic images; each image
-    titled with the oracle's predicted class (green when right, red when wrong)."""
+def sample_grid(columns, split, per_class: int, classes=None) -> bytes:
+    """Rows: tail classes (or ``classes``); column blocks: train images, then each method's synthetic images; each
+    image titled with the oracle's predicted class (green when right, red when wrong; a block whose predictions
+    are None has no titles)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    tail = list(split.tail_classes)
+    tail = list(split.tail_classes if classes is None else classes)
     n_cols = per_class * len(columns)
     fig = Figure(figsize=(1.1 * n_cols + 1.5, 1.25 * len(tail) + 0.6))
     FigureCanvasAgg(fig)
@@ -33,6 +34,8 @@ def sample_grid(columns, split, per_class: int) -> bytes:
                 img = images[idx[j]]
                 ax.imshow(img[:, :, 0] if img.shape[2] == 1 else img, cmap="gray" if img.shape[2] == 1 else None,
                           interpolation="nearest")  # the real pixels; also keeps the embedded PNG small
+                if pred is None:
+                    continue
                 ok = pred[idx[j]] == c
                 ax.set_xlabel(split.class_names[int(pred[idx[j]])][:12], fontsize=6, color="green" if ok else "red")
     fig.tight_layout()
