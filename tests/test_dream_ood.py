@@ -223,6 +223,13 @@ def test_dream_ood_and_bood_rows_on_the_tiny_experiment(tmp_path):
             model, _ = load_classifier(folder.parent)
             out = model(torch.zeros(1, 1, 8, 8))
             assert bool((out[0, card["tail_classes"]] == ABSENT_LOGIT).all())
+            assert card["tail_threshold"]["score"] == "energy_head"  # predict flags rare images by the row's score
+            from tailsynth.api import Predictor
+            predictor = Predictor(folder.parent)
+            flags = [p.is_rare for p in predictor.predict_arrays(np.zeros((3, 8, 8), np.uint8))]
+            logits = model(torch.full((3, 1, 8, 8), -1.0)).detach().numpy()
+            energy = -torch.logsumexp(torch.as_tensor(logits)[:, card["head_classes"]], 1).numpy()
+            assert flags == [bool(e > card["tail_threshold"]["value"]) for e in energy]
     results = json.loads((result.report_dir / "results.json").read_text())
     assert results["primary_score"] == "p_tail"
     assert results["method_primary_score"] == {"dream-ood": "energy_head", "bood": "energy_head"}

@@ -52,6 +52,7 @@ class Predictor:
         self.head_classes: list[int] = self.card["head_classes"]
         self.tail_classes: list[int] = self.card["tail_classes"]
         self.threshold: float | None = (self.card.get("tail_threshold") or {}).get("value")
+        self.rare_score: str = (self.card.get("tail_threshold") or {}).get("score", "p_tail")  # head-only: energy
 
     def _prepare(self, images: np.ndarray) -> np.ndarray:
         """Arrays (N,H,W[,C]), uint8 or float in [0,1] -> uint8 (N,S,S,C) at the model's size/channels."""
@@ -67,6 +68,8 @@ class Predictor:
         logits, _ = predict(self.model, batch, self.device)
         from .ood import p_tail as p_tail_of
         p_tail = p_tail_of(logits, self.tail_classes)
+        from .pipeline.stages import logit_score
+        rare = logit_score(self.rare_score, logits, self.head_classes, self.tail_classes)
         head_logits = logits[:, self.head_classes]
         out = []
         for i in range(len(batch)):
@@ -75,7 +78,7 @@ class Predictor:
                 predicted_class=self.class_names[int(logits[i].argmax())],
                 head_class=self.class_names[self.head_classes[int(head_logits[i].argmax())]],
                 p_tail=float(p_tail[i]),
-                is_rare=bool(self.threshold is not None and p_tail[i] > self.threshold)))
+                is_rare=bool(self.threshold is not None and rare[i] > self.threshold)))
         return out
 
     def predict(self, images: np.ndarray | Iterable[str | Path], skip_bad: bool = False,

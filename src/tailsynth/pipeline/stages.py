@@ -84,7 +84,8 @@ def run_train(cfg: TrainStageConfig, inputs: dict[str, Artifact], workdir: Path)
         return {}  # data-parallel: rank 0 writes the artifact
     save_weights(model, workdir / "model.safetensors")
     if split.tail_classes:
-        card["tail_threshold"] = calibrate_tail_threshold(model, val_images, split, device)
+        card["tail_threshold"] = calibrate_tail_threshold(model, val_images, split, device,
+                                                          score=method.primary_score or "p_tail")
     atomic_write_json(workdir / "history.json", summary)
     atomic_write_json(workdir / "model.json", card)  # last: its presence marks the work as finished
     drop_checkpoints(workdir)
@@ -93,16 +94,24 @@ def run_train(cfg: TrainStageConfig, inputs: dict[str, Artifact], workdir: Path)
 
 
 def calibrate_tail_threshold(model: torch.nn.Module, val: ArrayData, split: Split, device: torch.device,
-                             tpr: float = 0.95) -> dict[str, Any]:
-    """P(tail) threshold that keeps ``tpr`` of the VALIDATION head images as head (stored with the model;
-    ``predict`` flags an image as rare when its P(tail) is above it)."""
+                             tpr: float = 0.95, score: str = "p_tail") -> dict[str, Any]:
+    """Threshold of a logit score (P(tail); a head-only row: its own, the head energy) that keeps ``tpr`` of the
+    VALIDATION head images as head (stored with the model; ``predict`` flags an image as rare above it)."""
     logits, _ = predict(model, val.images, device)
-    scores = p_tail(logits, split.tail_classes)
+    scores = logit_score(score, logits, split.head_classes, split.tail_classes)
     head = ~np.isin(val.labels, split.tail_classes)
     value = tail_threshold(scores, head, tpr)
-    return {"score": "p_tail", "value": float(value), "target_head_tpr": tpr,
+    return {"score": score, "value": float(value), "target_head_tpr": tpr,
             "val_head_tpr": float(np.mean(scores[head] <= value)),
             "val_tail_tpr": float(np.mean(scores[~head] > value)) if (~head).any() else None}
+
+
+def logit_score(name: str, logits: np.ndarray, head_classes, tail_classes) -> np.ndarray:
+    """A registered logit score (higher = more tail) of ``logits``: P(tail) through its one implementation."""
+    if name == "p_tail":
+        return p_tail(logits, tail_classes)
+    from ..ood import build_score
+    return build_score(name).fit(None, None, head_classes, tail_classes).score(logits)
 
 
 def validation_metrics(val, train, split: Split, primary: str) -> dict[str, float]:
