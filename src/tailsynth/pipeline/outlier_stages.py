@@ -129,7 +129,7 @@ def pca_plot(npz: Path, class_names: list[str], title: str) -> bytes:
         ax.scatter(p_id[m, 0], p_id[m, 1], s=4, alpha=0.3, color=colour, label=f"{class_names[c]} (ID)")
         m = data["classes"] == c
         ax.scatter(p_out[m, 0], p_out[m, 1], s=10, marker="x", color=colour, label=f"{class_names[c]} outliers")
-    ax.set_title(f"{title}: ID embeddings (dots) and outliers (x), PCA of the ID set")
+    ax.set_title(f"{title}: ID embeddings (dots), outliers (x)", fontsize=9)
     ax.legend(fontsize=6, markerscale=2)
     buffer = io.BytesIO()
     fig.tight_layout()
