@@ -97,7 +97,7 @@ def main() -> None:
     for name, art in ((f"dream-ood sigma {dcfg.outliers.sigma}", main_d), ("bood", main_b),
                       (f"dream-ood sigma {args.sigma}", extra_d)):
         stats[name] = read_json(art.file("summary.json"))
-    stats["timings_s"] = {t["label"]: t["wall_time_s"] for t in graph.runner.timings}
+    stats["timings_s"] = {f"{t['label']} ({t['stage']} {t['fingerprint'][:8]})": t["wall_time_s"] for t in graph.runner.timings}
     stats["this_script_s"] = round(time.time() - started, 1)
     (Path(args.out_dir) / "outlier_stats.json").write_text(json.dumps(stats, indent=1) + "\n")
     print(json.dumps(stats, indent=1))
