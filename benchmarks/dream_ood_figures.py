@@ -12,12 +12,10 @@ goes to ``--grid-dir`` (not committed); the PCA plot and the statistics JSON go 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import time
 from pathlib import Path
 
-import numpy as np
 
 
 def main() -> None:
@@ -39,7 +37,7 @@ def main() -> None:
     from tailsynth.pipeline.outlier_stages import read_outliers
     from tailsynth.pipeline.runner import Runner
     from tailsynth.pipeline.store import ArtifactStore
-    from tailsynth.report.outliers import outlier_grid
+    from tailsynth.report.outliers import outlier_grid, pca_figure
     from tailsynth.utils import read_json
 
     started = time.time()
@@ -64,36 +62,16 @@ def main() -> None:
                          "bood": img_b}, split, cfg.data, per_class=6)
     (Path(args.grid_dir) / "outliers_pbc.png").write_bytes(grid)
 
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     sets = {f"dream-ood sigma {dcfg.outliers.sigma}": read_outliers(main_d.path), "bood": read_outliers(main_b.path),
             f"dream-ood sigma {args.sigma}": read_outliers(extra_d.path)}
     first = next(iter(sets.values()))
-    ids, id_y = first["id_vectors"], first["id_classes"]
-    mean = ids.mean(0)
-    _, _, vt = np.linalg.svd(ids - mean, full_matrices=False)
-    heads = sorted(set(id_y.tolist()))
-    fig, axes = plt.subplots(1, len(heads), figsize=(4.2 * len(heads), 4.2), dpi=100, squeeze=False)
-    markers = {name: m for name, m in zip(sets, ("x", "+", "^"))}
-    stats = {}
-    for ax, c in zip(axes[0], heads):
-        p = (ids[id_y == c] - mean) @ vt[:2].T
-        ax.scatter(p[:, 0], p[:, 1], s=3, alpha=0.25, color="grey", label="ID embeddings")
-        for i, (name, data) in enumerate(sets.items()):
-            v = data["vectors"][data["classes"] == c]
-            v = v / np.linalg.norm(v, axis=1, keepdims=True)
-            q = (v - mean) @ vt[:2].T
-            ax.scatter(q[:, 0], q[:, 1], s=10, marker=markers[name], color=f"C{i}", label=name)
-        ax.set_title(split.class_names[c])
-        ax.legend(fontsize=6)
-    fig.suptitle("PBC-LT head classes: normalised ID embeddings of the vmf-encoder and the outliers of each method "
-                 "(PCA of all ID embeddings)", fontsize=9)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
+    png = pca_figure(first["id_vectors"], first["id_classes"],
+                     {name: (data["vectors"], data["classes"]) for name, data in sets.items()}, split.class_names,
+                     "PBC-LT head classes: normalised ID embeddings of the vmf-encoder and the outliers of each method "
+                     "(PCA of all ID embeddings)", per_class=True)
     Path(args.out_dir).mkdir(parents=True, exist_ok=True)
-    (Path(args.out_dir) / "pca_outliers.png").write_bytes(buffer.getvalue())
+    (Path(args.out_dir) / "pca_outliers.png").write_bytes(png)
+    stats = {}
     for name, art in ((f"dream-ood sigma {dcfg.outliers.sigma}", main_d), ("bood", main_b),
                       (f"dream-ood sigma {args.sigma}", extra_d)):
         stats[name] = read_json(art.file("summary.json"))

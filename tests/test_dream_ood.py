@@ -172,10 +172,10 @@ def test_sd_anchor_is_the_token_row_and_substitution_is_exact(tmp_path):
     backend = SDBackend({"path": str(tmp_path / "sd"), "class_names": ["x", "ig"],
                          "prompt_template": "a slide of {class_name} cells"})
     table = backend.text_encoder.get_input_embeddings().weight
-    (token,) = backend._name_token_ids("x")
+    (token,) = backend.name_token_ids("x")
     anchors = backend.anchor_embeddings(torch.tensor([0, 1]))
     torch.testing.assert_close(anchors[0], table[token].float())
-    torch.testing.assert_close(anchors[1], table[torch.tensor(backend._name_token_ids("ig"))].float().mean(0))
+    torch.testing.assert_close(anchors[1], table[torch.tensor(backend.name_token_ids("ig"))].float().mean(0))
     ids = torch.tensor([0])
     # a one-token name: substituting its own row gives exactly the ordinary prompt's encoding
     torch.testing.assert_close(backend.condition_from_anchor(anchors[:1], ids), backend.encode_condition(class_ids=ids))

@@ -66,9 +66,8 @@ class Predictor:
         from .training.trainer import predict
         batch = self._prepare(images)
         logits, _ = predict(self.model, batch, self.device)
-        from .ood import p_tail as p_tail_of
+        from .ood import logit_score, p_tail as p_tail_of
         p_tail = p_tail_of(logits, self.tail_classes)
-        from .pipeline.stages import logit_score
         rare = logit_score(self.rare_score, logits, self.head_classes, self.tail_classes)
         head_logits = logits[:, self.head_classes]
         out = []

@@ -232,7 +232,7 @@ def anchors(sd_path, class_names, out) -> None:
 
     from .diffusion.sd import SDBackend
     backend = SDBackend({"path": sd_path, "class_names": list(class_names)})
-    ids = [backend._name_token_ids(name) for name in class_names]
+    ids = [backend.name_token_ids(name) for name in class_names]
     rows = backend.anchor_embeddings(torch.arange(len(class_names))).detach().float()
     width = max(len(t) for t in ids)
     token_ids = torch.tensor([t + [-1] * (width - len(t)) for t in ids], dtype=torch.long)

@@ -234,3 +234,13 @@ def ddpm_sample(eps_fn: EpsFn, x_T: torch.Tensor, cond: torch.Tensor, uncond: to
             mean = mean + var**0.5 * _noise(x, generator)
         x = mean
     return SampleOutput(sample=x, timesteps=timesteps)
+
+
+@torch.no_grad()
+def sample_images(backend, x_T: torch.Tensor, cond, uncond, num_steps: int = 20,
+                  guidance_scale: float = 3.0) -> torch.Tensor:
+    """Plain (unguided) generation through a backend: DDIM eta 0 with CFG from x_T, decoded to images in [0, 1]
+    (LoGex "only LoRA"; Dream-OOD / BOOD's outlier decoding)."""
+    out = ddim_sample(backend.eps, x_T, cond, uncond, backend.alphas_cumprod, num_steps=num_steps,
+                      guidance_scale=guidance_scale, clip_x0=getattr(backend, "clip_x0", False))
+    return backend.decode(out.sample).clamp(0, 1)

@@ -139,7 +139,7 @@ class SDBackend(torch.nn.Module):
         return (int(self.unet.config.in_channels), image_size // factor, image_size // factor)
 
     # -- conditioning-space anchors (Dream-OOD / BOOD) ----------------------------------------------
-    def _name_token_ids(self, name: str) -> list[int]:
+    def name_token_ids(self, name: str) -> list[int]:
         ids = self.tokenizer(name, add_special_tokens=False).input_ids
         if not ids:
             raise TailsynthError(f"class name {name!r} has no tokens")
@@ -149,7 +149,7 @@ class SDBackend(torch.nn.Module):
         """The CLIP token-embedding row of each class's name (n, 768 for SD-1.x), Dream-OOD's anchors; a name of
         several tokens: the mean of their rows (it becomes ONE pseudo-word, see :meth:`condition_from_anchor`)."""
         table = self.text_encoder.get_input_embeddings().weight
-        rows = [table[torch.as_tensor(self._name_token_ids(self.class_names[int(i)]))].float().mean(0)
+        rows = [table[torch.as_tensor(self.name_token_ids(self.class_names[int(i)]))].float().mean(0)
                 for i in torch.as_tensor(class_ids).view(-1)]
         return torch.stack(rows)
 
@@ -162,19 +162,15 @@ class SDBackend(torch.nn.Module):
         if vectors.ndim != 2 or vectors.shape[1] != table.embedding_dim:
             raise TailsynthError(f"anchor vectors of shape {tuple(vectors.shape)}; this text encoder's token "
                                  f"embeddings have {table.embedding_dim} dimensions")
-        ids, positions = [], []
         length = self.tokenizer.model_max_length
-        for i in torch.as_tensor(class_ids).view(-1):
-            name = self.class_names[int(i)]
-            before, _, after = self.cfg.prompt_template.partition("{class_name}")
-            head = self.tokenizer(before.strip(), add_special_tokens=False).input_ids if before.strip() else []
-            tail = self.tokenizer(after.strip(), add_special_tokens=False).input_ids if after.strip() else []
-            seq = [self.tokenizer.bos_token_id, *head, self._name_token_ids(name)[0], *tail, self.tokenizer.eos_token_id]
-            seq = (seq + [self.tokenizer.pad_token_id or self.tokenizer.eos_token_id] * length)[:length]
-            ids.append(seq)
-            positions.append(1 + len(head))
+        before, _, after = (part.strip() for part in self.cfg.prompt_template.partition("{class_name}"))
+        head = self.tokenizer(before, add_special_tokens=False).input_ids if before else []
+        tail = self.tokenizer(after, add_special_tokens=False).input_ids if after else []
+        pad = [self.tokenizer.pad_token_id or self.tokenizer.eos_token_id] * length
+        ids = [([self.tokenizer.bos_token_id, *head, self.name_token_ids(self.class_names[int(i)])[0], *tail,
+                 self.tokenizer.eos_token_id] + pad)[:length] for i in torch.as_tensor(class_ids).view(-1)]
         rows = torch.arange(len(ids))
-        pos = torch.as_tensor(positions)
+        pos = torch.full((len(ids),), 1 + len(head))  # the class name's one position
         values = vectors.to(table.weight.device, table.weight.dtype)
 
         def substitute(_module, _inputs, output):

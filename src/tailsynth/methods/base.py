@@ -149,9 +149,10 @@ class Method:
         return None
 
     def selector(self, split, train: TrainConfig):
-        """Model selection on the validation split: the experiment's ``classifier.selection``."""
+        """Model selection on the validation split: the experiment's ``classifier.selection``, with this row's own
+        score where it has one (``bacc_head_minus_fpr`` of the head energy for Dream-OOD)."""
         from ..training.selection import make_selector
-        return make_selector(train.selection, split.head_classes, split.tail_classes)
+        return make_selector(train.selection, split.head_classes, split.tail_classes, self.primary_score or "p_tail")
 
     def init_model(self, model: torch.nn.Module, inputs: dict, seed: int) -> str:
         """Prepare the fresh network; returns which parameters train: "all" or "head"."""

@@ -31,7 +31,7 @@ from torch import nn
 
 from ..config import StrictConfig, build_config
 from ..losses import build_criterion
-from ..ood.metrics import balanced_accuracy_on, fpr_at_tpr
+from ..ood.metrics import balanced_accuracy_on
 from ..outliers import DecodeConfig, DreamOodSamplingConfig
 from ..training import ArrayData
 from ..training.objectives import CriterionObjective, Objective
@@ -84,10 +84,19 @@ class VmfEncoder(Method):
         tau = build_config(VmfEncoderConfig, params or {}, f"method_params.{self.name}").tau
         return {"kind": "anchor_cosine", "dim": int(anchors.shape[1]), "tau": tau, "classes": list(split.head_classes)}
 
-    @staticmethod
-    def anchors(split, inputs) -> torch.Tensor:
+    def anchors(self, split, inputs) -> torch.Tensor:
         """(K, D) anchors: row c = the base diffusion model's conditioning embedding of head class c, zeros for
-        the tail (classes the base model never saw)."""
+        the tail (classes the base model never saw). Loaded once per base model (``head_spec`` needs the width,
+        ``init_model`` the rows)."""
+        key = (inputs["base"].fingerprint, tuple(split.head_classes))
+        cache = self.__dict__.setdefault("_anchor_cache", {})
+        if key not in cache:
+            cache.clear()
+            cache[key] = self._load_anchors(split, inputs)
+        return cache[key]
+
+    @staticmethod
+    def _load_anchors(split, inputs) -> torch.Tensor:
         from ..pipeline.artifacts import load_base
         from ..pipeline.diffusion_stages import DiffusionConfig
         from ..utils import read_json
@@ -155,20 +164,6 @@ class EnergyRegularizedObjective(Objective):
         return ce + self.weight * reg, {"ce_id": ce.detach(), "energy_reg": reg.detach()}
 
 
-def energy_selector(split):
-    """bAcc-head - FPR@95 of the head energy on the validation split (LoGex's criterion, this row's score)."""
-    head, tail = list(split.head_classes), list(split.tail_classes)
-
-    def select(logits: np.ndarray, labels: np.ndarray) -> float:
-        from scipy.special import logsumexp
-        score = -logsumexp(logits.astype(np.float64)[:, head], axis=1)  # higher = more tail-like
-        is_tail = np.isin(labels, tail)
-        return float(balanced_accuracy_on(labels, logits.argmax(1), head) - fpr_at_tpr(score[~is_tail], score[is_tail]))
-
-    select.label = "bacc_head_minus_fpr(energy_head)"
-    return select
-
-
 @register
 class DreamOod(Method):
     name = "dream-ood"
@@ -213,8 +208,3 @@ class DreamOod(Method):
     def objective(self, class_counts, split, params):
         cfg = self.config(params)
         return EnergyRegularizedObjective(list(split.head_classes), cfg.weight, cfg.mlp_hidden)
-
-    def selector(self, split, train):
-        if train.selection == "last":
-            return None
-        return energy_selector(split)

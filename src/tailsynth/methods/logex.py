@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from ..diffusion import ddim_sample
+from ..diffusion import sample_images
 from ..diffusion.guidance import DigInConfig, dig_in
 from .base import Method, SyntheticGenerator
 from .registry import register
@@ -26,10 +26,8 @@ class LoraSampling(SyntheticGenerator):
     name = "lora"
 
     def generate(self, backend, guide, targets, cond, uncond, x_T, synthesis, params, generator):
+        images = sample_images(backend, x_T, cond, uncond, synthesis.num_steps, synthesis.guidance_scale)
         with torch.no_grad():
-            out = ddim_sample(backend.eps, x_T, cond, uncond, backend.alphas_cumprod, num_steps=synthesis.num_steps,
-                              guidance_scale=synthesis.guidance_scale, clip_x0=getattr(backend, "clip_x0", False))
-            images = backend.decode(out.sample).clamp(0, 1)
             return images, guide.target_prob(images, targets)
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import logsumexp, softmax
 
-from .base import Score, as_array, register_score
+from .base import Score, as_array, build_score, register_score
 
 
 @register_score
@@ -75,6 +75,14 @@ def p_tail(logits: np.ndarray, tail_classes) -> np.ndarray:
     if len(tail_classes) == 0:
         return np.zeros(len(z))
     return softmax(z, axis=1)[:, np.asarray(tail_classes)].sum(axis=1)
+
+
+def logit_score(name: str, logits, head_classes, tail_classes) -> np.ndarray:
+    """A registered logit score (higher = more tail) of ``logits`` (N, K): P(tail) through :func:`p_tail`,
+    any other through its :class:`Score` (e.g. the head energy of a head-only row)."""
+    if name == "p_tail":
+        return p_tail(logits, tail_classes)
+    return build_score(name).fit(None, None, head_classes, tail_classes).score(logits)
 
 
 @register_score

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -92,8 +93,7 @@ def boundary_outliers(z: torch.Tensor, y: torch.Tensor, logits_fn: LogitsFn, cfg
     steps = boundary_steps(z, y, logits_fn, cfg.step_size, cfg.max_steps)
     with torch.no_grad():
         m = margin(logits_fn(z), y)
-    order = sorted(range(len(z)), key=lambda i: (int(steps[i]), float(m[i])))[:cfg.n_per_class]
-    keep = torch.as_tensor(order, dtype=torch.long)
+    keep = torch.as_tensor(np.lexsort((m.numpy(), steps.numpy()))[:cfg.n_per_class])  # fewest steps, then margin
     k = steps[keep].clamp(max=cfg.max_steps)
     moved = perturb(z[keep], y[keep], logits_fn, cfg.step_size, k + cfg.extra_steps)
     return F.normalize(moved, dim=1), k

@@ -155,26 +155,27 @@ def run_synthesize(cfg: SynthStageConfig, inputs: dict[str, Artifact], workdir: 
         uncond = backend.null_condition(n).to(device)
         return method.generate(backend, guide, targets, cond, uncond, x_T, s, params, generator)
 
-    write_shards(workdir, jobs, make, latent, s.shard_size, s.seed, cfg.method, "tail", device,
-                 f"synthesis {cfg.method}", "mean_conf")
-    if distributed.world()[0] != 0:
+    rows = write_shards(workdir, jobs, make, latent, s.shard_size, s.seed, cfg.method, "tail", device,
+                        f"synthesis {cfg.method}", "mean_conf")
+    if rows is None:
         return {}
-    rows = SyntheticSet.read(workdir).rows
-    conf = np.array([float(r["score"]) for r in rows])
+    conf = np.array([r["score"] for r in rows])
     return {"n_images": len(rows), "mean_aux_confidence": float(conf.mean()) if len(conf) else None,
             "reused_shards": reused}
 
 
 def write_shards(workdir: Path, jobs, make, latent: tuple[int, ...], shard_size: int, seed: int, method: str,
-                 role: str, device: torch.device, desc: str, score_name: str = "score") -> None:
+                 role: str, device: torch.device, desc: str, score_name: str = "score") -> list[dict] | None:
     """The synthesis shard protocol, shared by every generating stage: ``jobs`` = [(class index, class name,
     images of that class)]; each class's images come in shards of ``shard_size``, shard k of class c from its own
     generator seeded by (seed, c, k) that first draws x_T, then is handed to ``make(c, k, x_T, generator) ->
     (images in [0, 1], per-image scores)``. A shard writes its PNGs, then a marker ``shards/CCCC_KKKK.json``
     (its rows); a marked shard is never redone, so an interrupted stage resumes with exactly the files an
     uninterrupted one writes. With several processes the shards are dealt round-robin over the ranks; rank 0
-    writes ``synthetic.csv`` (a :class:`SyntheticSet`) once every rank is done."""
+    writes ``synthetic.csv`` (a :class:`SyntheticSet`) once every rank is done and returns its rows (other ranks:
+    None)."""
     shard_dir = workdir / "shards"
+    shard_dir.mkdir(exist_ok=True)
     rank, world_size = distributed.world()
     done = sum(len(read_json(m)) for m in shard_dir.glob("*.json"))
     bar = tqdm(total=sum(n for _, _, n in jobs), initial=done, desc=desc, unit="img", disable=not progress_enabled())
@@ -203,11 +204,13 @@ def write_shards(workdir: Path, jobs, make, latent: tuple[int, ...], shard_size:
             bar.set_postfix({score_name: f"{float(scores.float().mean()):.3f}"})
     bar.close()
     distributed.barrier()  # every rank's shards are written
-    if rank == 0:
-        rows = []
-        for marker in sorted(shard_dir.glob("*.json")):
-            rows += read_json(marker)
-        SyntheticSet(workdir, rows).write()
+    if rank != 0:
+        return None
+    rows = []
+    for marker in sorted(shard_dir.glob("*.json")):
+        rows += read_json(marker)
+    SyntheticSet(workdir, rows).write()
+    return rows
 
 
 def _shard_size(n_per_class: int, shard_size: int, k: int) -> int:

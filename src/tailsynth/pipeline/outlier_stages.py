@@ -16,11 +16,14 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+
 from ..config import StrictConfig
-from ..diffusion import ddim_sample
+from ..diffusion import sample_images
 from ..errors import TailsynthError
 from ..models.heads import AnchorCosineHead
 from ..outliers import BoodConfig, DecodeConfig, DreamOodSamplingConfig, boundary_outliers, low_likelihood_outliers
+from ..report.outliers import pca_figure
 from ..training.augment import to_float
 from ..utils import atomic_write_bytes, atomic_write_json, derive_seed, resolve_device
 from .artifacts import load_base, load_classifier, read_split, split_data
@@ -86,8 +89,8 @@ def run_imagine_outliers(cfg: OutlierStageConfig, inputs: dict[str, Artifact], w
         anchor = head.anchors[c]
         with torch.no_grad():
             pred = head.logits_of_embedding(unit).argmax(1)
-            id_cos = torch.nn.functional.cosine_similarity(hc, anchor[None], dim=1)
-            out_cos = torch.nn.functional.cosine_similarity(unit, anchor[None], dim=1)
+            id_cos = F.cosine_similarity(hc, anchor[None], dim=1)
+            out_cos = F.cosine_similarity(unit, anchor[None], dim=1)
         summary[name] = {"n": len(unit), "id_cos_to_anchor": float(id_cos.mean()),
                          "outlier_cos_to_anchor": float(out_cos.mean()),
                          "outliers_still_own_class": float((pred == c).float().mean()),
@@ -99,43 +102,20 @@ def run_imagine_outliers(cfg: OutlierStageConfig, inputs: dict[str, Artifact], w
     np.savez_compressed(buffer, vectors=torch.cat(vectors).numpy().astype(np.float32),
                         classes=torch.cat(classes).numpy().astype(np.int64),
                         scores=torch.cat(scores).numpy().astype(np.float32),
-                        id_vectors=torch.nn.functional.normalize(h, dim=1).numpy().astype(np.float32),
+                        id_vectors=F.normalize(h, dim=1).numpy().astype(np.float32),
                         id_classes=y.numpy().astype(np.int64), anchors=head.anchors.numpy().astype(np.float32))
     atomic_write_bytes(workdir / OUTLIERS_FILE, buffer.getvalue())
     atomic_write_json(workdir / "summary.json", summary)
-    atomic_write_bytes(workdir / "pca.png", pca_plot(workdir / OUTLIERS_FILE, split.class_names, cfg.kind))
+    ids = F.normalize(h, dim=1).numpy()
+    atomic_write_bytes(workdir / "pca.png", pca_figure(ids, y.numpy(), {"outliers": (torch.cat(vectors).numpy(),
+                                                                                     torch.cat(classes).numpy())},
+                                                       split.class_names, f"{cfg.kind}: ID embeddings (dots), outliers (x)"))
     return {"per_class": summary}
 
 
 def read_outliers(path: Path) -> dict[str, np.ndarray]:
     with np.load(Path(path) / OUTLIERS_FILE) as data:
         return {k: data[k] for k in data.files}
-
-
-def pca_plot(npz: Path, class_names: list[str], title: str) -> bytes:
-    """First two principal components of the normalised ID embeddings; outliers (normalised) on top, per class."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    data = read_outliers(npz.parent)
-    ids, out = data["id_vectors"], data["vectors"] / np.linalg.norm(data["vectors"], axis=1, keepdims=True)
-    mean = ids.mean(0)
-    _, _, vt = np.linalg.svd(ids - mean, full_matrices=False)
-    p_id, p_out = (ids - mean) @ vt[:2].T, (out - mean) @ vt[:2].T
-    fig, ax = plt.subplots(figsize=(5.5, 4.5), dpi=110)
-    for i, c in enumerate(sorted(set(data["id_classes"].tolist()))):
-        colour = f"C{i % 10}"
-        m = data["id_classes"] == c
-        ax.scatter(p_id[m, 0], p_id[m, 1], s=4, alpha=0.3, color=colour, label=f"{class_names[c]} (ID)")
-        m = data["classes"] == c
-        ax.scatter(p_out[m, 0], p_out[m, 1], s=10, marker="x", color=colour, label=f"{class_names[c]} outliers")
-    ax.set_title(f"{title}: ID embeddings (dots), outliers (x)", fontsize=9)
-    ax.legend(fontsize=6, markerscale=2)
-    buffer = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
 
 
 def run_decode_outliers(cfg: DecodeStageConfig, inputs: dict[str, Artifact], workdir: Path) -> dict[str, Any]:
@@ -158,17 +138,14 @@ def run_decode_outliers(cfg: DecodeStageConfig, inputs: dict[str, Artifact], wor
     d = cfg.decode
     size = cfg.diffusion.working_size(cfg.data.image_size)
     latent = backend.latent_shape(size)
-    (workdir / "shards").mkdir(exist_ok=True)
 
     def make(c: int, k: int, x_T: torch.Tensor, generator: torch.Generator):
         v = by_class[c][k * d.shard_size:k * d.shard_size + len(x_T)].to(device)
         ids = torch.full((len(x_T),), cond_of[c], dtype=torch.long, device=device)
         with torch.no_grad():
             cond = backend.condition_from_anchor(v, ids)
-            out = ddim_sample(backend.eps, x_T, cond, backend.null_condition(len(x_T)).to(device),
-                              backend.alphas_cumprod, num_steps=d.num_steps, guidance_scale=d.guidance_scale,
-                              clip_x0=getattr(backend, "clip_x0", False))
-            images = backend.decode(out.sample).clamp(0, 1)
+        images = sample_images(backend, x_T, cond, backend.null_condition(len(x_T)).to(device), d.num_steps,
+                               d.guidance_scale)
         return images, torch.zeros(len(x_T))
 
     jobs = [(c, split.class_names[c], len(v)) for c, v in by_class.items()]

@@ -13,7 +13,7 @@ from ..config import StrictConfig
 from ..data import BenchmarkConfig, Split, build_split
 from ..errors import TailsynthError
 from ..methods import METHODS
-from ..ood import SCORES, evaluate, evaluate_scores, p_tail, tail_threshold
+from ..ood import SCORES, evaluate, evaluate_scores, logit_score, tail_threshold
 from ..training import ArrayData, TrainConfig, fit, predict
 from ..training.checkpoint import save_weights
 from ..utils import atomic_write_bytes, atomic_write_json, read_json, resolve_device
@@ -104,14 +104,6 @@ def calibrate_tail_threshold(model: torch.nn.Module, val: ArrayData, split: Spli
     return {"score": score, "value": float(value), "target_head_tpr": tpr,
             "val_head_tpr": float(np.mean(scores[head] <= value)),
             "val_tail_tpr": float(np.mean(scores[~head] > value)) if (~head).any() else None}
-
-
-def logit_score(name: str, logits: np.ndarray, head_classes, tail_classes) -> np.ndarray:
-    """A registered logit score (higher = more tail) of ``logits``: P(tail) through its one implementation."""
-    if name == "p_tail":
-        return p_tail(logits, tail_classes)
-    from ..ood import build_score
-    return build_score(name).fit(None, None, head_classes, tail_classes).score(logits)
 
 
 def validation_metrics(val, train, split: Split, primary: str) -> dict[str, float]:

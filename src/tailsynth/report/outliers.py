@@ -9,6 +9,42 @@ import numpy as np
 from .tables import Table
 
 
+def pca_figure(id_vectors: np.ndarray, id_classes: np.ndarray, sets: Mapping[str, tuple[np.ndarray, np.ndarray]],
+               class_names, title: str, per_class: bool = False) -> bytes:
+    """PNG of the first two principal components of the normalised ID embeddings ``id_vectors`` (N, D), with each
+    set's outlier vectors ``sets[name] = (vectors (M, D), source classes (M,))`` normalised and projected on top;
+    one panel for all classes, or (``per_class``) one panel per class."""
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    mean = id_vectors.mean(0)
+    _, _, vt = np.linalg.svd(id_vectors - mean, full_matrices=False)
+    project = lambda v: (v / np.linalg.norm(v, axis=1, keepdims=True) - mean) @ vt[:2].T  # noqa: E731
+    classes = sorted(set(id_classes.tolist()))
+    panels = [[c] for c in classes] if per_class else [classes]
+    fig = Figure(figsize=(4.2 * len(panels), 4.2) if per_class else (5.5, 4.5), dpi=100)
+    FigureCanvasAgg(fig)
+    for i, panel in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        for j, c in enumerate(panel):
+            p = project(id_vectors[id_classes == c])
+            colour = "grey" if per_class else f"C{j % 10}"
+            ax.scatter(p[:, 0], p[:, 1], s=3, alpha=0.3, color=colour, label=f"{class_names[c]} (ID)")
+            for k, (name, (vectors, source)) in enumerate(sets.items()):
+                q = project(vectors[source == c])
+                ax.scatter(q[:, 0], q[:, 1], s=10, marker="x+^v"[k % 4], color=f"C{k if per_class else j % 10}",
+                           label=f"{class_names[c]} {name}" if not per_class else name)
+        ax.set_title(class_names[panel[0]] if per_class else title, fontsize=9)
+        ax.legend(fontsize=6, markerscale=2)
+    if per_class:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
 def outlier_table(summaries: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> Table:
     table = Table("Imagined outliers (Dream-OOD / BOOD stage 2)",
                   ["method", "class", "outliers", "cos(ID, anchor)", "cos(outlier, anchor)", "still own class"],

@@ -16,9 +16,10 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def make_selector(name: str, head_classes: Sequence[int], tail_classes: Sequence[int]) -> SelectFn | None:
-    """``bacc_head_minus_fpr`` (LoGex: bAcc-head minus FPR@95 of P(tail)), ``val_acc``, ``val_bacc`` (mean per-class
-    recall), or ``last``."""
+def make_selector(name: str, head_classes: Sequence[int], tail_classes: Sequence[int],
+                  score: str = "p_tail") -> SelectFn | None:
+    """``bacc_head_minus_fpr`` (LoGex: bAcc-head minus FPR@95 of P(tail), or of ``score``, a row's own logit score
+    such as the head energy of Dream-OOD), ``val_acc``, ``val_bacc`` (mean per-class recall), or ``last``."""
     if name == "last":
         return None
     if name == "val_acc":
@@ -32,11 +33,16 @@ def make_selector(name: str, head_classes: Sequence[int], tail_classes: Sequence
         tail = np.asarray(tail_classes)
 
         def select(logits: np.ndarray, labels: np.ndarray) -> float:
-            p_tail = softmax(logits.astype(np.float64))[:, tail].sum(1)
+            if score == "p_tail":
+                p_tail = softmax(logits.astype(np.float64))[:, tail].sum(1)
+            else:
+                from ..ood import logit_score
+                p_tail = logit_score(score, logits, head_classes, tail_classes)
             is_tail = np.isin(labels, tail)
             fpr = fpr_at_tpr(p_tail[~is_tail], p_tail[is_tail])
             bacc = balanced_accuracy_on(labels, logits.argmax(1), head_classes)
             return float(bacc - fpr)
 
+        select.label = name if score == "p_tail" else f"{name}({score})"
         return select
     raise TailsynthError(f"unknown selection {name!r}; valid: bacc_head_minus_fpr, val_acc, val_bacc, last")
