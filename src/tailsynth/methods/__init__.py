@@ -6,7 +6,7 @@
 - ``dream_ood``: vmf-encoder (stage 1), dream-ood (Du et al. 2023); ``bood``: bood (Liao et al. 2025)
 - ``ldmlr``: ldmlr (Han et al. 2024, feature-space diffusion); ``label_shift``: la, la-ldmlr (Tian et al. 2020)
 """
-from . import baselines, bood, dream_ood, fg_entropy, label_shift, ldmlr, logex  # noqa: F401  (registers the methods)
+from . import baselines, bood, dream_ood, fg_entropy, label_shift, ldmlr, logex, minority  # noqa: F401  (registers the methods)
 from .base import Method, NoParams, SynthesisConfig, SyntheticGenerator
 from .registry import METHODS, generator_named, register
 

@@ -84,9 +84,18 @@ class SyntheticGenerator:
     def aux_method(self, synthesis: SynthesisConfig) -> str:
         return synthesis.params.get(self.name, {}).get("aux_method", synthesis.aux_method)
 
+    def inputs(self, graph, synthesis: SynthesisConfig) -> dict:
+        """Further artifacts the synthesis stage needs for this generator (minority guidance: its minority
+        classifier), requested from the stage graph; they join the stage's inputs (and fingerprint)."""
+        return {}
+
+    def prepare(self, inputs: dict, backend, device: torch.device, params: StrictConfig):
+        """Load what :meth:`inputs` asked for, once per synthesis stage; handed to every :meth:`generate` call."""
+        return None
+
     def generate(self, backend, guide, targets: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
                  x_T: torch.Tensor, synthesis: SynthesisConfig, params: StrictConfig,
-                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover
+                 generator: torch.Generator, prepared=None) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover
         raise NotImplementedError
 
 

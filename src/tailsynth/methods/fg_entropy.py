@@ -16,7 +16,7 @@ class FgEntropySampling(SyntheticGenerator):
     Config = FgEntropyConfig
     shares_schedule = False  # its own 30 DDIM steps and CFG 5 (official) unless synthesis.params sets them
 
-    def generate(self, backend, guide, targets, cond, uncond, x_T, synthesis, params, generator):
+    def generate(self, backend, guide, targets, cond, uncond, x_T, synthesis, params, generator, prepared=None):
         result = fg_entropy_sample(backend, guide, cond, uncond, x_T, params, generator, target_classes=targets)
         images = result.images.clamp(0, 1)
         with torch.no_grad():

@@ -25,7 +25,7 @@ class LoraSampling(SyntheticGenerator):
 
     name = "lora"
 
-    def generate(self, backend, guide, targets, cond, uncond, x_T, synthesis, params, generator):
+    def generate(self, backend, guide, targets, cond, uncond, x_T, synthesis, params, generator, prepared=None):
         images = sample_images(backend, x_T, cond, uncond, synthesis.num_steps, synthesis.guidance_scale)
         with torch.no_grad():
             return images, guide.target_prob(images, targets)
@@ -37,7 +37,7 @@ class DigInSampling(SyntheticGenerator):
     name = "logex"
     Config = DigInConfig
 
-    def generate(self, backend, guide, targets, cond, uncond, x_T, synthesis, params, generator):
+    def generate(self, backend, guide, targets, cond, uncond, x_T, synthesis, params, generator, prepared=None):
         result = dig_in(backend, guide, targets, cond, uncond, x_T, params)
         return result.images.clamp(0, 1), result.confidence
 

@@ -41,3 +41,45 @@ def lof_scores(query: Any, ref: Any, k: int = 20) -> np.ndarray:
         raise TailsynthError(f"LOF needs k < number of reference samples ({len(r)}), got {k}")
     lof = LocalOutlierFactor(n_neighbors=k, novelty=True).fit(r)
     return -lof.score_samples(q)
+
+
+def knn_radii(ref: np.ndarray, k: int) -> np.ndarray:
+    """Distance of each reference sample to its k-th nearest OTHER reference sample (its k-NN ball radius)."""
+    if not 1 <= k < len(ref):
+        raise TailsynthError(f"k must be in 1..{len(ref) - 1} (fewer than the {len(ref)} reference samples), got {k}")
+    dist, _ = NearestNeighbors(n_neighbors=k + 1).fit(ref).kneighbors(ref)
+    return dist[:, k]
+
+
+def rarity_score(query: Any, ref: Any, k: int = 5) -> np.ndarray:
+    """Rarity Score (Han et al. 2022, Eq. 2): for each query, the smallest k-NN radius r_k(x_i) among the real
+    samples x_i whose k-NN ball contains it, ||q - x_i|| <= r_k(x_i); NaN for a query inside no ball (off the
+    real manifold, which the metric does not score). Higher = rarer (only sparse real regions contain it)."""
+    q, r = _check(query, ref, k)
+    radii = knn_radii(r, k)
+    dist = _pairwise(q, r)
+    inside = dist <= radii[None, :]
+    masked = np.where(inside, radii[None, :], np.inf)
+    out = masked.min(axis=1)
+    return np.where(np.isfinite(out), out, np.nan)
+
+
+def _pairwise(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Euclidean distances (len(a), len(b)) in float64."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    sq = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T
+    return np.sqrt(np.clip(sq, 0, None))
+
+
+def precision_recall(real: Any, fake: Any, k: int = 5) -> tuple[float, float]:
+    """Improved precision and recall (Kynkäänniemi et al. 2019): precision = the share of generated samples inside
+    the k-NN ball of at least one real sample (fidelity); recall = the share of real samples inside the k-NN ball
+    of at least one generated sample (diversity). Radii: distance to the k-th nearest other sample of the set."""
+    r = as_array(real, "real features", ndim=2)
+    f = as_array(fake, "generated features", ndim=2)
+    if r.shape[1] != f.shape[1]:
+        raise TailsynthError(f"real features are {r.shape[1]}-d but generated features {f.shape[1]}-d")
+    d = _pairwise(f, r)
+    precision = float((d <= knn_radii(r, k)[None, :]).any(axis=1).mean())
+    recall = float((d.T <= knn_radii(f, k)[None, :]).any(axis=1).mean())
+    return precision, recall

@@ -138,6 +138,7 @@ def run_synthesize(cfg: SynthStageConfig, inputs: dict[str, Artifact], workdir: 
     guide = ClassifierGuide(aux.to(device), card["image_size"], card["in_channels"], mode=s.guide_resize).to(device)
     method = generator_named(cfg.method)
     params = method.params(s)
+    prepared = method.prepare(inputs, backend, device, params)
     size = cfg.diffusion.working_size(cfg.data.image_size)
     latent = backend.latent_shape(size)
     shard_dir = workdir / "shards"
@@ -153,7 +154,7 @@ def run_synthesize(cfg: SynthStageConfig, inputs: dict[str, Artifact], workdir: 
         targets = torch.full((n,), c, dtype=torch.long, device=device)
         cond = backend.encode_condition(class_ids=torch.full((n,), cond_of[c], dtype=torch.long, device=device))
         uncond = backend.null_condition(n).to(device)
-        return method.generate(backend, guide, targets, cond, uncond, x_T, s, params, generator)
+        return method.generate(backend, guide, targets, cond, uncond, x_T, s, params, generator, prepared)
 
     rows = write_shards(workdir, jobs, make, latent, s.shard_size, s.seed, cfg.method, "tail", device,
                         f"synthesis {cfg.method}", "mean_conf")

@@ -98,6 +98,10 @@ def describe_cost(stage: str, cfg: StrictConfig) -> str:
                 else f"none (pretrained {d.backend})")
     if stage == "adapt_lora":
         return f"{cfg.diffusion.lora.train.steps} steps x batch {cfg.diffusion.lora.train.batch_size}"
+    if stage == "minority_score":
+        return f"{cfg.score.num_draws} denoiser calls per image ({'+'.join(cfg.splits)})"
+    if stage == "train_minority_classifier":
+        return f"{cfg.classifier.steps} steps x batch {cfg.classifier.batch_size} (frozen UNet encoder + head)"
     if stage == "synthesize":
         steps = generator_named(cfg.method).settings(cfg.synthesis)["DDIM steps"]
         return f"{cfg.synthesis.n_per_class} images/tail class x {steps} DDIM steps ({cfg.method})"
@@ -204,8 +208,8 @@ class StageGraph:
             method=generator.name, synthesis=s.model_copy(update={"params": {generator.name: params}, "n_per_class": n,
                                                                    "aux_method": aux_method}),
             diffusion=self.diffusion, data=self.config.data, device=self.config.device)
-        artifact = self.run(SYNTHESIZE, synth_cfg, {"split": self.split(), "base": base, "lora": lora, "aux": aux},
-                            s.seed, f"synthesis {generator.name}")
+        inputs = {"split": self.split(), "base": base, "lora": lora, "aux": aux, **generator.inputs(self, s)}
+        artifact = self.run(SYNTHESIZE, synth_cfg, inputs, s.seed, f"synthesis {generator.name}")
         self.synthetic_sets[generator.name] = artifact
         return artifact
 
@@ -257,6 +261,29 @@ class StageGraph:
                                                    "outliers": embeddings}, decode.seed, f"{kind} outlier images")
         self.outlier_sets[kind] = (embeddings, artifact)
         return artifact
+
+    # --- minority guidance (pipeline.minority_stages) ---------------------------------------------------------
+    def minority_scores(self, settings, splits: list[str] | None = None) -> Artifact:
+        """Minority scores of the real images of ``splits`` (default ``settings.score_splits``) under the
+        LoRA-adapted model (``settings``: methods.minority.MinoritySettings)."""
+        from .minority_stages import MINORITY_SCORE, MinorityScoreStageConfig
+        inputs = {"split": self.split(), "base": self.base_diffusion(), "lora": self.lora()}
+        if settings.perceptual == "classifier":
+            inputs["perceptual"] = self.classifier(settings.perceptual_method, 0)
+        cfg = MinorityScoreStageConfig(
+            score=settings.score, splits=list(splits or settings.score_splits), perceptual=settings.perceptual,
+            classifier=self.config.classifier.model_dump() if settings.perceptual == "random" else {},
+            diffusion=self.diffusion, data=self.config.data, device=self.config.device)
+        return self.run(MINORITY_SCORE, cfg, inputs, settings.score.seed, "minority scores")
+
+    def minority_classifier(self, settings) -> Artifact:
+        """The noise-conditioned minority classifier on the training images' minority levels."""
+        from .minority_stages import TRAIN_MINORITY, MinorityTrainStageConfig
+        cfg = MinorityTrainStageConfig(classifier=settings.classifier, distance=settings.distance,
+                                       diffusion=self.diffusion, data=self.config.data, device=self.config.device)
+        inputs = {"split": self.split(), "base": self.base_diffusion(), "lora": self.lora(),
+                  "scores": self.minority_scores(settings)}
+        return self.run(TRAIN_MINORITY, cfg, inputs, settings.classifier.seed, "minority classifier")
 
     def quality(self) -> Artifact:
         """Oracle on the full pool (report only) and its verdict on every synthetic set (LoGex §4.4)."""

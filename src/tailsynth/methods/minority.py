@@ -1,0 +1,84 @@
+"""Minority guidance (Um et al., ICLR 2024) as a synthesis method: rare-featured synthetic tail images.
+
+The LoRA-adapted diffusion model (LoGex steps 1-2) samples each tail class with classifier-free guidance as
+``logex-lora`` does, and the class-conditional minority guidance of Eq. 17 pushes every step toward the rarest
+minority level l~ = L - 1 of that class: eps~ = eps_cfg - w sqrt(1 - abar_t) grad log p(l~ | x_t, c) (DDIM,
+the experiment's 20 steps; w = 0 gives exactly the ``logex-lora`` images) or the mean shift of ancestral
+sampling (``sampler: ddpm``, the official code's sampler). Before it: minority scores of the real images
+(``minority_score`` stage, Eq. 16) and the noise-conditioned minority classifier on the training images
+(``train_minority_classifier``). Then CE on real + synthetic images, P(tail) as the test score.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from ..config import StrictConfig
+from ..minority import MinorityClassifierConfig, MinorityGuidanceConfig, MinorityScoreConfig, minority_hook
+from .base import Method, SyntheticGenerator
+from .registry import register
+
+
+class MinoritySettings(StrictConfig):
+    """``synthesis.params.minority``: sampler, guidance, and the scoring / classifier stages before it."""
+
+    num_steps: int = 20
+    guidance_scale: float = 3.0  # CFG of the class condition
+    sampler: Literal["ddim", "ddpm"] = "ddim"
+    guidance: MinorityGuidanceConfig = MinorityGuidanceConfig()
+    score: MinorityScoreConfig = MinorityScoreConfig()
+    score_splits: list[Literal["train", "val"]] = ["train", "val"]  # scored; the classifier learns from train only
+    distance: Literal["l2", "l1", "perceptual"] = "perceptual"  # the score the levels are cut from (paper: LPIPS)
+    perceptual: Literal["classifier", "random", "none"] = "classifier"
+    perceptual_method: str = "ce"  # whose trained classifier (seed 0) gives the perceptual feature maps
+    classifier: MinorityClassifierConfig = MinorityClassifierConfig()
+
+
+class MinoritySampling(SyntheticGenerator):
+    name = "minority"
+    Config = MinoritySettings
+
+    def inputs(self, graph, synthesis) -> dict:
+        return {"minority": graph.minority_classifier(self.params(synthesis))}
+
+    def prepare(self, inputs, backend, device, params):
+        from ..minority import MinorityClassifier
+        from ..utils import read_json
+        classifier, _ = MinorityClassifier.load(inputs["minority"].path / "model", backend)
+        levels = read_json(inputs["minority"].path / "levels.json")
+        split_names = None
+        if "split" in inputs:
+            from ..pipeline.artifacts import read_split
+            split_names = read_split(inputs["split"]).class_names
+        return classifier.to(device), levels, split_names
+
+    def generate(self, backend, guide, targets, cond, uncond, x_T, synthesis, params, generator, prepared=None):
+        from ..diffusion.samplers import ddim_sample, ddpm_sample
+        classifier, levels, names = prepared
+        n = len(x_T)
+        c_cond = cond if classifier.cfg.conditional else backend.null_condition(n).to(cond.device)
+        taus = None
+        if params.guidance.mode == "mixture":
+            key = (lambda c: names[int(c)]) if classifier.cfg.conditional else (lambda c: "all")
+            taus = torch.tensor([levels["taus"][key(c)] for c in targets.tolist()], dtype=torch.float32)
+        hook = minority_hook(classifier, c_cond, params.guidance, taus)
+        clip = getattr(backend, "clip_x0", False)
+        with torch.no_grad():
+            if params.sampler == "ddim":
+                out = ddim_sample(backend.eps, x_T, cond, uncond, backend.alphas_cumprod, num_steps=params.num_steps,
+                                  guidance_scale=params.guidance_scale, clip_x0=clip, hook=hook)
+            else:
+                out = ddpm_sample(backend.eps, x_T, cond, uncond, backend.alphas_cumprod, generator,
+                                  num_steps=params.num_steps, guidance_scale=params.guidance_scale, clip_x0=clip,
+                                  hook=hook)
+            images = backend.decode(out.sample).clamp(0, 1)
+            return images, guide.target_prob(images, targets)
+
+
+@register
+class MinorityGuided(Method):
+    name = "minority"
+    reference = ("Minority guidance (Um et al. 2024, Eq. 17): CE on real + LoRA samples guided toward each tail "
+                 "class's rarest minority level")
+    generator = MinoritySampling()

@@ -1,0 +1,257 @@
+"""The minority classifier p_psi(l~ | x_t, c) (Um et al. 2024, §3.3, App. B.2 and D).
+
+The official code puts x_t through a frozen, noise-conditioned ADM classifier and trains a small network on
+its last feature map. Here the frozen, time-conditioned feature extractor is the diffusion model's own
+encoder half: conv_in, the down blocks and the mid block of the (LoRA-adapted) UNet, with the timestep
+embedding, and -- for the class-conditional classifier of Eq. 17 -- the class condition entering through the
+UNet's cross-attention. Why: it exists for every backend (pixel UNet, Stable Diffusion), it already knows
+x_t at every noise level, and it is the same network whose reconstruction defined the minority score. On
+top sits a small trained head: SiLU + global average pool of the mid-block map, concatenated with the time
+embedding, then a 2-hidden-layer MLP to L logits.
+
+Training (as the official code): x_t = q_sample(x0, t) with t ~ U{0..T-1}, CE against the sample's minority
+level, AdamW (lr 3e-4, weight decay 0.05). It runs in the denoiser loop's checkpoint protocol
+(:mod:`tailsynth.diffusion.train`), so a killed run resumes exactly; a stratified 5 % of the samples is held
+out to report the classifier's accuracy (no choice is made on it).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import field_validator
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..config import StrictConfig, to_dict
+from ..diffusion.schedule import add_noise
+from ..diffusion.train import STATE, _checkpoint, _finish, batch_indices, resume_from
+from ..errors import TailsynthError
+from ..utils import atomic_write_json, progress_enabled, read_json, stable_hash
+
+
+class MinorityClassifierConfig(StrictConfig):
+    num_levels: int = 10  # L (the official code: 100 on data sets of tens of thousands of images)
+    conditional: bool = True  # p(l~ | x_t, c) through the cross-attention (Eq. 17); False: the null condition
+    hidden: int = 256
+    steps: int = 1500
+    batch_size: int = 64
+    lr: float = 3e-4
+    weight_decay: float = 0.05
+    holdout: float = 0.05  # stratified share held out for the reported accuracy
+    hflip: bool = True
+    vflip: bool = False
+    checkpoint_every: int = 250
+    seed: int = 0
+
+    @field_validator("num_levels")
+    @classmethod
+    def _levels(cls, value: int) -> int:
+        if value < 2:
+            raise ValueError(f"num_levels (L) must be >= 2, got {value}")
+        return value
+
+
+def encoder_features(unet, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The UNet2DConditionModel's encoder half: (mid-block feature map (B, C, h, w), time embedding (B, E))."""
+    dtype = unet.dtype
+    x = x_t.to(dtype)
+    t = torch.as_tensor(t, device=x.device).expand(x.shape[0])
+    emb = unet.time_embedding(unet.get_time_embed(sample=x, timestep=t), None)
+    cond = cond.to(dtype)
+    h = unet.conv_in(x)
+    for block in unet.down_blocks:
+        if getattr(block, "has_cross_attention", False):
+            h, _ = block(hidden_states=h, temb=emb, encoder_hidden_states=cond)
+        else:
+            h, _ = block(hidden_states=h, temb=emb)
+    if unet.mid_block is not None:
+        h = unet.mid_block(h, emb, encoder_hidden_states=cond)
+    return h, emb
+
+
+class MinorityHead(nn.Module):
+    """[pool(SiLU(mid map)), time embedding] -> MLP -> L logits."""
+
+    def __init__(self, channels: int, temb_dim: int, hidden: int, num_levels: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(channels + temb_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden),
+                                 nn.SiLU(), nn.Linear(hidden, num_levels))
+
+    def forward(self, mid: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        pooled = F.silu(mid.float()).mean(dim=(2, 3))
+        return self.net(torch.cat([pooled, temb.float()], dim=1))
+
+
+class MinorityClassifier(nn.Module):
+    """``classifier(x_t, t, cond)`` -> logits (B, L) over minority levels; the backend's UNet stays frozen (it is
+    referenced, not owned: saving writes the head only)."""
+
+    def __init__(self, backend, cfg: MinorityClassifierConfig, latent: tuple[int, int, int]):
+        super().__init__()
+        self.cfg = cfg
+        self._backend = [backend]  # a list, so the UNet is not registered as a submodule
+        unet = backend.denoiser
+        device = next(unet.parameters()).device
+        with torch.no_grad():
+            probe = torch.zeros((1, *latent), device=device)
+            mid, emb = encoder_features(unet, probe, torch.zeros(1, dtype=torch.long, device=device),
+                                        backend.null_condition(1).to(device))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            self.head = MinorityHead(mid.shape[1], emb.shape[1], cfg.hidden, cfg.num_levels).to(device)
+
+    @property
+    def backend(self):
+        return self._backend[0]
+
+    def condition(self, cond_ids: torch.Tensor | None, batch: int) -> torch.Tensor:
+        """The condition the classifier sees: the class tokens (conditional) or the null condition."""
+        if self.cfg.conditional:
+            if cond_ids is None:
+                raise TailsynthError("a class-conditional minority classifier needs condition ids")
+            return self.backend.encode_condition(class_ids=cond_ids)
+        return self.backend.null_condition(batch)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        mid, emb = encoder_features(self.backend.denoiser, x_t, t, cond)
+        return self.head(mid, emb)
+
+    def log_prob_grad(self, x_t: torch.Tensor, t: int, cond: torch.Tensor, target: int | torch.Tensor) -> torch.Tensor:
+        """grad_{x_t} log p(l~ = target | x_t, c), the classifier-guidance term of Eq. 8 / 17 (same shape as x_t)."""
+        with torch.enable_grad():
+            x = x_t.detach().requires_grad_(True)
+            logp = self(x, torch.full((len(x),), int(t), dtype=torch.long, device=x.device), cond).log_softmax(1)
+            target = torch.as_tensor(target, device=x.device).expand(len(x)).view(-1, 1)
+            (grad,) = torch.autograd.grad(logp.gather(1, target).sum(), x)
+        return grad.to(x_t.dtype)
+
+    def log_mixture_grad(self, x_t: torch.Tensor, t: int, cond: torch.Tensor, taus: torch.Tensor) -> torch.Tensor:
+        """grad_{x_t} log sum_i tau_i p(l~ = i | x_t, c): the mixture score of App. D.5 (Eq. 18); ``taus`` (L,) or
+        (B, L) positive level values."""
+        with torch.enable_grad():
+            x = x_t.detach().requires_grad_(True)
+            p = self(x, torch.full((len(x),), int(t), dtype=torch.long, device=x.device), cond).softmax(1)
+            (grad,) = torch.autograd.grad((p * taus.to(p)).sum(1).log().sum(), x)
+        return grad.to(x_t.dtype)
+
+    # -- persistence ---------------------------------------------------------------------------------
+    def save(self, directory: Path, extra: dict) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()},
+                  str(directory / "head.safetensors"))
+        atomic_write_json(directory / "classifier.json", {"config": to_dict(self.cfg), **extra})
+
+    @classmethod
+    def load(cls, directory: Path, backend, latent: tuple[int, int, int] | None = None) -> tuple["MinorityClassifier", dict]:
+        """The head saved in ``directory`` over ``backend``'s frozen encoder (``latent``: None = as trained)."""
+        meta_path = Path(directory) / "classifier.json"
+        if not meta_path.is_file():
+            raise TailsynthError(f"{directory} holds no minority classifier (classifier.json)")
+        meta = read_json(meta_path)
+        latent = tuple(meta["latent"]) if latent is None else latent
+        model = cls(backend, MinorityClassifierConfig(**meta["config"]), latent)
+        try:
+            model.head.load_state_dict(load_file(str(Path(directory) / "head.safetensors")))
+        except RuntimeError as err:
+            raise TailsynthError(f"{directory}: the minority classifier does not fit this diffusion model "
+                                 f"(was it trained on another benchmark or backend?): {err}") from None
+        if meta.get("latent") is not None and tuple(meta["latent"]) != tuple(latent):
+            raise TailsynthError(f"{directory}: minority classifier trained on latents {meta['latent']}, this model's "
+                                 f"are {list(latent)}")
+        return model.eval(), meta
+
+
+def holdout_mask(labels: np.ndarray, share: float, seed: int) -> np.ndarray:
+    """A stratified random ``share`` of each label (at least one sample of a label with >= 2) -> True."""
+    rng = np.random.default_rng(seed)
+    mask = np.zeros(len(labels), dtype=bool)
+    if share <= 0:
+        return mask
+    for y in np.unique(labels):
+        idx = np.flatnonzero(labels == y)
+        n = min(len(idx) - 1, max(1, int(round(share * len(idx)))))
+        if n > 0:
+            mask[rng.choice(idx, n, replace=False)] = True
+    return mask
+
+
+def train_minority_classifier(backend, images: np.ndarray, cond_ids: np.ndarray, levels: np.ndarray,
+                              cfg: MinorityClassifierConfig, workdir: Path, device: torch.device) -> tuple[MinorityClassifier, dict]:
+    """Train the head on uint8 images (N, H, W, C) with condition ids and minority levels; returns the classifier
+    (final weights) and a summary with the held-out accuracy (top-1 and within one level)."""
+    workdir = Path(workdir)
+    if len(images) != len(levels) or len(images) != len(cond_ids):
+        raise TailsynthError(f"{len(images)} images, {len(cond_ids)} condition ids, {len(levels)} minority levels")
+    if int(levels.max()) >= cfg.num_levels or int(levels.min()) < 0:
+        raise TailsynthError(f"minority levels must lie in 0..{cfg.num_levels - 1}")
+    backend.denoiser.requires_grad_(False)
+    x_all = torch.as_tensor(images).permute(0, 3, 1, 2).float().div(255.0)
+    latent = tuple(backend.encode(x_all[:1].to(device)).shape[1:])
+    model = MinorityClassifier(backend, cfg, latent)
+    hold = holdout_mask(levels * 10_000 + cond_ids, cfg.holdout, cfg.seed)
+    train_idx = np.flatnonzero(~hold)
+    named = dict(sorted(model.head.named_parameters()))
+    opt = torch.optim.AdamW(list(named.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    fingerprint = stable_hash({"cfg": to_dict(cfg), "n": len(levels), "levels": stable_hash(levels.tolist())})
+    step = resume_from(workdir, fingerprint, named, {}, opt, gen, device, "another minority classifier run")
+    T = backend.alphas_cumprod.shape[0]
+    acp = backend.alphas_cumprod.to(device)
+    y_all = torch.as_tensor(levels, dtype=torch.long)
+    c_all = torch.as_tensor(cond_ids, dtype=torch.long)
+    losses: list[float] = []
+    if step is not None:
+        bar = tqdm(range(step, cfg.steps), desc="minority classifier", initial=step, total=cfg.steps,
+                   disable=not progress_enabled())
+        for step in bar:
+            idx = torch.as_tensor(train_idx)[batch_indices(step, cfg.batch_size, len(train_idx), cfg.seed)]
+            x0 = x_all[idx]
+            x0 = torch.where((torch.rand(len(idx), generator=gen) < 0.5).view(-1, 1, 1, 1) & cfg.hflip, x0.flip(-1), x0)
+            x0 = torch.where((torch.rand(len(idx), generator=gen) < 0.5).view(-1, 1, 1, 1) & cfg.vflip, x0.flip(-2), x0)
+            t = torch.randint(0, T, (len(idx),), generator=gen).to(device)
+            with torch.no_grad():
+                z0 = backend.encode(x0.to(device))
+                noise = torch.randn(z0.shape, generator=gen).to(device)
+                mid, emb = encoder_features(backend.denoiser, add_noise(z0, noise, t, acp), t,
+                                            model.condition(c_all[idx].to(device), len(idx)))
+            loss = F.cross_entropy(model.head(mid, emb), y_all[idx].to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+                _checkpoint(workdir, named, {}, opt, gen, step + 1, fingerprint, cfg)
+        _finish(workdir, named, {}, cfg.steps, fingerprint, cfg)
+    model.eval()
+    summary = {"steps": int(read_json(workdir / STATE)["step"]), "n_train": int(len(train_idx)),
+               "n_holdout": int(hold.sum()), "final_loss": float(np.mean(losses[-100:])) if losses else None,
+               "latent": list(latent)}
+    summary.update(holdout_accuracy(model, x_all[hold], c_all[hold], y_all[hold], device, cfg.seed))
+    return model, summary
+
+
+@torch.no_grad()
+def holdout_accuracy(model: MinorityClassifier, x01: torch.Tensor, cond_ids: torch.Tensor, levels: torch.Tensor,
+                     device: torch.device, seed: int) -> dict:
+    """Accuracy on held-out samples at t = 0.1 T, 0.5 T and 0.9 T (top-1 and |pred - level| <= 1)."""
+    if len(levels) == 0:
+        return {}
+    T = model.backend.alphas_cumprod.shape[0]
+    acp = model.backend.alphas_cumprod.to(device)
+    gen = torch.Generator().manual_seed(seed + 1)
+    out = {}
+    for frac in (0.1, 0.5, 0.9):
+        t = torch.full((len(levels),), int(frac * T), dtype=torch.long, device=device)
+        z0 = model.backend.encode(x01.to(device))
+        x_t = add_noise(z0, torch.randn(z0.shape, generator=gen).to(device), t, acp)
+        pred = model(x_t, t, model.condition(cond_ids.to(device), len(levels))).argmax(1).cpu()
+        out[f"holdout_acc_t{frac:.1f}T"] = float((pred == levels).float().mean())
+        out[f"holdout_within1_t{frac:.1f}T"] = float(((pred - levels).abs() <= 1).float().mean())
+    out["chance"] = 1.0 / model.cfg.num_levels
+    return out
