@@ -19,7 +19,9 @@ GENERATOR = [
     "diffusion.lora={train: {steps: 4, batch_size: 8, checkpoint_every: 2, progress: false}}",
     "synthesis={n_per_class: 3, shard_size: 2, num_steps: 3, aux_method: ce, "
     "params: {logex: {max_opt_steps: 2, batch_size: 4, checkpoint: false}, "
-    "fg-entropy: {every: 2, num_steps: 3, guidance_scale: 3.0}}}",
+    "fg-entropy: {every: 2, num_steps: 3, guidance_scale: 3.0}, "
+    "minority: {classifier: {steps: 4, num_levels: 3, hidden: 16, batch_size: 16, checkpoint_every: 2}, "
+    "score: {num_draws: 2, chunk_size: 100}}}}",
     "oracle={epochs: 1}",
 ]
 

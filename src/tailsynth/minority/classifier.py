@@ -83,8 +83,9 @@ class MinorityHead(nn.Module):
                                  nn.SiLU(), nn.Linear(hidden, num_levels))
 
     def forward(self, mid: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
-        pooled = F.silu(mid.float()).mean(dim=(2, 3))
-        return self.net(torch.cat([pooled, temb.float()], dim=1))
+        dtype = self.net[0].weight.dtype
+        pooled = F.silu(mid.to(dtype)).mean(dim=(2, 3))
+        return self.net(torch.cat([pooled, temb.to(dtype)], dim=1))
 
 
 class MinorityClassifier(nn.Module):

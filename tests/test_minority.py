@@ -1,0 +1,230 @@
+"""Minority guidance: score (Corollary 1), levels, classifier gradient, guidance hook, metrics, bad input."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.neighbors import NearestNeighbors
+
+from tailsynth.diffusion import PixelBackend
+from tailsynth.diffusion.samplers import SamplerStep, ddim_sample, ddpm_sample
+from tailsynth.errors import TailsynthError
+from tailsynth.minority import (MinorityClassifier, MinorityClassifierConfig, MinorityGuidanceConfig,
+                                MinorityScoreConfig, PerceptualDistance, minority_hook, minority_scores,
+                                quantile_labels, score_timestep, train_minority_classifier)
+from tailsynth.ood.rarity import precision_recall, rarity_score
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+def _backend(**extra) -> PixelBackend:
+    cfg = {"num_classes": 3, "image_size": 8, "in_channels": 1, "block_out_channels": [16, 32],
+           "attention_levels": [False, True], "norm_num_groups": 8, "cross_attention_dim": 16,
+           "attention_head_dim": 8, "tokens_per_class": 2, **extra}
+    return PixelBackend(cfg, seed=0).eval()
+
+
+def _images(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.rand(n, 1, 8, 8, generator=torch.Generator().manual_seed(seed))
+
+
+def test_corollary_1_squared_l2_score_is_scaled_noise_prediction_error():
+    backend = _backend()
+    cfg = MinorityScoreConfig(num_draws=3, clip_x0=False, batch_size=4)
+    x, ids = _images(6), torch.tensor([0, 1, 2, 0, 1, 2])
+    out = minority_scores(backend, x, ids, cfg)
+    t = score_timestep("linear", 1000)
+    a = float(backend.alphas_cumprod[t])
+    np.testing.assert_allclose(out["l2"], (1 - a) / a * out["eps_sq"], rtol=1e-4)
+    assert out["l2"].shape == (6,) and (out["l1"] > 0).all()
+    # deterministic per chunk: the same chunk index gives the same draws, another index other draws
+    again = minority_scores(backend, x, ids, cfg)
+    np.testing.assert_array_equal(out["l2"], again["l2"])
+    assert not np.allclose(minority_scores(backend, x, ids, cfg, chunk_index=1)["l2"], out["l2"])
+
+
+def test_score_timestep_rule_and_bad_t():
+    assert score_timestep("linear", 1000) == 600 and score_timestep("cosine", 1000) == 900
+    assert score_timestep("scaled_linear", 1000, t=250) == 250
+    for bad in (0, 1000, -3):
+        with pytest.raises(TailsynthError, match="outside 1..999"):
+            score_timestep("linear", 1000, t=bad)
+
+
+def test_quantile_labels_fill_every_bin_and_are_monotone():
+    rng = np.random.default_rng(0)
+    scores = rng.gamma(2.0, size=103)
+    labels = quantile_labels(scores, 10)
+    counts = np.bincount(labels, minlength=10)
+    assert counts.sum() == 103 and counts.max() - counts.min() <= 1
+    order = np.argsort(scores)
+    assert (np.diff(labels[order]) >= 0).all()  # higher score -> higher (rarer) level
+    assert labels[np.argmax(scores)] == 9 and labels[np.argmin(scores)] == 0
+    groups = np.repeat([0, 1], [53, 50])
+    per_class = quantile_labels(scores, 5, groups)
+    for g in (0, 1):
+        c = np.bincount(per_class[groups == g], minlength=5)
+        assert c.max() - c.min() <= 1
+    with pytest.raises(TailsynthError, match="fewer than the L = 60"):
+        quantile_labels(scores, 60, groups)
+
+
+def _classifier(backend, levels=4, conditional=True):
+    return MinorityClassifier(backend, MinorityClassifierConfig(num_levels=levels, conditional=conditional, hidden=32),
+                              (1, 8, 8)).eval()
+
+
+def test_guidance_gradient_matches_finite_differences():
+    backend = _backend()
+    clf = _classifier(backend).double()
+    backend.double()
+    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    cond = backend.encode_condition(class_ids=torch.tensor([0, 2])).double()
+    grad = clf.log_prob_grad(x, 400, cond, 3)
+    v = torch.randn(x.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    h = 1e-4
+
+    def logp(z):
+        with torch.no_grad():
+            return clf(z, torch.full((2,), 400), cond).log_softmax(1)[:, 3].sum()
+    fd = (logp(x + h * v) - logp(x - h * v)) / (2 * h)
+    torch.testing.assert_close((grad * v).sum(), fd, rtol=1e-5, atol=1e-8)
+
+
+class _StubClassifier:
+    """log p(l | x) = -||x - 1||^2 / 2 -> grad = 1 - x."""
+
+    cfg = MinorityClassifierConfig(num_levels=3)
+
+    def log_prob_grad(self, x_t, t, cond, target):
+        return 1 - x_t
+
+
+def test_hook_applies_eq_8_in_ddim_and_ancestral_form():
+    x = torch.randn(2, 1, 4, 4)
+    eps = torch.randn(2, 1, 4, 4)
+    a_t, a_prev = torch.tensor(0.3), torch.tensor(0.5)
+    hook = minority_hook(_StubClassifier(), torch.zeros(2, 1, 1), MinorityGuidanceConfig(scale=2.0))
+    step = SamplerStep(0, 500, x, eps, x, a_t, a_prev, lambda z: eps)
+    torch.testing.assert_close(hook(step).eps, eps - 2.0 * (1 - a_t) ** 0.5 * (1 - x))
+    mean, var = torch.randn(2, 1, 4, 4), torch.tensor(0.07)
+    step = SamplerStep(0, 500, x, eps, x, a_t, a_prev, lambda z: eps, mean, var)
+    torch.testing.assert_close(hook(step).mean, mean + 2.0 * var * (1 - x))
+    with pytest.raises(TailsynthError, match="outside 0..2"):
+        minority_hook(_StubClassifier(), None, MinorityGuidanceConfig(target=3))
+
+
+def test_zero_scale_reproduces_plain_sampling_bit_for_bit():
+    backend = _backend()
+    clf = _classifier(backend)
+    cond = backend.encode_condition(class_ids=torch.tensor([1, 2])).detach()
+    uncond = backend.null_condition(2).detach()
+    x_T = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(5))
+    acp = backend.alphas_cumprod
+    with torch.no_grad():
+        plain = ddim_sample(backend.eps, x_T, cond, uncond, acp, num_steps=4, clip_x0=True).sample
+        hook0 = minority_hook(clf, cond, MinorityGuidanceConfig(scale=0.0))
+        same = ddim_sample(backend.eps, x_T, cond, uncond, acp, num_steps=4, clip_x0=True, hook=hook0).sample
+        guided = ddim_sample(backend.eps, x_T, cond, uncond, acp, num_steps=4, clip_x0=True,
+                             hook=minority_hook(clf, cond, MinorityGuidanceConfig(scale=50.0))).sample
+        a = ddpm_sample(backend.eps, x_T, cond, uncond, acp, torch.Generator().manual_seed(0), num_steps=4).sample
+        b = ddpm_sample(backend.eps, x_T, cond, uncond, acp, torch.Generator().manual_seed(0), num_steps=4,
+                        hook=hook0).sample
+    assert torch.equal(plain, same) and torch.equal(a, b)
+    assert float((guided - plain).abs().max()) > 1e-4
+
+
+def test_minority_classifier_trains_resumes_and_rejects_another_model(tmp_path):
+    backend = _backend()
+    images = (np.random.default_rng(0).random((24, 8, 8, 1)) * 255).astype(np.uint8)
+    conds = np.repeat([0, 1, 2], 8)
+    levels = quantile_labels(images.reshape(24, -1).mean(1), 2, conds)
+    cfg = MinorityClassifierConfig(num_levels=2, hidden=16, steps=4, batch_size=8, checkpoint_every=2)
+    model, summary = train_minority_classifier(backend, images, conds, levels, cfg, tmp_path / "a", torch.device("cpu"))
+    assert summary["steps"] == 4 and summary["n_train"] + summary["n_holdout"] == 24
+    # interrupted after the step-2 checkpoint: the resumed run ends with the same weights
+    state = tmp_path / "b"
+    train_minority_classifier(backend, images, conds, levels, cfg.model_copy(update={"steps": 2}), state, torch.device("cpu"))
+    import json
+    meta = json.loads((state / "train_state.json").read_text())
+    meta.update(finished=False, fingerprint=json.loads((tmp_path / "a" / "train_state.json").read_text())["fingerprint"])
+    (state / "train_state.json").write_text(json.dumps(meta))
+    resumed, _ = train_minority_classifier(backend, images, conds, levels, cfg, state, torch.device("cpu"))
+    for (k, p), q in zip(model.head.state_dict().items(), resumed.head.state_dict().values()):
+        assert torch.equal(p, q), k
+    model.save(tmp_path / "saved", {"latent": [1, 8, 8]})
+    other = PixelBackend({"num_classes": 3, "image_size": 8, "in_channels": 1, "block_out_channels": [16, 16],
+                          "attention_levels": [False, True], "norm_num_groups": 8, "cross_attention_dim": 16,
+                          "attention_head_dim": 8, "tokens_per_class": 2})
+    with pytest.raises(TailsynthError, match="does not fit this diffusion model"):
+        MinorityClassifier.load(tmp_path / "saved", other)
+    with pytest.raises(TailsynthError, match="levels must lie in 0..1"):
+        train_minority_classifier(backend, images, conds, levels + 1, cfg, tmp_path / "c", torch.device("cpu"))
+
+
+def test_perceptual_distance_is_lpips_baseline_on_the_stages():
+    from tailsynth.models import create_model
+    model = create_model("resnet18", num_classes=3, in_channels=1, width=0.125, small_input=True).eval()
+    d = PerceptualDistance(model, 8, 1)
+    x, y = _images(3, 1), _images(3, 2)
+    assert torch.allclose(d(x, x), torch.zeros(3))
+    fx, fy = d.feature_maps(x), d.feature_maps(y)
+    assert len(fx) == 4
+    expected = sum(((a / a.norm(dim=1, keepdim=True)) - (b / b.norm(dim=1, keepdim=True))).pow(2).sum(1).mean((1, 2))
+                   for a, b in zip(fx, fy))
+    torch.testing.assert_close(d(x, y), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_rarity_score_and_precision_recall_on_hand_examples():
+    ref = np.array([[0.0], [1.0], [2.0], [10.0], [12.0]])
+    # k = 1 radii: 1, 1, 1, 2, 2; 11 lies in the balls of 10 and 12 (radius 2); 0.5 in those of 0 and 1 (radius 1)
+    np.testing.assert_allclose(rarity_score([[0.5], [11.0], [30.0]], ref, k=1), [1.0, 2.0, np.nan])
+    fake = np.array([[0.2], [1.2], [50.0], [51.0]])
+    p, r = precision_recall(ref, fake, k=1)
+    assert p == 0.5  # 0.2 and 1.2 lie in real balls, 50 and 51 do not
+    # fake radii (k = 1): 1, 1, 1, 1 -> reals 0, 1, 2 are covered (0.2, 0.2, 0.8 away); 10 and 12 are not
+    assert r == pytest.approx(3 / 5)
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(60, 3)), rng.normal(size=(40, 3))
+    radii = NearestNeighbors(n_neighbors=6).fit(a).kneighbors(a)[0][:, 5]
+    dist = np.linalg.norm(b[:, None] - a[None], axis=2)
+    assert precision_recall(a, b, k=5)[0] == pytest.approx(float((dist <= radii).any(1).mean()))
+
+
+@pytest.mark.slow
+def test_minority_row_on_the_tiny_experiment(tmp_path):
+    from tiny import quiet, tiny
+
+    from tailsynth.data.synthetic import SyntheticSet
+    from tailsynth.pipeline.experiment import load_experiment
+    from tailsynth.pipeline.experiment_run import run_experiment
+    from tailsynth.pipeline.minority_stages import read_scores
+    runs = tmp_path / "runs"
+    # w = 0: the minority synthesis is the only-LoRA synthesis, image for image
+    cfg = load_experiment("demo", tiny("methods=[logex-lora,minority]", "oracle=null",
+                                       "synthesis.params.minority.guidance.scale=0.0"))
+    run_experiment(cfg, runs, log=quiet)
+    sets = {SyntheticSet.read(m.parent).rows[0]["method"]: m.parent for m in (runs / "synthesize").glob("*/manifest.json")}
+    assert set(sets) == {"lora", "minority"}
+    lora, minority = SyntheticSet.read(sets["lora"]).rows, SyntheticSet.read(sets["minority"]).rows
+    assert len(lora) == len(minority) == 15
+    for a, b in zip(lora, minority):
+        assert (sets["lora"] / a["file"]).read_bytes() == (sets["minority"] / b["file"]).read_bytes()
+    (score_dir,) = [m.parent for m in (runs / "minority_score").glob("*/manifest.json")]
+    scores = read_scores(score_dir)
+    assert set(scores["split"]) == {"train", "val"} and len(scores["ids"]) == len(set(scores["ids"].tolist()))
+    assert {"l2", "l1", "perceptual"} <= set(scores)
+    # guided (w = 20): other images; the scores and classifier are reused, not recomputed
+    cfg = load_experiment("demo", tiny("methods=[minority]", "oracle=null", "synthesis.params.minority.guidance.scale=20.0"))
+    run_experiment(cfg, runs, log=quiet)
+    assert len(list((runs / "minority_score").glob("*/manifest.json"))) == 1
+    assert len(list((runs / "train_minority_classifier").glob("*/manifest.json"))) == 1
+    # L above a class's training count: a clear error, the finished scores stay
+    cfg = load_experiment("demo", tiny("methods=[minority]", "oracle=null",
+                                       "synthesis.params.minority.classifier.num_levels=20"))
+    with pytest.raises(TailsynthError, match="fewer than the L = 20"):
+        run_experiment(cfg, runs, log=quiet)
+    assert len(list((runs / "minority_score").glob("*/manifest.json"))) == 1
