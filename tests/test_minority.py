@@ -228,3 +228,32 @@ def test_minority_row_on_the_tiny_experiment(tmp_path):
     with pytest.raises(TailsynthError, match="fewer than the L = 20"):
         run_experiment(cfg, runs, log=quiet)
     assert len(list((runs / "minority_score").glob("*/manifest.json"))) == 1
+
+
+@pytest.mark.slow
+def test_minority_cli_score_train_sample(tmp_path):
+    from click.testing import CliRunner
+    from tiny import tiny
+
+    from tailsynth.cli import cli
+    args = tiny("oracle=null")
+    runs = str(tmp_path / "runs")
+    runner = CliRunner()
+    out = runner.invoke(cli, ["minority", "score", "demo", *args, "--runs", runs])
+    assert out.exit_code == 0, out.output
+    assert "scores.npz" in out.output
+    out = runner.invoke(cli, ["minority", "train", "demo", *args, "--runs", runs])
+    assert out.exit_code == 0, out.output
+    assert "holdout_acc_t0.1T" in out.output
+    out = runner.invoke(cli, ["minority", "sample", "demo", *args, "--runs", runs, "--out", str(tmp_path / "s"),
+                              "--scales", "0,5", "--classes", "5,9", "-n", "2"])
+    assert out.exit_code == 0, out.output
+    data = np.load(tmp_path / "s" / "samples.npz")
+    assert data["images"].shape == (2 * 3 * 2 * 2, 8, 8, 1)  # classes x levels (0, 1, 2) x scales x n
+    assert (tmp_path / "s" / "grid_5.png").is_file()
+    # w = 0 rows are the same for every level; w = 5 rows differ
+    first = data["images"][(data["classes"] == "5") & (data["scales"] == 0)]
+    np.testing.assert_array_equal(first[:2], first[2:4])
+    out = runner.invoke(cli, ["minority", "sample", "demo", *args, "--runs", runs, "--out", str(tmp_path / "s"),
+                              "--classes", "cat"])
+    assert out.exit_code != 0 and "unknown class" in str(out.exception)

@@ -219,6 +219,68 @@ def data_show(manifest) -> None:
     click.echo(Split.read(manifest).count_table())
 
 
+
+@cli.group()
+def minority() -> None:
+    """Minority guidance (Um et al. 2024): score real images, train the minority classifier, sample."""
+
+
+def _minority_cfg(config: str, overrides: tuple[str, ...]):
+    from .pipeline.experiment import load_experiment
+    return load_experiment(config, list(overrides))
+
+
+@minority.command("score")
+@click.argument("config")
+@click.argument("overrides", nargs=-1)
+@click.option("--runs", default=DEFAULT_RUNS, show_default=True, help="artifact directory")
+def minority_score_cmd(config: str, overrides: tuple[str, ...], runs: str) -> None:
+    """Minority scores (l2, l1, perceptual) of the real train/val images under the adapted diffusion model."""
+    from .pipeline.minority_run import minority_score
+    artifact = minority_score(_minority_cfg(config, overrides), runs, log=click.echo)
+    click.echo(f"scores: {artifact.path / 'scores.npz'}")
+
+
+@minority.command("train")
+@click.argument("config")
+@click.argument("overrides", nargs=-1)
+@click.option("--runs", default=DEFAULT_RUNS, show_default=True, help="artifact directory")
+def minority_train_cmd(config: str, overrides: tuple[str, ...], runs: str) -> None:
+    """The noise-conditioned minority classifier on the training images' minority levels."""
+    from .pipeline.minority_run import minority_train
+    from .utils import read_json
+    artifact = minority_train(_minority_cfg(config, overrides), runs, log=click.echo)
+    summary = read_json(artifact.path / "manifest.json").get("result", {})
+    click.echo(f"classifier: {artifact.path}")
+    for key, value in summary.items():
+        if key.startswith("holdout") or key == "chance":
+            click.echo(f"  {key}: {value:.3f}")
+
+
+@minority.command("sample")
+@click.argument("config")
+@click.argument("overrides", nargs=-1)
+@click.option("--runs", default=DEFAULT_RUNS, show_default=True, help="artifact directory")
+@click.option("--out", required=True, help="folder for the grids and samples.npz")
+@click.option("--levels", default=None, help="target levels, comma-separated (default 0, L/2, L-1)")
+@click.option("--scales", default="0,1,5", show_default=True, help="guidance scales w, comma-separated")
+@click.option("--classes", default=None, help="class names, comma-separated (default: the tail classes)")
+@click.option("-n", "--per-cell", default=8, show_default=True, help="images per grid cell")
+@click.option("--sampler", type=click.Choice(["ddim", "ddpm"]), default="ddim", show_default=True)
+@click.option("--seed", default=0, show_default=True)
+def minority_sample_cmd(config, overrides, runs, out, levels, scales, classes, per_cell, sampler, seed) -> None:
+    """Guided samples for a grid of target levels x scales (the same noise in every cell)."""
+    from .pipeline.minority_run import minority_sample
+    try:
+        lv = [int(v) for v in levels.split(",")] if levels else None
+        sc = [float(v) for v in scales.split(",")]
+    except ValueError as err:
+        raise TailsynthError(f"--levels / --scales must be comma-separated numbers: {err}") from None
+    meta = minority_sample(_minority_cfg(config, overrides), runs, out, lv, sc,
+                           classes.split(",") if classes else None, per_cell, sampler, seed, log=click.echo)
+    click.echo(f"grids for {', '.join(meta['classes'])}: {Path(out).resolve()}")
+
+
 @cli.command()
 @click.argument("sd_path")
 @click.argument("class_names", nargs=-1, required=True)

@@ -42,3 +42,33 @@ def sample_grid(columns, split, per_class: int, classes=None) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=64)
     return buffer.getvalue()
+
+
+def labelled_rows(rows, title: str = "") -> bytes:
+    """A PNG grid: one row per (label, uint8 images (n, H, W, C)), the label on the left (minority guidance's
+    level x scale grids, the lowest / median / highest-scored real images)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    n_cols = max(len(images) for _, images in rows)
+    fig = Figure(figsize=(0.9 * n_cols + 2.2, 0.95 * len(rows) + 0.6))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(rows), n_cols, squeeze=False)
+    for r, (label, images) in enumerate(rows):
+        for j in range(n_cols):
+            ax = axes[r][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 0:
+                ax.set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
+            if j >= len(images):
+                ax.axis("off")
+                continue
+            img = images[j]
+            ax.imshow(img[:, :, 0] if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None,
+                      vmin=0, vmax=255)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    return buffer.getvalue()
