@@ -285,13 +285,18 @@ class StageGraph:
                   "scores": self.minority_scores(settings)}
         return self.run(TRAIN_MINORITY, cfg, inputs, settings.classifier.seed, "minority classifier")
 
+    def oracle(self) -> Artifact:
+        """The oracle classifier on every non-test image (report only, never used for a choice)."""
+        cfg = self.config
+        train = build_config(TrainConfig, {**cfg.classifier.model_dump(), **(cfg.oracle or {})}, "experiment key 'oracle'")
+        return self.run(TRAIN_ORACLE, OracleStageConfig(data=cfg.data, train=train, device=cfg.device,
+                                                        weights_sha256=self.weights_sha256(train)),
+                        {"split": self.split()}, 0, "oracle")
+
     def quality(self) -> Artifact:
         """Oracle on the full pool (report only) and its verdict on every synthetic set (LoGex §4.4)."""
         cfg = self.config
-        train = build_config(TrainConfig, {**cfg.classifier.model_dump(), **(cfg.oracle or {})}, "experiment key 'oracle'")
-        oracle = self.run(TRAIN_ORACLE, OracleStageConfig(data=cfg.data, train=train, device=cfg.device,
-                                                          weights_sha256=self.weights_sha256(train)),
-                          {"split": self.split()}, 0, "oracle")
+        oracle = self.oracle()
         inputs = {"split": self.split(), "oracle": oracle,
                   **{f"synthetic:{k}": v for k, v in self.synthetic_sets.items()}}
         return self.run(QUALITY, QualityStageConfig(data=cfg.data, device=cfg.device), inputs, None, "synthetic quality")
