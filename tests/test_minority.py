@@ -257,3 +257,24 @@ def test_minority_cli_score_train_sample(tmp_path):
     out = runner.invoke(cli, ["minority", "sample", "demo", *args, "--runs", runs, "--out", str(tmp_path / "s"),
                               "--classes", "cat"])
     assert out.exit_code != 0 and "unknown class" in str(out.exception)
+
+
+def test_real_rarity_and_correlations_match_sklearn_and_scipy():
+    from scipy.stats import spearmanr
+    from sklearn.neighbors import LocalOutlierFactor
+
+    from tailsynth.minority.analysis import generation_table, real_rarity, score_correlations
+    rng = np.random.default_rng(3)
+    f = rng.normal(size=(90, 4))
+    y = np.repeat([0, 1, 2], 30)
+    r = real_rarity(f, y, k_knn=5, k_lof=20)
+    g = f[30:60]
+    d, _ = NearestNeighbors(n_neighbors=6).fit(g).kneighbors(g)
+    np.testing.assert_allclose(r["avgknn"][30:60], d[:, 1:].mean(1))
+    np.testing.assert_allclose(r["lof"][30:60], -LocalOutlierFactor(n_neighbors=20).fit(g).negative_outlier_factor_)
+    s = rng.normal(size=90)
+    corr = score_correlations({"l2": s}, r, y, ["a", "b", "c"])
+    assert corr["l2"]["avgknn"]["per_class"]["b"] == pytest.approx(spearmanr(s[30:60], r["avgknn"][30:60]).statistic)
+    table = generation_table(f, y, {"same": (f + 1e-9, y), "far": (f + 50.0, y)}, [0, 1, 2], ["a", "b", "c"])
+    assert table["same"]["mean"]["precision"] == 1.0 and table["far"]["mean"]["precision"] == 0.0
+    assert table["far"]["mean"]["avgknn"] > 10 * table["same"]["mean"]["avgknn"]

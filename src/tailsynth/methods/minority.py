@@ -39,6 +39,14 @@ class MinoritySampling(SyntheticGenerator):
     name = "minority"
     Config = MinoritySettings
 
+    def settings(self, synthesis) -> dict:
+        p = self.params(synthesis)
+        return {"DDIM steps": p.num_steps, "CFG": p.guidance_scale, "sampler": p.sampler,
+                "aux classifier": self.aux_method(synthesis), "images / class": synthesis.n_per_class,
+                "target level": p.guidance.target if p.guidance.target is not None else f"L-1 = {p.classifier.num_levels - 1}",
+                "scale w": p.guidance.scale, "mode": p.guidance.mode, "score distance": p.distance,
+                "levels L": p.classifier.num_levels, "classifier steps": p.classifier.steps}
+
     def inputs(self, graph, synthesis) -> dict:
         return {"minority": graph.minority_classifier(self.params(synthesis))}
 
