@@ -278,3 +278,16 @@ def test_real_rarity_and_correlations_match_sklearn_and_scipy():
     table = generation_table(f, y, {"same": (f + 1e-9, y), "far": (f + 50.0, y)}, [0, 1, 2], ["a", "b", "c"])
     assert table["same"]["mean"]["precision"] == 1.0 and table["far"]["mean"]["precision"] == 0.0
     assert table["far"]["mean"]["avgknn"] > 10 * table["same"]["mean"]["avgknn"]
+
+
+def test_minority_settings_are_checked_before_anything_runs():
+    from tiny import tiny
+
+    from tailsynth.pipeline.experiment import load_experiment
+    from tailsynth.pipeline.graph import check_experiment
+    for bad, message in (("synthesis.params.minority.perceptual_method=logex", "trains on synthetic images"),
+                         ("synthesis.params.minority.classifier.num_levels=1", "num_levels"),
+                         ("synthesis.params.minority.score.num_draws=0", "must be >= 1"),
+                         ("synthesis.params.minority.guidance.mode=sideways", "mode")):
+        with pytest.raises(TailsynthError, match=message):  # load_experiment checks the methods' settings
+            check_experiment(load_experiment("demo", tiny("methods=[minority]", bad)))

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from pydantic import field_validator
 
 from ..config import StrictConfig
 from ..minority import MinorityClassifierConfig, MinorityGuidanceConfig, MinorityScoreConfig, minority_hook
@@ -33,6 +34,15 @@ class MinoritySettings(StrictConfig):
     perceptual: Literal["classifier", "random", "none"] = "classifier"
     perceptual_method: str = "ce"  # whose trained classifier (seed 0) gives the perceptual feature maps
     classifier: MinorityClassifierConfig = MinorityClassifierConfig()
+
+    @field_validator("perceptual_method")
+    @classmethod
+    def _known_method(cls, name: str) -> str:
+        from .registry import METHODS
+        method = METHODS.get(name)  # an unknown name lists the registered methods
+        if method.generator is not None:
+            raise ValueError(f"{name!r} trains on synthetic images; the perceptual network must be trained on real ones")
+        return name
 
 
 class MinoritySampling(SyntheticGenerator):
