@@ -49,9 +49,10 @@ def test_every_method_runs_on_the_tiny_experiment_sharing_stages(tmp_path):
         m = json.loads((art.path / "metrics.json").read_text())["metrics"]
         assert 0.0 <= m["fpr95"] <= 1.0 and 0.0 <= m["bacc_head"] <= 1.0, name
     runs = tmp_path / "runs"
-    assert len(list((runs / "train_diffusion").glob("*/manifest.json"))) == 1  # shared by all three generators
+    assert len(list((runs / "train_diffusion").glob("*/manifest.json"))) == 1  # shared by all four generators
     assert len(list((runs / "adapt_lora").glob("*/manifest.json"))) == 1
-    assert len(list((runs / "synthesize").glob("*/manifest.json"))) == 3
+    assert len(list((runs / "synthesize").glob("*/manifest.json"))) == 4  # lora, logex, fg-entropy, minority
+    assert len(list((runs / "minority_score").glob("*/manifest.json"))) == 1
     # the auxiliary classifier (aux_method: ce, seed 0) is the ce row's own classifier, trained once
     # (la and la-ldmlr retrain nothing: a label_shift stage each)
     assert len(list((runs / "train_classifier").glob("*/manifest.json"))) == len(ALL) - 2
