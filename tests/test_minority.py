@@ -288,6 +288,7 @@ def test_minority_settings_are_checked_before_anything_runs():
     for bad, message in (("synthesis.params.minority.perceptual_method=logex", "trains on synthetic images"),
                          ("synthesis.params.minority.classifier.num_levels=1", "num_levels"),
                          ("synthesis.params.minority.score.num_draws=0", "must be >= 1"),
-                         ("synthesis.params.minority.guidance.mode=sideways", "mode")):
+                         ("synthesis.params.minority.guidance.mode=sideways", "mode"),
+                         ("synthesis.params.minority.perceptual=none", "needs a perceptual network")):
         with pytest.raises(TailsynthError, match=message):  # load_experiment checks the methods' settings
             check_experiment(load_experiment("demo", tiny("methods=[minority]", bad)))

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import field_validator
+from pydantic import field_validator, model_validator
 
 from ..config import StrictConfig
 from ..minority import MinorityClassifierConfig, MinorityGuidanceConfig, MinorityScoreConfig, minority_hook
@@ -34,6 +34,12 @@ class MinoritySettings(StrictConfig):
     perceptual: Literal["classifier", "random", "none"] = "classifier"
     perceptual_method: str = "ce"  # whose trained classifier (seed 0) gives the perceptual feature maps
     classifier: MinorityClassifierConfig = MinorityClassifierConfig()
+
+    @model_validator(mode="after")
+    def _distance_is_computed(self) -> "MinoritySettings":
+        if self.distance == "perceptual" and self.perceptual == "none":
+            raise ValueError("distance 'perceptual' needs a perceptual network (perceptual: classifier or random)")
+        return self
 
     @field_validator("perceptual_method")
     @classmethod
