@@ -22,7 +22,7 @@ def main() -> None:
     parser.add_argument("--levels", type=int, default=10)
     parser.add_argument("--distance", default="perceptual")
     parser.add_argument("--unconditional", action="store_true")
-    parser.add_argument("--out", default=None)
+    parser.add_argument("--out", default=None, help="work folder (default: RUNS/probes/...)")
     args = parser.parse_args()
     from tailsynth.minority import MinorityClassifierConfig, quantile_labels, train_minority_classifier
     from tailsynth.pipeline.artifacts import load_adapted, read_split
@@ -41,7 +41,7 @@ def main() -> None:
     levels = quantile_labels(scores[args.distance][train], args.levels, None if args.unconditional else labels)
     clf_cfg = MinorityClassifierConfig(num_levels=args.levels, conditional=not args.unconditional, steps=args.steps,
                                        lr=args.lr, hflip=False, checkpoint_every=10**9)
-    out = Path(args.out or f"/tmp/minority-probe-{args.lr}-{int(args.unconditional)}")
+    out = Path(args.out or Path(args.runs) / "probes" / f"minority-classifier-lr{args.lr}-uncond{int(args.unconditional)}")
     _, summary = train_minority_classifier(backend, images, condition_ids(split, cond_of, labels), levels, clf_cfg, out,
                                            torch.device("cpu"))
     print(json.dumps({"lr": args.lr, "steps": args.steps, "unconditional": args.unconditional,

@@ -230,10 +230,17 @@ def _minority_cfg(config: str, overrides: tuple[str, ...]):
     return load_experiment(config, list(overrides))
 
 
-@minority.command("score")
-@click.argument("config")
-@click.argument("overrides", nargs=-1)
-@click.option("--runs", default=DEFAULT_RUNS, show_default=True, help="artifact directory")
+def _experiment_command(group, name: str):
+    """A subcommand of ``group`` taking CONFIG [OVERRIDES]... and --runs (the minority commands)."""
+    def wrap(func):
+        func = click.option("--runs", default=DEFAULT_RUNS, show_default=True, help="artifact directory")(func)
+        func = click.argument("overrides", nargs=-1)(func)
+        func = click.argument("config")(func)
+        return group.command(name)(func)
+    return wrap
+
+
+@_experiment_command(minority, "score")
 def minority_score_cmd(config: str, overrides: tuple[str, ...], runs: str) -> None:
     """Minority scores (l2, l1, perceptual) of the real train/val images under the adapted diffusion model."""
     from .pipeline.minority_run import minority_score
@@ -241,10 +248,7 @@ def minority_score_cmd(config: str, overrides: tuple[str, ...], runs: str) -> No
     click.echo(f"scores: {artifact.path / 'scores.npz'}")
 
 
-@minority.command("train")
-@click.argument("config")
-@click.argument("overrides", nargs=-1)
-@click.option("--runs", default=DEFAULT_RUNS, show_default=True, help="artifact directory")
+@_experiment_command(minority, "train")
 def minority_train_cmd(config: str, overrides: tuple[str, ...], runs: str) -> None:
     """The noise-conditioned minority classifier on the training images' minority levels."""
     from .pipeline.minority_run import minority_train
@@ -257,10 +261,7 @@ def minority_train_cmd(config: str, overrides: tuple[str, ...], runs: str) -> No
             click.echo(f"  {key}: {value:.3f}")
 
 
-@minority.command("sample")
-@click.argument("config")
-@click.argument("overrides", nargs=-1)
-@click.option("--runs", default=DEFAULT_RUNS, show_default=True, help="artifact directory")
+@_experiment_command(minority, "sample")
 @click.option("--out", required=True, help="folder for the grids and samples.npz")
 @click.option("--levels", default=None, help="target levels, comma-separated (default 0, L/2, L-1)")
 @click.option("--scales", default="0,1,5", show_default=True, help="guidance scales w, comma-separated")

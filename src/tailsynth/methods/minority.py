@@ -17,6 +17,7 @@ from pydantic import field_validator, model_validator
 
 from ..config import StrictConfig
 from ..minority import MinorityClassifierConfig, MinorityGuidanceConfig, MinorityScoreConfig, minority_hook
+from ..minority.guidance import guided_sample
 from .base import Method, SyntheticGenerator
 from .registry import register
 
@@ -78,7 +79,6 @@ class MinoritySampling(SyntheticGenerator):
         return classifier.to(device), levels, split_names
 
     def generate(self, backend, guide, targets, cond, uncond, x_T, synthesis, params, generator, prepared=None):
-        from ..diffusion.samplers import ddim_sample, ddpm_sample
         classifier, levels, names = prepared
         n = len(x_T)
         c_cond = cond if classifier.cfg.conditional else backend.null_condition(n).to(cond.device)
@@ -87,16 +87,9 @@ class MinoritySampling(SyntheticGenerator):
             key = (lambda c: names[int(c)]) if classifier.cfg.conditional else (lambda c: "all")
             taus = torch.tensor([levels["taus"][key(c)] for c in targets.tolist()], dtype=torch.float32)
         hook = minority_hook(classifier, c_cond, params.guidance, taus)
-        clip = getattr(backend, "clip_x0", False)
+        images = guided_sample(backend, x_T, cond, uncond, hook, params.sampler, params.num_steps,
+                               params.guidance_scale, generator)
         with torch.no_grad():
-            if params.sampler == "ddim":
-                out = ddim_sample(backend.eps, x_T, cond, uncond, backend.alphas_cumprod, num_steps=params.num_steps,
-                                  guidance_scale=params.guidance_scale, clip_x0=clip, hook=hook)
-            else:
-                out = ddpm_sample(backend.eps, x_T, cond, uncond, backend.alphas_cumprod, generator,
-                                  num_steps=params.num_steps, guidance_scale=params.guidance_scale, clip_x0=clip,
-                                  hook=hook)
-            images = backend.decode(out.sample).clamp(0, 1)
             return images, guide.target_prob(images, targets)
 
 

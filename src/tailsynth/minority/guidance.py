@@ -59,3 +59,23 @@ def minority_hook(classifier: MinorityClassifier, cond: torch.Tensor, cfg: Minor
         return StepChange(eps=step.eps - cfg.scale * (1 - step.alpha_t) ** 0.5 * grad)
 
     return hook
+
+
+@torch.no_grad()
+def guided_sample(backend, x_T: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor, hook, sampler: str,
+                  num_steps: int, guidance_scale: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Images in [0, 1] from x_T by DDIM (eta 0) or ancestral DDPM (``generator`` for its noise) with CFG and the
+    minority ``hook`` (the hook computes its gradient with grad enabled itself)."""
+    from ..diffusion.samplers import ddim_sample, ddpm_sample
+    clip = getattr(backend, "clip_x0", False)
+    if sampler == "ddim":
+        out = ddim_sample(backend.eps, x_T, cond, uncond, backend.alphas_cumprod, num_steps=num_steps,
+                          guidance_scale=guidance_scale, clip_x0=clip, hook=hook)
+    elif sampler == "ddpm":
+        if generator is None:
+            raise TailsynthError("ancestral (ddpm) minority sampling needs a torch.Generator")
+        out = ddpm_sample(backend.eps, x_T, cond, uncond, backend.alphas_cumprod, generator, num_steps=num_steps,
+                          guidance_scale=guidance_scale, clip_x0=clip, hook=hook)
+    else:
+        raise TailsynthError(f"unknown sampler {sampler!r}; valid: ddim, ddpm")
+    return backend.decode(out.sample).clamp(0, 1)

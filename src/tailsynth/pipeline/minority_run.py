@@ -43,8 +43,8 @@ def minority_sample(cfg: ExperimentConfig, runs: str | Path, out: str | Path, le
                     seed: int = 0, log: Callable[[str], None] = print) -> dict:
     """A grid PNG per class (rows: level x scale) and ``samples.npz`` (uint8 images, class, level, scale) under
     ``out``; returns the settings written to ``samples.json``."""
-    from ..diffusion.samplers import ddim_sample, ddpm_sample
     from ..minority import MinorityClassifier, MinorityGuidanceConfig, minority_hook
+    from ..minority.guidance import guided_sample
     from ..report.grids import labelled_rows
     from .artifacts import load_adapted, read_split
     from .minority_stages import condition_ids
@@ -77,17 +77,8 @@ def minority_sample(cfg: ExperimentConfig, runs: str | Path, out: str | Path, le
         for level in levels:
             for w in scales:
                 hook = minority_hook(classifier, c_cond, MinorityGuidanceConfig(target=level, scale=w))
-                with torch.no_grad():
-                    if sampler == "ddim":
-                        z = ddim_sample(backend.eps, x_T, cond, uncond, backend.alphas_cumprod,
-                                        num_steps=settings.num_steps, guidance_scale=settings.guidance_scale,
-                                        clip_x0=getattr(backend, "clip_x0", False), hook=hook).sample
-                    else:
-                        z = ddpm_sample(backend.eps, x_T, cond, uncond, backend.alphas_cumprod,
-                                        torch.Generator().manual_seed(seed + 1), num_steps=settings.num_steps,
-                                        guidance_scale=settings.guidance_scale,
-                                        clip_x0=getattr(backend, "clip_x0", False), hook=hook).sample
-                    images = backend.decode(z).clamp(0, 1)
+                images = guided_sample(backend, x_T, cond, uncond, hook, sampler, settings.num_steps,
+                                       settings.guidance_scale, torch.Generator().manual_seed(seed + 1))
                 arr = (images.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
                 rows.append((f"l~={level}, w={w:g}", arr))
                 records["images"].append(arr)
