@@ -92,6 +92,30 @@ def test_denoiser_progress_bar_follows_tailsynth_progress(tmp_path, monkeypatch,
         assert ("denoiser" in capsys.readouterr().err) == expect_bar, env
 
 
+def test_progress_bars_only_on_a_terminal_unless_forced(monkeypatch):
+    """Unset TAILSYNTH_PROGRESS: bars iff stderr is a terminal (a log file gets the runner's one line per
+    stage); '1' / '0' force them on / off."""
+    import io
+    import sys
+
+    from tailsynth.utils import progress_enabled
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.delenv("TAILSYNTH_PROGRESS", raising=False)
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    assert progress_enabled() is False
+    monkeypatch.setattr(sys, "stderr", Tty())
+    assert progress_enabled() is True
+    monkeypatch.setenv("TAILSYNTH_PROGRESS", "0")
+    assert progress_enabled() is False
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    monkeypatch.setenv("TAILSYNTH_PROGRESS", "1")
+    assert progress_enabled() is True
+
+
 def test_v_prediction_converts_to_eps_and_trains_against_v(tmp_path):
     """prediction: v (Salimans & Ho 2022): eps() = sqrt(a) v + sqrt(1-a) x_t, x0-hat = sqrt(a) x_t - sqrt(1-a) v,
     the training target is v = sqrt(a) eps - sqrt(1-a) x0; an eps-model is unchanged (target = the noise)."""

@@ -175,6 +175,31 @@ def test_per_method_auxiliary_classifier(tmp_path):
     assert aux == ["ce seed 0", "logex-lora seed 0", "ce-rw seed 0", "logex seed 0"]
 
 
+def test_aux_train_gives_the_guidance_its_own_classifier_and_lora_settings_keep_the_base(tmp_path):
+    """synthesis.aux_train trains a separate auxiliary classifier (the row keeps its own), with those settings
+    over the experiment's classifier; a bad key stops before any stage; a new LoRA setting reuses the base
+    (its fingerprint leaves LoRA out) and only what depends on LoRA gets new fingerprints."""
+    from tailsynth.errors import TailsynthError
+
+    keep = [o for o in TINY if not o.startswith(("methods=", "synthesis="))]
+    synth = "synthesis={n_per_class: 3, shard_size: 2, num_steps: 3, aux_method: ce, %s}"
+    plan = lambda *o: run_experiment(load_experiment("demo", keep + list(o)), tmp_path / "runs",  # noqa: E731
+                                     plan_only=True, log=quiet).plan
+    shared = plan("methods=[ce, logex]", synth % "params: {logex: {max_opt_steps: 1}}")
+    own = plan("methods=[ce, logex]", synth % "aux_train: {epochs: 3, selection: val_bacc}, "
+                                              "params: {logex: {max_opt_steps: 1}}")
+    labels = lambda p: [e["label"] for e in p if e["stage"] == "train_classifier"]  # noqa: E731
+    assert labels(shared) == ["ce seed 0", "logex seed 0"]
+    assert labels(own) == ["ce seed 0", "aux ce seed 0", "logex seed 0"]
+    fp = lambda p, label: next(e["fingerprint"] for e in p if e["label"] == label)  # noqa: E731
+    assert fp(own, "ce seed 0") == fp(shared, "ce seed 0") and fp(own, "aux ce seed 0") != fp(shared, "ce seed 0")
+    with pytest.raises(TailsynthError, match="aux_train"):
+        plan("methods=[logex]", synth % "aux_train: {epoch: 3}")
+    rank8 = plan("methods=[ce, logex]", synth % "params: {logex: {max_opt_steps: 1}}", "diffusion.lora.rank=8")
+    assert fp(rank8, "base diffusion") == fp(shared, "base diffusion")
+    assert fp(rank8, "LoRA on tail") != fp(shared, "LoRA on tail")
+
+
 def test_sweep_of_a_method_not_run_adds_nothing(tmp_path):
     """`methods=[ce]` on a config that sweeps logex-lora runs CE only (no diffusion stage, no sweep row)."""
     overrides = [o for o in TINY if not o.startswith("methods=")] + ["methods=[ce]",

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -100,5 +101,11 @@ def resolve_device(name: str | None = "auto") -> torch.device:
 
 
 def progress_enabled() -> bool:
-    """Progress bars unless ``TAILSYNTH_PROGRESS=0`` (e.g. for logs written to files)."""
-    return os.environ.get("TAILSYNTH_PROGRESS", "1") != "0"
+    """Progress bars on a terminal only: in a log file their redraws flood it, and the runner's one line per
+    stage (``[run]`` / ``[done] ... in 12.3s``) says what happened. ``TAILSYNTH_PROGRESS=1`` forces bars,
+    ``TAILSYNTH_PROGRESS=0`` turns them off everywhere."""
+    forced = os.environ.get("TAILSYNTH_PROGRESS", "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
+    stream = sys.stderr  # where tqdm draws
+    return bool(stream is not None and hasattr(stream, "isatty") and stream.isatty())

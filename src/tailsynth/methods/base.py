@@ -43,6 +43,9 @@ class SynthesisConfig(StrictConfig):
     guidance_scale: float = 3.0
     aux_method: str = "ldam-rw-drw"  # the auxiliary classifier (LoGex code: LDAM + DRW)
     aux_seed: int = 0
+    # the auxiliary classifier's own training settings, over the experiment's ``classifier`` (e.g. more epochs
+    # or a wider network than the table's rows); empty: the aux IS the ``aux_method`` row's classifier
+    aux_train: dict[str, Any] = {}
     # how the guide resizes generated images to the auxiliary classifier's size (SD: 512 px -> 32 px);
     # bicubic (antialiased) is how the saved images are read back for training, so DiG-IN optimises that image
     guide_resize: Literal["bicubic", "bilinear"] = "bicubic"

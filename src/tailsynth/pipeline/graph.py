@@ -12,7 +12,7 @@ from typing import Any
 
 from ..config import StrictConfig, build_config
 from ..data import index_source, load_benchmark_config
-from ..diffusion import BACKENDS
+from ..diffusion import BACKENDS, LoraAdaptConfig
 from ..errors import TailsynthError
 from ..methods import METHODS, Method, SynthesisConfig, SyntheticGenerator, generator_named
 from ..report.sweep import row_label
@@ -60,6 +60,8 @@ def check_experiment(cfg: ExperimentConfig) -> None:
         if aux.generator is not None:
             raise TailsynthError(f"synthesis.params.{name}.aux_method: {aux.name!r} trains on synthetic images "
                                  f"itself; the auxiliary classifier must be trained on real images")
+    if synthesis.aux_train:
+        aux_train_config(cfg, synthesis)
     if cfg.classifier.pretrained:
         check_pretrained(cfg)
     for name in cfg.methods:
@@ -67,6 +69,12 @@ def check_experiment(cfg: ExperimentConfig) -> None:
         if generator is not None:
             generator.params(synthesis)
             METHODS.get(generator.aux_method(synthesis))
+
+
+def aux_train_config(cfg: ExperimentConfig, synthesis: SynthesisConfig) -> TrainConfig:
+    """The experiment's classifier settings with ``synthesis.aux_train`` over them."""
+    return build_config(TrainConfig, {**cfg.classifier.model_dump(), **synthesis.aux_train},
+                        "experiment key 'synthesis.aux_train'")
 
 
 def check_pretrained(cfg: ExperimentConfig) -> None:
@@ -152,10 +160,11 @@ class StageGraph:
         return METHODS.get(name).classifier(self, seed, per_class)
 
     def train(self, method: Method, seed: int, inputs: dict[str, Artifact], *, per_class: int | None = None,
-              epochs: int | None = None, train: TrainConfig | None = None) -> Artifact:
+              epochs: int | None = None, train: TrainConfig | None = None, prefix: str = "") -> Artifact:
         """``method``'s classifier-training stage on the split plus ``inputs``; ``per_class`` synthetic images
         per tail class (a sweep row), ``epochs`` instead of the experiment's (cRT), ``train`` instead of the
-        experiment's classifier config (LDMLR's head fine-tune)."""
+        experiment's classifier config (LDMLR's head fine-tune, the guidance's auxiliary classifier), ``prefix``
+        in front of the stage's label."""
         cfg = self.config
         train_cfg = train if train is not None else cfg.classifier
         train_cfg = train_cfg if epochs is None else train_cfg.model_copy(update={"epochs": epochs})
@@ -170,7 +179,7 @@ class StageGraph:
         stage_cfg = TrainStageConfig(method=method.name, criterion_params=cfg.method_params.get(method.name, {}),
                                      seed=seed, data=cfg.data, train=train_cfg, device=cfg.device,
                                      weights_sha256=self.weights_sha256(train_cfg), **extra)
-        return self.run(TRAIN, stage_cfg, {"split": self.split(), **inputs}, seed, f"{label} seed {seed}")
+        return self.run(TRAIN, stage_cfg, {"split": self.split(), **inputs}, seed, f"{prefix}{label} seed {seed}")
 
     def weights_sha256(self, train: TrainConfig) -> str | None:
         """SHA-256 of the pretrained weights file (memoised), so new weights at the same path retrain."""
@@ -185,14 +194,24 @@ class StageGraph:
         return DiffusionStageConfig(diffusion=self.diffusion, data=self.config.data, device=self.config.device)
 
     def base_diffusion(self) -> Artifact:
-        """The base denoiser on the head classes (or the pretrained SD folder it names)."""
-        return self.run(TRAIN_DIFFUSION, self.diffusion_stage_config(), {"split": self.split()},
-                        self.diffusion.seed, "base diffusion")
+        """The base denoiser on the head classes (or the pretrained SD folder it names). Its fingerprint leaves
+        out the LoRA settings, which it does not use: a new LoRA setting reuses the trained base."""
+        cfg = self.diffusion_stage_config()
+        cfg = cfg.model_copy(update={"diffusion": cfg.diffusion.model_copy(update={"lora": LoraAdaptConfig()})})
+        return self.run(TRAIN_DIFFUSION, cfg, {"split": self.split()}, self.diffusion.seed, "base diffusion")
 
     def lora(self) -> Artifact:
         """LoRA (+ tail tokens) on the tail images, over the base diffusion model."""
         return self.run(ADAPT_LORA, self.diffusion_stage_config(), {"split": self.split(), "base": self.base_diffusion()},
                         self.diffusion.seed, "LoRA on tail")
+
+    def auxiliary(self, name: str) -> Artifact:
+        """The auxiliary classifier of the guidance: method ``name`` trained on real images, with
+        ``synthesis.aux_train`` over the experiment's classifier settings (none: the table row's classifier)."""
+        s = self.synthesis
+        if not s.aux_train:
+            return self.classifier(name, s.aux_seed)
+        return self.train(METHODS.get(name), s.aux_seed, {}, train=aux_train_config(self.config, s), prefix="aux ")
 
     def synthetic(self, generator: SyntheticGenerator) -> Artifact:
         """base diffusion (head) -> LoRA (tail) -> auxiliary classifier -> the generator's synthetic tail set,
@@ -201,7 +220,7 @@ class StageGraph:
         base, lora = self.base_diffusion(), self.lora()
         params = {k: v for k, v in s.params.get(generator.name, {}).items() if k != "aux_method"}
         aux_method = generator.aux_method(s)
-        aux = self.classifier(aux_method, s.aux_seed)
+        aux = self.auxiliary(aux_method)
         n = max([s.n_per_class] + [n for name, counts in self.config.synthetic_sweep.items()
                                    if METHODS.get(name).generator is generator for n in counts])
         synth_cfg = SynthStageConfig(
