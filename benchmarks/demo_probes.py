@@ -44,7 +44,9 @@ PROBES: dict[str, list[str]] = {
 METRICS = ["val_fpr95", "val_bacc_head", "val_bacc_tail", "fpr95", "auroc", "bacc_head", "bacc_tail"]
 
 
-def run_probe(name: str, overrides: list[str], runs: Path) -> dict:
+def run_probe(name: str, overrides: list[str], runs: Path, keep_wall: float | None = None) -> dict:
+    """Run the demo with ``overrides`` in ``runs`` (finished stages are reused) and collect its numbers;
+    ``keep_wall``: the wall time to record instead of this call's (a refresh of a finished probe)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TAILSYNTH_PROGRESS": "0"}
     cmd = [sys.executable, "-c", "from tailsynth.cli import main; main()", "demo", "--runs", str(runs), *overrides]
     start = time.time()
@@ -55,23 +57,63 @@ def run_probe(name: str, overrides: list[str], runs: Path) -> dict:
     wall = time.time() - start
     if rc:
         raise SystemExit(f"probe {name} failed (rc {rc}); see {log}")
+    return {"overrides": overrides, "wall_s": keep_wall if keep_wall is not None else round(wall, 1), **collect(runs)}
+
+
+def collect(runs: Path) -> dict:
+    """The table rows, the oracle accuracy and the auxiliary classifier's validation balanced accuracy
+    (head, tail, all classes) of one finished probe's runs folder."""
     results = json.loads((runs / "reports" / "demo" / "results.json").read_text())
     rows = {m: {k: results["methods"][m][k]["mean"] for k in METRICS} for m in results["methods"]}
-    oracle = {k: v["overall"] for k, v in results.get("oracle_accuracy", {}).items() if isinstance(v, dict)}
-    return {"overrides": overrides, "wall_s": round(wall, 1), "methods": rows, "oracle": oracle}
+    quality = {k: v for k, v in results.get("oracle_accuracy", {}).items() if isinstance(v, dict)}
+    oracle = {k: v["overall"] for k, v in quality.items()}
+    on_synthetic = {k: {f: v[f] for f in ("aux_accuracy", "aux_right_oracle_wrong", "agreement") if f in v}
+                    for k, v in quality.items() if k != "real_tail_test"}
+    return {"methods": rows, "oracle": oracle, "aux_on_synthetic": on_synthetic, "aux": aux_validation(runs)}
+
+
+def aux_validation(runs: Path) -> dict:
+    """Recall per class of the DiG-IN synthesis's auxiliary classifier on the validation split (argmax over all
+    classes), averaged over the head, the tail and all classes."""
+    import numpy as np
+    import torch
+
+    from tailsynth.pipeline.artifacts import load_classifier, read_split, split_data
+    from tailsynth.pipeline.experiment import DataConfig
+    from tailsynth.pipeline.store import Artifact
+    from tailsynth.training import predict
+
+    synth = next(m for m in (json.loads(f.read_text()) for f in (runs / "synthesize").glob("*/manifest.json"))
+                 if m["config"]["method"] == "logex")
+    aux, split_in = synth["inputs"]["aux"], synth["inputs"]["split"]
+    split = read_split(Artifact("split", split_in["fingerprint"], runs / "split" / split_in["fingerprint"]))
+    val = split_data(split, DataConfig(**synth["config"]["data"]), "val")
+    model, _ = load_classifier(runs / "train_classifier" / aux["fingerprint"])
+    pred = predict(model, val.images, torch.device("cpu"))[0].argmax(1)
+    recall = np.array([np.mean(pred[val.labels == c] == c) for c in range(len(split.class_names))])
+    head = [c if isinstance(c, int) else split.class_names.index(c) for c in split.head_classes]
+    tail = [c if isinstance(c, int) else split.class_names.index(c) for c in split.tail_classes]
+    return {"label": json.loads((runs / "train_classifier" / aux["fingerprint"] / "manifest.json").read_text())["label"],
+            "val_bacc": float(recall.mean()), "val_bacc_head": float(recall[head].mean()),
+            "val_bacc_tail": float(recall[tail].mean())}
 
 
 def table(probes: dict) -> str:
     lines = ["| probe | wall s | oracle lora | oracle logex | val FPR@95 ce / lora / logex | "
-             "val bAcc-tail ce / lora / logex | test FPR@95 ce / lora / logex | test bAcc-head ce / logex |",
-             "|---|---|---|---|---|---|---|---|"]
+             "val bAcc-tail ce / lora / logex | aux val bAcc all / tail | aux acc. on logex images | "
+             "aux right, oracle wrong | test FPR@95 ce / lora / logex | test bAcc-tail ce / lora / logex | "
+             "test bAcc-head ce / logex |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     pct = lambda x: f"{100 * x:.1f}"  # noqa: E731
     for name, p in probes.items():
-        m = p["methods"]
+        m, on_logex = p["methods"], p.get("aux_on_synthetic", {}).get("logex", {})
         trio = lambda k: " / ".join(pct(m[r][k]) if r in m else "-" for r in ("ce", "logex-lora", "logex"))  # noqa: E731
         lines.append(f"| {name} | {p['wall_s']:.0f} | {pct(p['oracle'].get('lora', float('nan')))} | "
                      f"{pct(p['oracle'].get('logex', float('nan')))} | {trio('val_fpr95')} | {trio('val_bacc_tail')} | "
-                     f"{trio('fpr95')} | {pct(m['ce']['bacc_head'])} / {pct(m['logex']['bacc_head'])} |")
+                     f"{pct(p['aux']['val_bacc'])} / {pct(p['aux']['val_bacc_tail'])} | "
+                     f"{pct(on_logex.get('aux_accuracy', float('nan')))} | "
+                     f"{pct(on_logex.get('aux_right_oracle_wrong', float('nan')))} | {trio('fpr95')} | "
+                     f"{trio('bacc_tail')} | {pct(m['ce']['bacc_head'])} / {pct(m['logex']['bacc_head'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -80,6 +122,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/demo-probes"))
     ap.add_argument("--runs", type=Path, default=Path("runs-demo-probes"))
     ap.add_argument("--only", nargs="*", default=None)
+    ap.add_argument("--refresh", action="store_true",
+                    help="rerun the finished probes on their runs folders (every finished stage is reused; a stage "
+                         "whose code changed reruns) and re-collect, keeping their wall times")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "probes.json"
@@ -87,8 +132,11 @@ def main() -> None:
     for name, overrides in PROBES.items():
         if args.only and name not in args.only:
             continue
+        if args.refresh and name not in done:
+            continue
         print(f"[probe] {name}", flush=True)
-        done[name] = run_probe(name, ["methods=[ce,logex-lora,logex]", *overrides], args.runs / name)
+        done[name] = run_probe(name, ["methods=[ce,logex-lora,logex]", *overrides], args.runs / name,
+                               keep_wall=done[name]["wall_s"] if args.refresh else None)
         path.write_text(json.dumps(done, indent=1))
         (args.out / "probes.md").write_text(table(done))
     print(table(done))

@@ -120,6 +120,26 @@ def test_guided_methods_through_the_pipeline(tmp_path):
     assert np.mean([e["mean_score"] for e in per_class.values()]) == pytest.approx(np.mean(list(sets["logex"].values())))
     assert set(results["oracle_accuracy"]) == {"real_tail_test", "lora", "logex", "fg-entropy"}
     assert "Synthetic image settings" in (result.report_dir / "report.md").read_text()
+    # auxiliary vs oracle on the guided images, recomputed from the saved images and both classifiers
+    import torch
+
+    from tailsynth.pipeline.artifacts import load_classifier
+    from tailsynth.training import predict
+    runs = tmp_path / "runs"
+    synth = next(m.parent for m in (runs / "synthesize").glob("*/manifest.json")
+                 if json.loads(m.read_text())["config"]["method"] == "logex")
+    split = Split.read(next((runs / "split").glob("*/split.csv")))
+    images, labels = SyntheticSet.read(synth).load_images(split.class_names, 8, 1)
+    aux_fp = json.loads((synth / "manifest.json").read_text())["inputs"]["aux"]["fingerprint"]
+    aux_pred = predict(load_classifier(runs / "train_classifier" / aux_fp)[0], images, torch.device("cpu"))[0].argmax(1)
+    oracle_pred = predict(load_classifier(next((runs / "train_oracle").glob("*/")))[0], images,
+                          torch.device("cpu"))[0].argmax(1)
+    q = results["oracle_accuracy"]["logex"]
+    assert q["overall"] == pytest.approx(np.mean(oracle_pred == labels))
+    assert q["aux_accuracy"] == pytest.approx(np.mean(aux_pred == labels))
+    assert q["aux_right_oracle_wrong"] == pytest.approx(np.mean((aux_pred == labels) & (oracle_pred != labels)))
+    assert q["agreement"] == pytest.approx(np.mean(aux_pred == oracle_pred))
+    assert "aux right, oracle wrong" in (result.report_dir / "report.md").read_text()
 
 
 def test_images_per_class_sweep_uses_prefixes_of_one_synthesis(tmp_path):

@@ -91,6 +91,7 @@ def run_quality(cfg: QualityStageConfig, inputs: dict[str, Artifact], workdir: P
                                                                          cfg.data.channels)
         pred = predict(oracle, images, device)[0].argmax(1) if len(images) else np.zeros(0, int)
         result[method] = _accuracy(pred, labels, split)
+        result[method].update(_aux_agreement(inputs[key], images, labels, pred, device))
         columns.append((method, images, labels, pred))
     tr_mask = np.isin(train.labels, split.tail_classes)
     tr_pred = predict(oracle, train.images[tr_mask], device)[0].argmax(1)
@@ -98,6 +99,22 @@ def run_quality(cfg: QualityStageConfig, inputs: dict[str, Artifact], workdir: P
     atomic_write_json(workdir / "quality.json", result)
     atomic_write_bytes(workdir / "samples.png", sample_grid(columns, split, cfg.grid_per_class))
     return {k: v["overall"] for k, v in result.items()}
+
+
+def _aux_agreement(synthetic: Artifact, images: np.ndarray, labels: np.ndarray, oracle_pred: np.ndarray,
+                   device: torch.device) -> dict[str, Any]:
+    """Whether the guidance fooled its auxiliary classifier: the auxiliary's accuracy on the synthetic images
+    (argmax = the target class) and the share it gets right while the oracle gets wrong (an image made
+    confident for the auxiliary without becoming the class: adversarial for it). Empty for a set made without
+    an auxiliary classifier."""
+    aux = synthetic.manifest.get("inputs", {}).get("aux")
+    if aux is None or not len(images):
+        return {}
+    model, _ = load_classifier(synthetic.path.parent.parent / aux["stage"] / aux["fingerprint"])
+    aux_pred = predict(model.to(device), images, device)[0].argmax(1)
+    aux_right, oracle_right = aux_pred == labels, oracle_pred == labels
+    return {"aux_accuracy": float(aux_right.mean()), "aux_right_oracle_wrong": float((aux_right & ~oracle_right).mean()),
+            "agreement": float((aux_pred == oracle_pred).mean())}
 
 
 def _accuracy(pred: np.ndarray, labels: np.ndarray, split) -> dict[str, Any]:
@@ -110,4 +127,4 @@ def _accuracy(pred: np.ndarray, labels: np.ndarray, split) -> dict[str, Any]:
 
 
 TRAIN_ORACLE = Stage("train_oracle", "1", run_train_oracle, "oracle classifier on the full pool (report only)")
-QUALITY = Stage("synthetic_quality", "3", run_quality, "oracle accuracy on synthetic images and sample grid")
+QUALITY = Stage("synthetic_quality", "4", run_quality, "oracle accuracy on synthetic images and sample grid")

@@ -46,12 +46,16 @@ def synthetic_table(summary: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> T
 
 def quality_table(quality: Mapping[str, Any]) -> Table:
     classes = list(quality["real_tail_test"]["per_class"])
-    table = Table("Synthetic image quality (oracle accuracy, %, LoGex §4.4)", ["images", "oracle acc."] + classes,
+    table = Table("Synthetic image quality (oracle accuracy, %, LoGex §4.4)",
+                  ["images", "oracle acc."] + classes + ["aux acc.", "aux right, oracle wrong"],
                   caption="The oracle is trained on every non-test image of every class; it is used for this "
-                          "table only.")
+                          "table only. aux acc. = the auxiliary classifier's accuracy on the same images; "
+                          "'aux right, oracle wrong' = images the guidance made the auxiliary's class without "
+                          "the oracle agreeing (adversarial for the auxiliary).")
+    pct = lambda v: f"{100 * v:.1f}" if v is not None else "–"  # noqa: E731
     for name, entry in quality.items():
         label = "real tail (test)" if name == "real_tail_test" else f"synthetic: {name}"
-        cells = [f"{100 * entry['per_class'][c]:.1f}" if c in entry["per_class"] else "–" for c in classes]
-        overall = f"{100 * entry['overall']:.1f}" if entry["overall"] is not None else "–"
-        table.rows.append([(label, ""), (overall, "")] + [(c, "") for c in cells])
+        cells = [pct(entry["per_class"][c]) if c in entry["per_class"] else "–" for c in classes]
+        aux = [pct(entry.get("aux_accuracy")), pct(entry.get("aux_right_oracle_wrong"))]
+        table.rows.append([(label, ""), (pct(entry["overall"]), "")] + [(c, "") for c in cells + aux])
     return table
