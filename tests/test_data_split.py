@@ -190,3 +190,17 @@ def test_cifar10_lt_uses_official_test_and_val_fraction():
         assert c["val"] == max(1, int(np.floor(0.1 * per_class[k] + 0.5)))
     assert all(sid.startswith("test/") for sid in split.ids("test"))
     assert split.tail_classes == [7, 8, 9] and split.groups["medium"] == [4, 5, 6]
+
+
+@pytest.mark.skipif(not CIFAR10.is_file(), reason="shared CIFAR-LT data not present")
+def test_cifar10_tail6_counts_val_per_class_from_the_train_file():
+    """val_fraction: null takes n_val_head / n_val_tail (100 / 10) from the official train file; the 6 tail
+    classes keep exactly 10 training images, the head at most 1000; test = the official 1000 per class."""
+    split = build_split(load_benchmark_config("cifar10-tail6"))
+    per_class = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
+    for k, name in enumerate(split.class_names):
+        c = split.counts()[name]
+        tail = k >= 4
+        assert c["test"] == 1000 and c["val"] == (10 if tail else 100)
+        assert c["train"] == (10 if tail else min(1000, per_class[k] - 100))
+    assert len(split.tail_classes) == 6 and all(sid.startswith("test/") for sid in split.ids("test"))

@@ -34,7 +34,8 @@ class BenchmarkConfig(StrictConfig):
     - ``n_val_head`` / ``n_val_tail``: validation images per head / tail class (LoGex: 100 / 10), used
       when the source has no official train split and no ``imbalance_factor``.
     - ``val_fraction``: with an official train split (CIFAR-LT) or an ``imbalance_factor``, validation is
-      this stratified share of each class's train pool (at least 1 image per class).
+      this stratified share of each class's train pool (at least 1 image per class); None: the
+      ``n_val_head`` / ``n_val_tail`` counts there too (LoGex's 100 / 10 on CIFAR).
     - ``test_fraction``: the stratified test share per class when the source has no official test split.
     - ``max_per_head``: cap on training images per head class (random subset); None = all.
     - ``imbalance_factor``: exponential profile of Cao et al. 2019, n_c = n_max * IF^(-c/(K-1)) over the
@@ -51,7 +52,7 @@ class BenchmarkConfig(StrictConfig):
     n_val_tail: int = 10
     test_fraction: float = 0.2
     max_per_head: int | None = None
-    val_fraction: float = 0.1
+    val_fraction: float | None = 0.1
     imbalance_factor: float | None = None
     groups: dict[str, list[str]] | None = None
     seed: int = 0
@@ -67,8 +68,8 @@ class BenchmarkConfig(StrictConfig):
 
     @field_validator("test_fraction", "val_fraction")
     @classmethod
-    def _fraction(cls, value: float) -> float:
-        if not 0.0 <= value < 1.0:
+    def _fraction(cls, value: float | None) -> float | None:
+        if value is not None and not 0.0 <= value < 1.0:
             raise ValueError("must be in [0, 1)")
         return value
 

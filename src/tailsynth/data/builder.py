@@ -123,8 +123,8 @@ def build_split(cfg: BenchmarkConfig, seed: int | None = None) -> Split:
     kept = [index.class_names[c] for c in order]
     parts = [test_and_pool(index, c, cfg, seed) for c in order]
     sizes = profile_sizes(cfg, [pool for _, pool, _ in parts])
-    by_fraction = cfg.imbalance_factor is not None or (
-        index.official_split is not None and not (index.official_split == "val").any())
+    by_fraction = cfg.val_fraction is not None and (cfg.imbalance_factor is not None or (
+        index.official_split is not None and not (index.official_split == "val").any()))
     records: list[tuple[int, int, int]] = []  # (label, split position, source row)
     for label, c in enumerate(order):
         test, pool, official_val = parts[label]
