@@ -37,6 +37,7 @@ PROBES: dict[str, list[str]] = {
     "old+lora500+strong-digin": OLD + BIG_LORA + ["diffusion.lora.train.steps=500"] + STRONG_DIGIN,
     "old+lora500+strong-digin+aux": OLD + BIG_LORA + ["diffusion.lora.train.steps=500"] + STRONG_DIGIN + AUX,
     "shipped": [],  # the demo as shipped now
+    "shipped-seeds-0-1-2": ["seeds=[0,1,2]"],  # the classifier seeds' spread (the generator is seed-independent)
     "shipped-no-aux-train": ["synthesis.aux_train={}"],
     "shipped-logex-digin-settings": ["synthesis.params.logex.max_opt_steps=20", "synthesis.params.logex.threshold=0.4",
                                      "synthesis.params.logex.lr_latent=1e-3", "synthesis.params.logex.lr_embed=1e-2"],
@@ -65,11 +66,13 @@ def collect(runs: Path) -> dict:
     (head, tail, all classes) of one finished probe's runs folder."""
     results = json.loads((runs / "reports" / "demo" / "results.json").read_text())
     rows = {m: {k: results["methods"][m][k]["mean"] for k in METRICS} for m in results["methods"]}
+    spread = {m: {k: results["methods"][m][k]["std"] for k in METRICS} for m in results["methods"]}
     quality = {k: v for k, v in results.get("oracle_accuracy", {}).items() if isinstance(v, dict)}
     oracle = {k: v["overall"] for k, v in quality.items()}
     on_synthetic = {k: {f: v[f] for f in ("aux_accuracy", "aux_right_oracle_wrong", "agreement") if f in v}
                     for k, v in quality.items() if k != "real_tail_test"}
-    return {"methods": rows, "oracle": oracle, "aux_on_synthetic": on_synthetic, "aux": aux_validation(runs)}
+    return {"methods": rows, "std": spread, "seeds": results["seeds"], "oracle": oracle,
+            "aux_on_synthetic": on_synthetic, "aux": aux_validation(runs)}
 
 
 def aux_validation(runs: Path) -> dict:
@@ -110,13 +113,18 @@ def table(probes: dict) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     pct = lambda x: f"{100 * x:.1f}"  # noqa: E731
     for name, p in probes.items():
-        m, on_logex = p["methods"], p.get("aux_on_synthetic", {}).get("logex", {})
-        trio = lambda k: " / ".join(pct(m[r][k]) if r in m else "-" for r in ("ce", "logex-lora", "logex"))  # noqa: E731
+        m, on_logex, aux, nan = p["methods"], p.get("aux_on_synthetic", {}).get("logex", {}), p.get("aux", {}), float("nan")
+        sd = p.get("std", {})
+        several = len(p.get("seeds", [0])) > 1
+
+        def trio(k):
+            return " / ".join((pct(m[r][k]) + (f" ± {pct(sd[r][k])}" if several else "")) if r in m else "-"
+                              for r in ("ce", "logex-lora", "logex"))
         lines.append(f"| {name} | {p['wall_s']:.0f} | {pct(p['oracle'].get('lora', float('nan')))} | "
                      f"{pct(p['oracle'].get('logex', float('nan')))} | {trio('val_fpr95')} | {trio('val_bacc_tail')} | "
-                     f"{pct(p['aux']['val_bacc'])} / {pct(p['aux']['val_bacc_tail'])} | "
-                     f"{pct(on_logex.get('aux_accuracy', float('nan')))} | "
-                     f"{pct(on_logex.get('aux_right_oracle_wrong', float('nan')))} | {trio('fpr95')} | "
+                     f"{pct(aux.get('val_bacc', nan))} / {pct(aux.get('val_bacc_tail', nan))} | "
+                     f"{pct(on_logex.get('aux_accuracy', nan))} | "
+                     f"{pct(on_logex.get('aux_right_oracle_wrong', nan))} | {trio('fpr95')} | "
                      f"{trio('bacc_tail')} | {pct(m['ce']['bacc_head'])} / {pct(m['logex']['bacc_head'])} |")
     return "\n".join(lines) + "\n"
 
