@@ -39,6 +39,7 @@ PROBES: dict[str, list[str]] = {
     "shipped": [],  # the demo as shipped now
     "shipped-seeds-0-1-2": ["seeds=[0,1,2]"],  # the classifier seeds' spread (the generator is seed-independent)
     "shipped-no-aux-train": ["synthesis.aux_train={}"],
+    "shipped-aux-ensemble-3": ["synthesis.aux_ensemble=3"],  # the mean softmax of 3 auxiliaries (seeds 0, 1, 2)
     "shipped-logex-digin-settings": ["synthesis.params.logex.max_opt_steps=20", "synthesis.params.logex.threshold=0.4",
                                      "synthesis.params.logex.lr_latent=1e-3", "synthesis.params.logex.lr_embed=1e-2"],
 }

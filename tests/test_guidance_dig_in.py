@@ -212,3 +212,22 @@ def test_the_objective_recomputed_from_the_sampler_and_the_guide():
         expected = probs[1] / 6 + 2 * probs[2] / 6 + 3 * probs[3] / 6
     assert torch.allclose(res.trace[0], expected, atol=1e-6)
     assert bool((res.trace[-1] > res.trace[0]).all())  # and the optimisation raised it
+
+
+def test_ensemble_guide_follows_the_mean_softmax_and_reaches_every_member():
+    """Several auxiliaries: softmax(guide(x)) = mean of the members' softmaxes (guide logits = log mean p), the
+    gradient w.r.t. the image is the mean of the members' probability gradients, one member = that member's
+    logits unchanged, and members with other class counts are refused."""
+    members = [TinyClassifier(seed=s) for s in (0, 1, 2)]
+    ens, one = ClassifierGuide(members, 16, 3), ClassifierGuide(members[0], 16, 3)
+    x = torch.rand(3, 3, 16, 16, requires_grad=True)
+    want = torch.stack([ClassifierGuide(m, 16, 3)(x).softmax(1) for m in members]).mean(0)
+    assert torch.allclose(ens(x).softmax(1), want, atol=1e-6)
+    assert torch.equal(one(x), members[0].forward_head(members[0].forward_features(one.preprocess(x))))
+    t = torch.tensor([0, 1, 3])
+    (g_ens,) = torch.autograd.grad(ens.target_prob(x, t).sum(), x)
+    parts = [torch.autograd.grad(ClassifierGuide(m, 16, 3).target_prob(x, t).sum(), x)[0] for m in members]
+    assert torch.allclose(g_ens, torch.stack(parts).mean(0), atol=1e-6)
+    assert all(not p.requires_grad for p in ens.parameters())
+    with pytest.raises(TailsynthError, match="class counts"):
+        ClassifierGuide([TinyClassifier(num_classes=4), TinyClassifier(num_classes=5)], 16, 3)

@@ -215,6 +215,10 @@ def test_aux_train_gives_the_guidance_its_own_classifier_and_lora_settings_keep_
     assert fp(own, "ce seed 0") == fp(shared, "ce seed 0") and fp(own, "aux ce seed 0") != fp(shared, "ce seed 0")
     with pytest.raises(TailsynthError, match="aux_train"):
         plan("methods=[logex]", synth % "aux_train: {epoch: 3}")
+    ens = plan("methods=[ce, logex]", synth % "aux_ensemble: 3, aux_train: {epochs: 3}, params: {logex: {max_opt_steps: 1}}")
+    assert labels(ens) == ["ce seed 0", "aux ce seed 0", "aux ce seed 1", "aux ce seed 2", "logex seed 0"]
+    with pytest.raises(TailsynthError, match="aux_ensemble"):
+        plan("methods=[logex]", synth % "aux_ensemble: 0")
     rank8 = plan("methods=[ce, logex]", synth % "params: {logex: {max_opt_steps: 1}}", "diffusion.lora.rank=8")
     assert fp(rank8, "base diffusion") == fp(shared, "base diffusion")
     assert fp(rank8, "LoRA on tail") != fp(shared, "LoRA on tail")

@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 
 from ..config import StrictConfig, build_config
 from ..errors import TailsynthError
@@ -46,6 +47,10 @@ class SynthesisConfig(StrictConfig):
     # the auxiliary classifier's own training settings, over the experiment's ``classifier`` (e.g. more epochs
     # or a wider network than the table's rows); empty: the aux IS the ``aux_method`` row's classifier
     aux_train: dict[str, Any] = {}
+    # an ensemble of this many auxiliary classifiers (seeds aux_seed, aux_seed + 1, ...): the guidance follows
+    # their mean softmax (tailsynth.diffusion.guidance.ClassifierGuide), which one member's adversarial
+    # direction moves less
+    aux_ensemble: int = Field(1, ge=1)
     # how the guide resizes generated images to the auxiliary classifier's size (SD: 512 px -> 32 px);
     # bicubic (antialiased) is how the saved images are read back for training, so DiG-IN optimises that image
     guide_resize: Literal["bicubic", "bilinear"] = "bicubic"

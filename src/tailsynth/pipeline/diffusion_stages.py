@@ -126,6 +126,12 @@ def _png(image01: torch.Tensor) -> bytes:
     return buffer.getvalue()
 
 
+def aux_keys(inputs: dict) -> list[str]:
+    """The auxiliary classifiers among a synthesis stage's inputs, in ensemble order: aux, aux_1, aux_2, ..."""
+    extra = sorted((k for k in inputs if k.startswith("aux_") and k[4:].isdigit()), key=lambda k: int(k[4:]))
+    return ["aux"] + extra if "aux" in inputs else extra
+
+
 def run_synthesize(cfg: SynthStageConfig, inputs: dict[str, Artifact], workdir: Path) -> dict[str, Any]:
     """``n_per_class`` images per tail class as PNGs + ``synthetic.csv`` (a :class:`SyntheticSet`: file, class,
     role, method, seed, score = aux-classifier confidence). Shards finished before an interruption are not
@@ -134,8 +140,10 @@ def run_synthesize(cfg: SynthStageConfig, inputs: dict[str, Artifact], workdir: 
     device = resolve_device(cfg.device)
     s = cfg.synthesis
     backend, cond_of = load_adapted(inputs["base"].path, inputs["lora"].path, cfg.diffusion, split, device)
-    aux, card = load_classifier(inputs["aux"].path)
-    guide = ClassifierGuide(aux.to(device), card["image_size"], card["in_channels"], mode=s.guide_resize).to(device)
+    members = [load_classifier(inputs[key].path) for key in aux_keys(inputs)]
+    card = members[0][1]
+    guide = ClassifierGuide([m.to(device) for m, _ in members], card["image_size"], card["in_channels"],
+                            mode=s.guide_resize).to(device)
     method = generator_named(cfg.method)
     params = method.params(s)
     prepared = method.prepare(inputs, backend, device, params)

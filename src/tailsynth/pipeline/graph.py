@@ -205,13 +205,17 @@ class StageGraph:
         return self.run(ADAPT_LORA, self.diffusion_stage_config(), {"split": self.split(), "base": self.base_diffusion()},
                         self.diffusion.seed, "LoRA on tail")
 
-    def auxiliary(self, name: str) -> Artifact:
-        """The auxiliary classifier of the guidance: method ``name`` trained on real images, with
+    def auxiliary(self, name: str) -> dict[str, Artifact]:
+        """The auxiliary classifier(s) of the guidance, as synthesis inputs ``aux``, ``aux_1``, ...: method
+        ``name`` trained on real images with seeds ``aux_seed + i`` (i < ``aux_ensemble``) and
         ``synthesis.aux_train`` over the experiment's classifier settings (none: the table row's classifier)."""
         s = self.synthesis
-        if not s.aux_train:
-            return self.classifier(name, s.aux_seed)
-        return self.train(METHODS.get(name), s.aux_seed, {}, train=aux_train_config(self.config, s), prefix="aux ")
+        out = {}
+        for i in range(s.aux_ensemble):
+            seed, key = s.aux_seed + i, "aux" if i == 0 else f"aux_{i}"
+            out[key] = (self.classifier(name, seed) if not s.aux_train else
+                        self.train(METHODS.get(name), seed, {}, train=aux_train_config(self.config, s), prefix="aux "))
+        return out
 
     def synthetic(self, generator: SyntheticGenerator) -> Artifact:
         """base diffusion (head) -> LoRA (tail) -> auxiliary classifier -> the generator's synthetic tail set,
@@ -227,7 +231,7 @@ class StageGraph:
             method=generator.name, synthesis=s.model_copy(update={"params": {generator.name: params}, "n_per_class": n,
                                                                    "aux_method": aux_method}),
             diffusion=self.diffusion, data=self.config.data, device=self.config.device)
-        inputs = {"split": self.split(), "base": base, "lora": lora, "aux": aux, **generator.inputs(self, s)}
+        inputs = {"split": self.split(), "base": base, "lora": lora, **aux, **generator.inputs(self, s)}
         artifact = self.run(SYNTHESIZE, synth_cfg, inputs, s.seed, f"synthesis {generator.name}")
         self.synthetic_sets[generator.name] = artifact
         return artifact

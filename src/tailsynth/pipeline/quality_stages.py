@@ -107,11 +107,17 @@ def _aux_agreement(synthetic: Artifact, images: np.ndarray, labels: np.ndarray, 
     (argmax = the target class) and the share it gets right while the oracle gets wrong (an image made
     confident for the auxiliary without becoming the class: adversarial for it). Empty for a set made without
     an auxiliary classifier."""
-    aux = synthetic.manifest.get("inputs", {}).get("aux")
-    if aux is None or not len(images):
+    from .diffusion_stages import aux_keys
+    recorded = synthetic.manifest.get("inputs", {})
+    keys = aux_keys(recorded)
+    if not keys or not len(images):
         return {}
-    model, _ = load_classifier(synthetic.path.parent.parent / aux["stage"] / aux["fingerprint"])
-    aux_pred = predict(model.to(device), images, device)[0].argmax(1)
+    probs = 0.0
+    for key in keys:  # an ensemble decides by its mean softmax, as in the guidance
+        model, _ = load_classifier(synthetic.path.parent.parent / recorded[key]["stage"] / recorded[key]["fingerprint"])
+        logits = predict(model.to(device), images, device)[0]
+        probs = probs + torch.from_numpy(logits).softmax(dim=1).numpy() / len(keys)
+    aux_pred = probs.argmax(1)
     aux_right, oracle_right = aux_pred == labels, oracle_pred == labels
     return {"aux_accuracy": float(aux_right.mean()), "aux_right_oracle_wrong": float((aux_right & ~oracle_right).mean()),
             "agreement": float((aux_pred == oracle_pred).mean())}

@@ -12,7 +12,9 @@ mapped to [-1, 1] (x01 * 2 - 1) at its own resolution and channel count, so the 
 3. maps [0, 1] -> [-1, 1].
 
 The model is put in eval mode and its parameters are frozen (``requires_grad=False``): gradients flow to the
-images only.
+images only. Given several models (an ensemble of auxiliary classifiers, e.g. seeds), the guide's logits are
+log of the mean of their softmaxes, so ``softmax(guide(x))`` is the ensemble's mean probability: an image must
+convince every member, which an adversarial perturbation of one member's decision does less often.
 """
 from __future__ import annotations
 
@@ -28,23 +30,30 @@ LUMA = (0.299, 0.587, 0.114)
 class ClassifierGuide(nn.Module):
     """``guide(images)`` -> logits (B, K) for images (B, C, H, W) in [0, 1]; differentiable w.r.t. images."""
 
-    def __init__(self, model: nn.Module, image_size: int, channels: int, mode: str = "bicubic"):
+    def __init__(self, model: nn.Module | list[nn.Module], image_size: int, channels: int, mode: str = "bicubic"):
         super().__init__()
+        members = list(model) if isinstance(model, (list, tuple)) else [model]
+        if not members:
+            raise TailsynthError("ClassifierGuide: needs at least one classifier")
+        classes = {getattr(m, "num_classes", None) for m in members}
+        if len(classes) > 1:
+            raise TailsynthError(f"ClassifierGuide: the ensemble's classifiers have different class counts {classes}")
         if channels not in (1, 3):
             raise TailsynthError(f"ClassifierGuide: channels must be 1 or 3, got {channels}")
         if image_size < 1:
             raise TailsynthError(f"ClassifierGuide: image_size must be >= 1, got {image_size}")
         if mode not in ("bilinear", "bicubic"):
             raise TailsynthError(f"ClassifierGuide: mode must be 'bilinear' or 'bicubic', got {mode!r}")
-        self.model = model.eval()
-        self.model.requires_grad_(False)
+        self.members = nn.ModuleList(members).eval()
+        self.members.requires_grad_(False)
+        self.model = members[0]  # the first member (its class count, device)
         self.image_size, self.channels, self.mode = int(image_size), int(channels), mode
         self.register_buffer("luma", torch.tensor(LUMA).view(1, 3, 1, 1), persistent=False)
 
     def train(self, mode: bool = True) -> "ClassifierGuide":
         """The wrapped classifier always stays in eval mode (BatchNorm running statistics)."""
         super().train(mode)
-        self.model.eval()
+        self.members.eval()
         return self
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
@@ -63,7 +72,10 @@ class ClassifierGuide(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = self.preprocess(images)
-        return self.model.forward_head(self.model.forward_features(x)).float()
+        if len(self.members) == 1:
+            return self.model.forward_head(self.model.forward_features(x)).float()
+        probs = torch.stack([m.forward_head(m.forward_features(x)).float().softmax(dim=1) for m in self.members])
+        return probs.mean(dim=0).clamp_min(1e-30).log()
 
     def target_prob(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """softmax(logits)[b, targets[b]], shape (B,)."""
