@@ -132,6 +132,14 @@ def aux_keys(inputs: dict) -> list[str]:
     return ["aux"] + extra if "aux" in inputs else extra
 
 
+def aux_guide(folders: list[Path], device: torch.device, resize: str) -> ClassifierGuide:
+    """The auxiliary classifier(s) saved in ``folders`` as one guide (an ensemble when several)."""
+    members = [load_classifier(folder) for folder in folders]
+    card = members[0][1]
+    return ClassifierGuide([m.to(device) for m, _ in members], card["image_size"], card["in_channels"],
+                           mode=resize).to(device)
+
+
 def run_synthesize(cfg: SynthStageConfig, inputs: dict[str, Artifact], workdir: Path) -> dict[str, Any]:
     """``n_per_class`` images per tail class as PNGs + ``synthetic.csv`` (a :class:`SyntheticSet`: file, class,
     role, method, seed, score = aux-classifier confidence). Shards finished before an interruption are not
@@ -140,10 +148,7 @@ def run_synthesize(cfg: SynthStageConfig, inputs: dict[str, Artifact], workdir: 
     device = resolve_device(cfg.device)
     s = cfg.synthesis
     backend, cond_of = load_adapted(inputs["base"].path, inputs["lora"].path, cfg.diffusion, split, device)
-    members = [load_classifier(inputs[key].path) for key in aux_keys(inputs)]
-    card = members[0][1]
-    guide = ClassifierGuide([m.to(device) for m, _ in members], card["image_size"], card["in_channels"],
-                            mode=s.guide_resize).to(device)
+    guide = aux_guide([inputs[key].path for key in aux_keys(inputs)], device, s.guide_resize)
     method = generator_named(cfg.method)
     params = method.params(s)
     prepared = method.prepare(inputs, backend, device, params)

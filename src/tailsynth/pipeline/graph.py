@@ -210,12 +210,14 @@ class StageGraph:
         ``name`` trained on real images with seeds ``aux_seed + i`` (i < ``aux_ensemble``) and
         ``synthesis.aux_train`` over the experiment's classifier settings (none: the table row's classifier)."""
         s = self.synthesis
-        out = {}
-        for i in range(s.aux_ensemble):
-            seed, key = s.aux_seed + i, "aux" if i == 0 else f"aux_{i}"
-            out[key] = (self.classifier(name, seed) if not s.aux_train else
-                        self.train(METHODS.get(name), seed, {}, train=aux_train_config(self.config, s), prefix="aux "))
-        return out
+        train = aux_train_config(self.config, s) if s.aux_train else None
+
+        def member(seed: int) -> Artifact:
+            if train is None:
+                return self.classifier(name, seed)
+            return self.train(METHODS.get(name), seed, {}, train=train, prefix="aux ")
+
+        return {("aux" if i == 0 else f"aux_{i}"): member(s.aux_seed + i) for i in range(s.aux_ensemble)}
 
     def synthetic(self, generator: SyntheticGenerator) -> Artifact:
         """base diffusion (head) -> LoRA (tail) -> auxiliary classifier -> the generator's synthetic tail set,

@@ -18,6 +18,7 @@ from ..data import load_images
 from ..data.synthetic import SyntheticSet
 from ..report.grids import sample_grid
 from ..training import ArrayData, TrainConfig, fit, predict
+from ..training.augment import to_float
 from ..training.batches import ImageBatches
 from ..training.objectives import CriterionObjective
 from ..utils import atomic_write_bytes, atomic_write_json, resolve_device
@@ -107,17 +108,18 @@ def _aux_agreement(synthetic: Artifact, images: np.ndarray, labels: np.ndarray, 
     (argmax = the target class) and the share it gets right while the oracle gets wrong (an image made
     confident for the auxiliary without becoming the class: adversarial for it). Empty for a set made without
     an auxiliary classifier."""
-    from .diffusion_stages import aux_keys
-    recorded = synthetic.manifest.get("inputs", {})
+    from .diffusion_stages import aux_guide, aux_keys
+    manifest = synthetic.manifest
+    recorded = manifest.get("inputs", {})
     keys = aux_keys(recorded)
     if not keys or not len(images):
         return {}
-    probs = 0.0
-    for key in keys:  # an ensemble decides by its mean softmax, as in the guidance
-        model, _ = load_classifier(synthetic.path.parent.parent / recorded[key]["stage"] / recorded[key]["fingerprint"])
-        logits = predict(model.to(device), images, device)[0]
-        probs = probs + torch.from_numpy(logits).softmax(dim=1).numpy() / len(keys)
-    aux_pred = probs.argmax(1)
+    root = synthetic.path.parent.parent  # the runs folder
+    guide = aux_guide([root / recorded[k]["stage"] / recorded[k]["fingerprint"] for k in keys], device,
+                      manifest["config"]["synthesis"]["guide_resize"])  # the guidance's decision (ensemble mean)
+    with torch.no_grad():
+        aux_pred = np.concatenate([guide(to_float(torch.from_numpy(images[i:i + 512])).add(1).div(2).to(device))
+                                   .argmax(1).cpu().numpy() for i in range(0, len(images), 512)])
     aux_right, oracle_right = aux_pred == labels, oracle_pred == labels
     return {"aux_accuracy": float(aux_right.mean()), "aux_right_oracle_wrong": float((aux_right & ~oracle_right).mean()),
             "agreement": float((aux_pred == oracle_pred).mean())}

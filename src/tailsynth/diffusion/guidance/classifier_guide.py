@@ -46,9 +46,13 @@ class ClassifierGuide(nn.Module):
             raise TailsynthError(f"ClassifierGuide: mode must be 'bilinear' or 'bicubic', got {mode!r}")
         self.members = nn.ModuleList(members).eval()
         self.members.requires_grad_(False)
-        self.model = members[0]  # the first member (its class count, device)
         self.image_size, self.channels, self.mode = int(image_size), int(channels), mode
         self.register_buffer("luma", torch.tensor(LUMA).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def model(self) -> nn.Module:
+        """The first member (its class count and device stand for the ensemble's)."""
+        return self.members[0]
 
     def train(self, mode: bool = True) -> "ClassifierGuide":
         """The wrapped classifier always stays in eval mode (BatchNorm running statistics)."""
