@@ -13,7 +13,9 @@ slice of it, and the gradients are summed over ranks with each rank's loss weigh
 batch, so the step is the single-process step on the global batch (exactly for a plain mean loss, up to
 float summation order; BatchNorm statistics are per rank, as in DistributedDataParallel without SyncBatchNorm,
 which PyTorch offers on GPUs only). Rank 0 alone validates and writes checkpoints; after a kill, every rank
-resumes from rank 0's last checkpoint. Denoiser training runs on rank 0 while the others wait.
+resumes from rank 0's last checkpoint. Denoiser training (base and LoRA, ``tailsynth.diffusion.train``) is
+data-parallel the same way: every rank draws the global batch's t, noise, dropout and flips from the shared
+seeded generator and trains on its slice.
 """
 from __future__ import annotations
 

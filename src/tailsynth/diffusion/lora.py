@@ -25,6 +25,7 @@ from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dic
 from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file, save_file
 
+from .. import distributed
 from ..config import StrictConfig, build_config, to_dict
 from ..errors import TailsynthError
 from .train import DenoiserTrainConfig, TrainResult, fit_denoiser
@@ -119,7 +120,7 @@ def adapt_lora(backend, images, labels, class_names: list[str], cfg: LoraAdaptCo
     token_lr = {"extra_tokens": cfg.token_lr} if "extra_tokens" in params else None
     result = fit_denoiser(backend, params, images, cond_ids, cfg.train, workdir, device, generator_seed,
                           max_new_steps, lr_by_param=token_lr)
-    if result.finished:
+    if result.finished and distributed.world()[0] == 0:  # data-parallel: rank 0 writes
         save_lora(backend, workdir / "lora", list(class_names), cfg)
     return LoraResult(ids, result)
 

@@ -7,6 +7,13 @@ guidance (Ho & Salimans 2022). AdamW, optional warmup + cosine learning rate, op
 weights (decay min(ema_decay, (1+step)/(10+step))), random flips. Which parameters train is an argument
 (all for base training; LoRA adapters and new class tokens for adaptation, see :mod:`tailsynth.diffusion.lora`).
 
+With several processes (``tailsynth.distributed``: torchrun / accelerate launch) training is data-parallel:
+every rank draws the same seeded global batch and the same t, noise, dropout and flips, trains on its
+contiguous slice, and the gradients are summed over ranks with each rank's loss weighted by its share of the
+batch -- the single-process step on the global batch up to float summation order (the denoisers use
+GroupNorm, no batch statistics). Gradient clipping, AdamW and the EMA then run identically on every rank;
+rank 0 alone writes checkpoints, and every rank resumes from them.
+
 Every ``checkpoint_every`` steps the workdir gets the trained parameters and their EMA (safetensors), the
 AdamW state (``torch.save`` of tensors and numbers only, read back with ``weights_only=True``), the
 noise generator state and ``train_state.json`` (written last). A resumed run reproduces the uninterrupted
@@ -28,6 +35,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from tqdm.auto import tqdm
 
+from .. import distributed
 from ..config import StrictConfig, to_dict
 from ..errors import TailsynthError
 from ..utils import atomic_write_bytes, atomic_write_json, derive_seed, progress_enabled, read_json, stable_hash
@@ -152,6 +160,8 @@ def fit_denoiser(backend, params: dict[str, torch.nn.Parameter], images, cond_id
                        "a run with another config/seed/data; use a fresh workdir")
     if step is None:
         return TrainResult(workdir, int(read_json(workdir / STATE)["step"]), True)
+    parallel = distributed.active()
+    main = distributed.world()[0] == 0
     T = backend.alphas_cumprod.shape[0]
     acp = backend.alphas_cumprod.to(device)
     stop = cfg.steps if max_new_steps is None else min(cfg.steps, step + max_new_steps)
@@ -161,24 +171,36 @@ def fit_denoiser(backend, params: dict[str, torch.nn.Parameter], images, cond_id
                total=cfg.steps)
     for step in bar:
         idx = batch_indices(step, cfg.batch_size, len(y_all), seed)
+        n = len(idx)
+        mine = distributed.batch_slice(n) if parallel else slice(None)  # this rank's share of the global batch
         x0 = x_all[idx].permute(0, 3, 1, 2).float().div(255.0)
-        x0 = torch.where((torch.rand(len(idx), generator=gen) < 0.5).view(-1, 1, 1, 1) & cfg.hflip, x0.flip(-1), x0)
-        x0 = torch.where((torch.rand(len(idx), generator=gen) < 0.5).view(-1, 1, 1, 1) & cfg.vflip, x0.flip(-2), x0)
-        t = torch.randint(0, T, (len(idx),), generator=gen)
-        drop = (torch.rand(len(idx), generator=gen) < cfg.cond_dropout).to(device).view(-1, 1, 1)
+        x0 = torch.where((torch.rand(n, generator=gen) < 0.5).view(-1, 1, 1, 1) & cfg.hflip, x0.flip(-1), x0)
+        x0 = torch.where((torch.rand(n, generator=gen) < 0.5).view(-1, 1, 1, 1) & cfg.vflip, x0.flip(-2), x0)
+        t = torch.randint(0, T, (n,), generator=gen)
+        drop = (torch.rand(n, generator=gen) < cfg.cond_dropout).to(device).view(-1, 1, 1)
         with torch.no_grad():
-            z0 = backend.encode(x0.to(device))
-        noise = torch.randn(z0.shape, generator=gen).to(device)
+            z0 = backend.encode(x0[mine].to(device))
+        noise = torch.randn((n, *z0.shape[1:]), generator=gen)[mine].to(device)  # the global batch's draws
         for g in opt.param_groups:
             g["lr"] = g["peak_lr"] * lr_factor(step, cfg)
         with torch.autocast(device.type, dtype=torch.bfloat16,
                             enabled=cfg.mixed_precision == "bf16" and device.type == "cuda"):
-            cond = backend.encode_condition(y_all[idx].to(device))
-            cond = torch.where(drop, backend.null_condition(len(idx)).to(cond.dtype), cond)
-            pred, target = prediction_and_target(backend, z0, noise, t.to(device), cond, acp)
+            cond = backend.encode_condition(y_all[idx][mine].to(device))
+            cond = torch.where(drop[mine], backend.null_condition(len(cond)).to(cond.dtype), cond)
+            pred, target = prediction_and_target(backend, z0, noise, t[mine].to(device), cond, acp)
         loss = F.mse_loss(pred.float(), target)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        if parallel:  # loss weighted by the rank's share; gradients (and the logged loss) summed over ranks
+            share = len(z0) / n
+            (loss * share).backward()
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in named.values()]
+            for p, g in zip(named.values(), grads):
+                p.grad = g
+            loss = (loss.detach().float() * share).reshape(1)
+            distributed.all_reduce_sum(grads + [loss])
+            loss = loss[0]
+        else:
+            loss.backward()
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(list(named.values()), cfg.grad_clip)
         opt.step()
@@ -189,13 +211,13 @@ def fit_denoiser(backend, params: dict[str, torch.nn.Parameter], images, cond_id
         losses.append(float(loss.detach()))
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
         done = step + 1
-        if done % cfg.checkpoint_every == 0 or done == stop:
+        if main and (done % cfg.checkpoint_every == 0 or done == stop):
             _checkpoint(workdir, named, ema, opt, gen, done, fingerprint, cfg)
     step = stop
     backend.denoiser.eval()
     finished = step >= cfg.steps
     if finished:
-        _finish(workdir, named, ema, step, fingerprint, cfg)
+        _finish(workdir, named, ema, step, fingerprint, cfg, write=main)
     return TrainResult(workdir, step, finished, losses)
 
 
@@ -248,12 +270,14 @@ def _resume(workdir: Path, named, ema, opt, gen, device) -> int:
     return int(state["step"])
 
 
-def _finish(workdir: Path, named, ema, step: int, fingerprint: str, cfg) -> None:
-    """Copy the EMA weights (if any) into the model and write ``final.safetensors``."""
+def _finish(workdir: Path, named, ema, step: int, fingerprint: str, cfg, write: bool = True) -> None:
+    """Copy the EMA weights (if any) into the model and (``write``: rank 0) write ``final.safetensors``."""
     if ema:
         with torch.no_grad():
             for k, p in named.items():
                 p.copy_(ema[k].to(p.dtype))
+    if not write:
+        return
     _save_tensors(workdir / "final.safetensors", dict(named))
     atomic_write_json(workdir / STATE, {"step": step, "finished": True, "fingerprint": fingerprint,
                                         "config": to_dict(cfg)})

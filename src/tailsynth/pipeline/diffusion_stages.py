@@ -78,7 +78,10 @@ class SynthStageConfig(StrictConfig):
 def run_train_diffusion(cfg: DiffusionStageConfig, inputs: dict[str, Artifact], workdir: Path) -> dict[str, Any]:
     split = read_split(inputs["split"])
     d = cfg.diffusion
+    main = distributed.world()[0] == 0  # data-parallel: every rank trains, rank 0 writes the artifact
     if not BACKENDS.get(d.backend).trains_base:  # a pretrained folder: record where it is
+        if not main:
+            return {}
         if not d.sd_path or not Path(d.sd_path).is_dir():
             raise TailsynthError(f"diffusion.sd_path must be a local Stable Diffusion folder, got {d.sd_path!r}")
         atomic_write_json(workdir / "base.json", {"backend": d.backend, "path": str(Path(d.sd_path).resolve())})
@@ -92,6 +95,8 @@ def run_train_diffusion(cfg: DiffusionStageConfig, inputs: dict[str, Artifact], 
     backend = PixelBackend({**pixel, "num_classes": len(head), "class_names": [split.class_names[c] for c in head],
                             "image_size": cfg.data.image_size, "in_channels": cfg.data.channels}, seed=d.seed)
     result = train_denoiser(backend, images, cond_ids, d.base, workdir / "train", resolve_device(cfg.device), d.seed)
+    if not main:
+        return {}
     backend.save_pretrained(workdir / "model")
     atomic_write_json(workdir / "base.json", {"backend": "pixel", "path": "model"})
     losses = result.losses[-100:]
@@ -113,6 +118,8 @@ def run_adapt_lora(cfg: DiffusionStageConfig, inputs: dict[str, Artifact], workd
         images = convert_array(images, size, 3)
     result = adapt_lora(backend, images, labels, [split.class_names[c] for c in tail], cfg.diffusion.lora,
                         workdir / "train", device, cfg.diffusion.seed)
+    if distributed.world()[0] != 0:
+        return {}  # data-parallel: rank 0 writes the artifact
     losses = result.train.losses[-100:]
     return {"steps": result.train.step, "final_loss": float(np.mean(losses)) if losses else None,
             "n_images": int(len(images)), "lora_dir": "train/lora"}
@@ -268,6 +275,8 @@ def _safe(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
 
 
-TRAIN_DIFFUSION = Stage("train_diffusion", "1", run_train_diffusion, "base denoiser on the head classes")
-ADAPT_LORA = Stage("adapt_lora", "1", run_adapt_lora, "LoRA (+ tail tokens) on the tail images")
+# sharded: with several processes every rank trains its slice of each batch (data-parallel, tailsynth.diffusion.train)
+TRAIN_DIFFUSION = Stage("train_diffusion", "1", run_train_diffusion, "base denoiser on the head classes",
+                        sharded=True)
+ADAPT_LORA = Stage("adapt_lora", "1", run_adapt_lora, "LoRA (+ tail tokens) on the tail images", sharded=True)
 SYNTHESIZE = Stage("synthesize", "3", run_synthesize, "synthetic tail images (a SyntheticSet)", sharded=True)
