@@ -49,6 +49,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave as is)")
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--skip-reference", action="store_true")
+    p.add_argument("--cpu-bf16", action="store_true",
+                   help="also time the batched loop under bf16 autocast (CPUs with native bf16: AVX512-BF16 / AMX)")
     p.add_argument("--out", default=None, help="also write the figures to this JSON file")
     p.add_argument("--memory-child", choices=["ckpt", "full"], help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -78,9 +80,9 @@ def setup(args):
     return backend, guide, targets, cond, uncond, x_T
 
 
-def config(args, checkpoint: bool) -> DigInConfig:
+def config(args, checkpoint: bool, cpu_bf16: bool = False) -> DigInConfig:
     return DigInConfig(num_steps=args.steps, max_opt_steps=args.max_opt_steps, threshold=args.threshold,
-                       batch_size=args.batch_size, checkpoint=checkpoint)
+                       batch_size=args.batch_size, checkpoint=checkpoint, cpu_bf16=cpu_bf16)
 
 
 def timed(fn, device):
@@ -186,12 +188,36 @@ def main(argv=None) -> None:
     r_ours = report("batched", ours, t_ours)
     figures = {"args": vars(args), "threads": torch.get_num_threads(), "batched_s": t_ours,
                "batched_accepted": int(ours.accepted.sum()), "batched_accepted_per_s": r_ours}
+    if args.cpu_bf16:
+        from tailsynth.diffusion.guidance.common import native_cpu_bf16
+        if dev.type != "cpu" or not native_cpu_bf16():
+            raise SystemExit("--cpu-bf16 needs a CPU device with native bf16 (AVX512-BF16 or AMX)")
+        half, t_half = timed(lambda: dig_in(backend, guide, targets, cond, uncond, x_T, config(args, False, True)),
+                             dev)
+        r_half = report("batched bf16", half, t_half)
+        figures.update({"batched_bf16_s": t_half, "batched_bf16_accepted": int(half.accepted.sum()),
+                        "batched_bf16_accepted_per_s": r_half,
+                        "bf16_vs_fp32": {
+                            "wall_time_ratio": t_ours / t_half,
+                            "same_accept_decision": float((half.accepted == ours.accepted).float().mean()),
+                            "mean_adam_steps": [float(ours.opt_steps.float().mean()),
+                                                float(half.opt_steps.float().mean())],
+                            "max_confidence_diff": float((half.confidence - ours.confidence).abs().max()),
+                            "max_image_diff": float((half.images - ours.images).abs().max())}})
+        print(f"bf16 vs fp32 batched: {t_ours / t_half:.2f}x wall time; same accept decision for "
+              f"{100 * figures['bf16_vs_fp32']['same_accept_decision']:.0f} % of images")
     if not args.skip_reference:
         ref, t_ref = timed(lambda: dig_in_reference(backend, guide, targets, cond, uncond, x_T,
                                                     config(args, True)), dev)
         r_ref = report("reference", ref, t_ref)
         figures.update({"reference_s": t_ref, "reference_accepted": int(ref.accepted.sum()),
-                        "speedup_accepted_per_s": r_ours / max(r_ref, 1e-12)})
+                        "speedup_accepted_per_s": r_ours / max(r_ref, 1e-12),
+                        "speedup_wall_time": t_ref / t_ours})
+        if args.cpu_bf16:
+            figures.update({"speedup_bf16_accepted_per_s": figures["batched_bf16_accepted_per_s"] / max(r_ref, 1e-12),
+                            "speedup_bf16_wall_time": t_ref / figures["batched_bf16_s"]})
+            print(f"speed-up with bf16 (accepted img/s) {figures['speedup_bf16_accepted_per_s']:.2f}x; "
+                  f"wall-time ratio {figures['speedup_bf16_wall_time']:.2f}x")
         same = (ours.accepted == ref.accepted).float().mean()
         print(f"speed-up (accepted img/s) {r_ours / max(r_ref, 1e-12):.2f}x; wall-time ratio {t_ref / t_ours:.2f}x; "
               f"acceptance {100 * ours.accepted.float().mean():.1f} % vs {100 * ref.accepted.float().mean():.1f} %; "

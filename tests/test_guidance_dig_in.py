@@ -231,3 +231,24 @@ def test_ensemble_guide_follows_the_mean_softmax_and_reaches_every_member():
     assert all(not p.requires_grad for p in ens.parameters())
     with pytest.raises(TailsynthError, match="class counts"):
         ClassifierGuide([TinyClassifier(num_classes=4), TinyClassifier(num_classes=5)], 16, 3)
+
+
+def test_cpu_bf16_autocast_only_where_the_cpu_has_native_bf16(monkeypatch):
+    """``cpu_bf16`` runs the chain under bf16 autocast on a CPU with native bf16 (close to float32, not equal),
+    is float32 (bit-identical) where the CPU lacks it, and the faithful reference stays float32 either way."""
+    from tailsynth.diffusion.guidance import common
+    backend, guide, ids, cond, uncond, x_T = _setup()
+    targets = torch.tensor([2, 0, 1])
+    cfg = DigInConfig(**CFG, threshold=1.1, batch_size=3)
+    fp32 = dig_in(backend, guide, targets, cond, uncond, x_T, cfg)
+    half_cfg = cfg.model_copy(update={"cpu_bf16": True})
+    with common.autocast_for(torch.device("cpu"), True, cpu=True):
+        assert torch.is_autocast_enabled("cpu") == common.native_cpu_bf16()
+    if common.native_cpu_bf16():
+        half = dig_in(backend, guide, targets, cond, uncond, x_T, half_cfg)
+        diff = float((half.images - fp32.images).abs().mean())  # bf16's 8-bit mantissa: a few pixels move a lot
+        assert 0 < diff < 0.05 and float((half.confidence - fp32.confidence).abs().max()) < 0.05
+    ref = dig_in_reference(backend, guide, targets, cond, uncond, x_T, half_cfg)
+    assert torch.allclose(ref.images, fp32.images, atol=1e-4)  # the reference ignores cpu_bf16
+    monkeypatch.setattr(common, "native_cpu_bf16", lambda: False)
+    assert torch.equal(dig_in(backend, guide, targets, cond, uncond, x_T, half_cfg).images, fp32.images)

@@ -22,10 +22,23 @@ def frozen(*modules: torch.nn.Module):
             p.requires_grad_(flag)
 
 
-def autocast_for(device: torch.device, enabled: bool):
-    """bf16 autocast on CUDA only (CPU runs in float32)."""
+def native_cpu_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX through oneDNN); elsewhere bf16 is emulated
+    and slower than float32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()) and (
+            torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def autocast_for(device: torch.device, enabled: bool, cpu: bool = False):
+    """bf16 autocast on CUDA when ``enabled``; on a CPU only when ``cpu`` is set too and the CPU has native
+    bf16 (:func:`native_cpu_bf16`); float32 otherwise."""
     if enabled and device.type == "cuda":
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    if enabled and cpu and device.type == "cpu" and native_cpu_bf16():
+        return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
     return nullcontext()
 
 

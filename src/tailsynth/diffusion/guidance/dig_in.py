@@ -47,7 +47,10 @@ class DigInConfig(StrictConfig):
     last_k: int = 3  # loss on the x0-hats of the last k steps, linear weights j / sum(1..k)
     checkpoint: bool = True  # per-DDIM-step gradient checkpointing (official: on)
     batch_size: int = 8  # images optimised together (dig_in only)
-    bf16: bool = True  # bf16 autocast, CUDA only
+    bf16: bool = True  # bf16 autocast on CUDA
+    # and on CPUs with native bf16 (AVX512-BF16 / AMX; fp32 elsewhere): about 1.35x faster per UNet forward +
+    # backward on 2 AVX512-BF16 cores, output within ~1-3 % (benchmarks/bench_guidance.py --cpu-bf16)
+    cpu_bf16: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> "DigInConfig":
@@ -83,7 +86,7 @@ def evaluate(backend, guide: ClassifierGuide, x: torch.Tensor, conds: list[torch
     def score(z: torch.Tensor) -> torch.Tensor:  # D then f, softmax of the target class
         return guide.target_prob(backend.decode(z), targets)
 
-    with autocast_for(x.device, bf16):
+    with autocast_for(x.device, bf16, cpu=cfg.cpu_bf16):
         out = ddim_sample(backend.eps, x, conds, unconds, backend.alphas_cumprod, num_steps=cfg.num_steps,
                           guidance_scale=cfg.guidance_scale, eta=0.0, checkpoint=checkpoint, return_x0_hats=True,
                           clip_x0=getattr(backend, "clip_x0", False))
