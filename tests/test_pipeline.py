@@ -93,3 +93,13 @@ def test_machine_description_names_cpu_kernels_cores_and_torch():
     text = machine_description()
     assert f"{os.cpu_count()} CPU cores ({torch.backends.cpu.get_cpu_capability()} kernels)" in text
     assert f"torch {torch.__version__}" in text and ("no GPU" in text) != torch.cuda.is_available()
+
+
+@pytest.mark.parametrize("name,stages_min", [("demo", 10), ("pbc-lt-cpu", 100), ("cifar10-lt-cpu", 20),
+                                             ("cifar100-lt-cpu", 10), ("cifar10-tail6-cpu", 20)])
+def test_every_cpu_experiment_config_loads_and_plans(tmp_path, name, stages_min):
+    """A shipped experiment config is valid as a whole (keys, method params, auxiliary settings) and plans its
+    stages without running any; ``pbc-lt-paper`` needs weights on disk and is checked in test_pretrained."""
+    result = run_experiment(load_experiment(name, []), tmp_path / "runs", plan_only=True, log=quiet)
+    assert len(result.plan) >= stages_min and all(row["state"] == "to run" for row in result.plan)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("manifest.json"))
