@@ -62,10 +62,11 @@ def run_probe(name: str, overrides: list[str], runs: Path, keep_wall: float | No
     return {"overrides": overrides, "wall_s": keep_wall if keep_wall is not None else round(wall, 1), **collect(runs)}
 
 
-def collect(runs: Path) -> dict:
+def collect(runs: Path, results_file: Path | None = None) -> dict:
     """The table rows, the oracle accuracy and the auxiliary classifier's validation balanced accuracy
-    (head, tail, all classes) of one finished probe's runs folder."""
-    results = json.loads((runs / "reports" / "demo" / "results.json").read_text())
+    (head, tail, all classes) of one finished probe's runs folder (``results_file``: the run's results.json,
+    by default the demo report's)."""
+    results = json.loads((results_file or runs / "reports" / "demo" / "results.json").read_text())
     rows = {m: {k: results["methods"][m][k]["mean"] for k in METRICS} for m in results["methods"]}
     spread = {m: {k: results["methods"][m][k]["std"] for k in METRICS} for m in results["methods"]}
     quality = {k: v for k, v in results.get("oracle_accuracy", {}).items() if isinstance(v, dict)}
@@ -73,12 +74,13 @@ def collect(runs: Path) -> dict:
     on_synthetic = {k: {f: v[f] for f in ("aux_accuracy", "aux_right_oracle_wrong", "agreement") if f in v}
                     for k, v in quality.items() if k != "real_tail_test"}
     return {"methods": rows, "std": spread, "seeds": results["seeds"], "oracle": oracle,
-            "aux_on_synthetic": on_synthetic, "aux": aux_validation(runs)}
+            "aux_on_synthetic": on_synthetic, "aux": aux_validation(runs, results)}
 
 
-def aux_validation(runs: Path) -> dict:
+def aux_validation(runs: Path, results: dict) -> dict:
     """Recall per class of the DiG-IN synthesis's auxiliary classifier on the validation split (argmax over all
-    classes), averaged over the head, the tail and all classes."""
+    classes), averaged over the head, the tail and all classes; the synthesis is the one of the ``logex`` rows
+    in ``results`` (a runs folder may hold several)."""
     import numpy as np
     import torch
 
@@ -87,8 +89,11 @@ def aux_validation(runs: Path) -> dict:
     from tailsynth.pipeline.store import Artifact
     from tailsynth.training import predict
 
-    synth = next(m for m in (json.loads(f.read_text()) for f in (runs / "synthesize").glob("*/manifest.json"))
-                 if m["config"]["method"] == "logex")
+    row = json.loads((runs / "evaluate" / Path(results["runs"]["logex"][0]["path"]).name / "manifest.json").read_text())
+    synth_fp = row["inputs"]["classifier"]["fingerprint"]
+    trained = json.loads((runs / "train_classifier" / synth_fp / "manifest.json").read_text())
+    synth_ref = trained["inputs"]["synthetic"]
+    synth = json.loads((runs / "synthesize" / synth_ref["fingerprint"] / "manifest.json").read_text())
     aux, split_in = synth["inputs"]["aux"], synth["inputs"]["split"]
     split = read_split(Artifact("split", split_in["fingerprint"], runs / "split" / split_in["fingerprint"]))
     val = split_data(split, DataConfig(**synth["config"]["data"]), "val")
@@ -102,11 +107,14 @@ def aux_validation(runs: Path) -> dict:
             "val_bacc_tail": float(recall[tail].mean())}
 
 
-def table(probes: dict) -> str:
-    lines = ["Demo probes (`python benchmarks/demo_probes.py`): MNIST-5k-LT at 16 px, 1 seed; oracle = accuracy of "
-             "the oracle on the 60 synthetic tail digits; val = validation split (200 head + 60 tail digits), the choice; "
-             "test = reported only. Percentages. Wall time of the whole demo in its own runs folder, on a machine "
-             "that may have run other jobs at the same time (the README gives the demo's own timing).", "",
+DEMO_TITLE = ("Demo probes (`python benchmarks/demo_probes.py`): MNIST-5k-LT at 16 px, 1 seed; oracle = accuracy of "
+              "the oracle on the 60 synthetic tail digits; val = validation split (200 head + 60 tail digits), the "
+              "choice; test = reported only. Percentages. Wall time of the whole demo in its own runs folder, on a "
+              "machine that may have run other jobs at the same time (the README gives the demo's own timing).")
+
+
+def table(probes: dict, title: str = DEMO_TITLE) -> str:
+    lines = [title, "",
              "| probe | wall s | oracle lora | oracle logex | val FPR@95 ce / lora / logex | "
              "val bAcc-tail ce / lora / logex | aux val bAcc all / tail | aux acc. on logex images | "
              "aux right, oracle wrong | test FPR@95 ce / lora / logex | test bAcc-tail ce / lora / logex | "
