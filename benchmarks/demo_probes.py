@@ -138,6 +138,12 @@ def table(probes: dict, title: str = DEMO_TITLE) -> str:
     return "\n".join(lines) + "\n"
 
 
+def save(out: Path, done: dict, title: str = DEMO_TITLE) -> None:
+    """``probes.json`` (every probe's record) and ``probes.md`` (the table) in ``out``."""
+    (out / "probes.json").write_text(json.dumps(done, indent=1))
+    (out / "probes.md").write_text(table(done, title))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/demo-probes"))
@@ -158,8 +164,7 @@ def main() -> None:
         print(f"[probe] {name}", flush=True)
         done[name] = run_probe(name, ["methods=[ce,logex-lora,logex]", *overrides], args.runs / name,
                                keep_wall=done[name]["wall_s"] if args.refresh else None)
-        path.write_text(json.dumps(done, indent=1))
-        (args.out / "probes.md").write_text(table(done))
+        save(args.out, done)
     print(table(done))
 
 

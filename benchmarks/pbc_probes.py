@@ -20,7 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from demo_probes import collect, table
+from demo_probes import collect, save, table
 
 # the generator and DiG-IN settings of the probes: 25 synthetic images per tail class (DiG-IN's cost), the
 # images-per-class sweep off, LoRA rank 16 on every attention layer at lr 3e-3, DiG-IN stops at aux confidence 0.9,
@@ -72,8 +72,7 @@ def main() -> None:
             continue
         print(f"[probe] {name}", flush=True)
         done[name] = run_probe(name, overrides, args.runs, args.out)
-        path.write_text(json.dumps(done, indent=1))
-        (args.out / "probes.md").write_text(table(done, TITLE))
+        save(args.out, done, TITLE)
     print(table(done, TITLE))
 
 

@@ -68,6 +68,15 @@ def batch_slice(n: int) -> slice:
     return slice(rank * n // size, (rank + 1) * n // size)
 
 
+def all_reduce_gradients(params: list[torch.Tensor], extra: list[torch.Tensor] = ()) -> None:
+    """Sum the gradients of ``params`` (a missing one counts as zeros) and the ``extra`` tensors over the ranks,
+    in place, in one all-reduce."""
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    all_reduce_sum([p.grad for p in params] + list(extra))
+
+
 def all_reduce_sum(tensors: list[torch.Tensor]) -> None:
     """Sum ``tensors`` in place over the ranks (one flattened gloo all-reduce)."""
     import torch.distributed as dist

@@ -193,11 +193,8 @@ def fit_denoiser(backend, params: dict[str, torch.nn.Parameter], images, cond_id
         if parallel:  # loss weighted by the rank's share; gradients (and the logged loss) summed over ranks
             share = len(z0) / n
             (loss * share).backward()
-            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in named.values()]
-            for p, g in zip(named.values(), grads):
-                p.grad = g
             loss = (loss.detach().float() * share).reshape(1)
-            distributed.all_reduce_sum(grads + [loss])
+            distributed.all_reduce_gradients(list(named.values()), [loss])
             loss = loss[0]
         else:
             loss.backward()

@@ -184,10 +184,7 @@ def fit(model: torch.nn.Module, objective: Objective, batches, val: "ArrayData |
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if parallel:
-                for p in params:
-                    if p.grad is None:
-                        p.grad = torch.zeros_like(p)
-                distributed.all_reduce_sum([p.grad for p in params])
+                distributed.all_reduce_gradients(params)
                 loss = total_loss[0]
             optimizer.step()
             total += loss.item() * n

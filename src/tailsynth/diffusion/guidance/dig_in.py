@@ -48,8 +48,8 @@ class DigInConfig(StrictConfig):
     checkpoint: bool = True  # per-DDIM-step gradient checkpointing (official: on)
     batch_size: int = 8  # images optimised together (dig_in only)
     bf16: bool = True  # bf16 autocast on CUDA
-    # and on CPUs with native bf16 (AVX512-BF16 / AMX; fp32 elsewhere): about 1.35x faster per UNet forward +
-    # backward on 2 AVX512-BF16 cores, output within ~1-3 % (benchmarks/bench_guidance.py --cpu-bf16)
+    # and on CPUs with native bf16 (AVX512-BF16 / AMX; fp32 elsewhere); off by default: 0.71x of float32 on the
+    # 0.43 M-parameter benchmark UNet on 2 AVX512-BF16 cores (benchmarks/results/bench-guidance-cpu.json)
     cpu_bf16: bool = False
 
     @model_validator(mode="after")
