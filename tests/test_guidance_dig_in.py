@@ -252,3 +252,53 @@ def test_cpu_bf16_autocast_only_where_the_cpu_has_native_bf16(monkeypatch):
     assert torch.allclose(ref.images, fp32.images, atol=1e-4)  # the reference ignores cpu_bf16
     monkeypatch.setattr(common, "native_cpu_bf16", lambda: False)
     assert torch.equal(dig_in(backend, guide, targets, cond, uncond, x_T, half_cfg).images, fp32.images)
+
+
+def test_augmented_views_are_seeded_crops_inside_the_image_with_the_stated_noise():
+    """DiG-IN's cutouts: a horizontal ramp image (bilinear sampling of a linear function is exact) shows each view
+    is a crop of side s in [min_scale, 1] lying inside the image; min_scale 1 without noise is the image itself;
+    the noise has the stated standard deviation; a sample's views depend only on its own seed."""
+    guide = ClassifierGuide(TinyClassifier(), 16, 3)
+    ramp = ((torch.arange(16).float() + 0.5) / 16).view(1, 1, 1, 16).expand(1, 3, 16, 16)  # pixel centre x in (0, 1)
+    views = guide.views(ramp, torch.tensor([7]), cutouts=64, min_scale=0.6, noise=0.0)
+    assert views.shape == (64, 3, 16, 16)
+    row = views[:, 0, 8]  # (64, 16): a ramp of slope s / 16 per pixel starting at the crop's left edge
+    slope = (row[:, 12] - row[:, 3]) / 9 * 16
+    assert torch.allclose(row[:, 3:13], row[:, 3:4] + slope.view(-1, 1) * torch.arange(10) / 16, atol=1e-5)
+    assert bool((slope >= 0.6 - 1e-5).all() and (slope <= 1 + 1e-5).all()) and slope.std() > 0.05
+    left = row[:, 3] - 3.5 * slope / 16  # x of the crop's left edge (in units of the image width)
+    assert bool((left >= -1e-5).all() and (left + slope <= 1 + 1e-5).all())
+    assert torch.allclose(views[:, 0], views[:, 0, 8:9].expand(-1, 16, -1).contiguous(), atol=1e-6)  # square crop
+    img = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    same = guide.views(img, torch.tensor([3, 4]), cutouts=4, min_scale=1.0, noise=0.0)
+    assert torch.allclose(same, img.repeat_interleave(4, 0), atol=1e-6)
+    t = torch.tensor([1, 2])
+    assert torch.allclose(guide.augmented_target_prob(img, t, torch.tensor([3, 4]), 4, 1.0, 0.0),
+                          guide.target_prob(img, t), atol=1e-6)
+    noisy = guide.views(img, torch.tensor([3, 4]), cutouts=32, min_scale=1.0, noise=0.1) - img.repeat_interleave(32, 0)
+    assert abs(float(noisy.std()) - 0.1) < 0.003 and abs(float(noisy.mean())) < 0.003
+    pair = guide.views(img, torch.tensor([3, 4]), cutouts=4, min_scale=0.5, noise=0.05)
+    alone = guide.views(img[1:], torch.tensor([4]), cutouts=4, min_scale=0.5, noise=0.05)
+    assert torch.equal(pair[4:], alone)
+    assert not torch.allclose(alone, guide.views(img[1:], torch.tensor([5]), cutouts=4, min_scale=0.5, noise=0.05))
+    with pytest.raises(TailsynthError, match="min_scale"):
+        guide.views(img, torch.tensor([3, 4]), cutouts=4, min_scale=0.0, noise=0.0)
+    with pytest.raises(TailsynthError, match="cutout"):
+        build_config(DigInConfig, {"cutouts": -1}, "dig_in")
+
+
+@pytest.mark.slow
+def test_cutouts_change_the_objective_and_batched_still_equals_reference():
+    """With cutouts the guided confidence is the mean over seeded augmented views; batched and batch-1 DiG-IN see
+    the same views (per-sample seeds), so they still agree; without a generator the views use base seed 0."""
+    backend, guide, ids, cond, uncond, x_T = _setup()
+    targets = torch.tensor([2, 0, 1])
+    cfg = DigInConfig(**CFG, threshold=1.1, batch_size=2, cutouts=4, cutout_min_scale=0.6, cutout_noise=0.02)
+    ours = dig_in(backend, guide, targets, cond, uncond, x_T, cfg, torch.Generator().manual_seed(5))
+    ref = dig_in_reference(backend, guide, targets, cond, uncond, x_T, cfg, torch.Generator().manual_seed(5))
+    assert torch.allclose(ours.images, ref.images, atol=1e-4)
+    assert torch.allclose(ours.trace, ref.trace, atol=1e-5)
+    plain = dig_in(backend, guide, targets, cond, uncond, x_T, DigInConfig(**CFG, threshold=1.1, batch_size=2))
+    assert not torch.allclose(ours.trace[0], plain.trace[0], atol=1e-4)
+    other = dig_in(backend, guide, targets, cond, uncond, x_T, cfg, torch.Generator().manual_seed(6))
+    assert not torch.allclose(ours.trace[0], other.trace[0], atol=1e-6)

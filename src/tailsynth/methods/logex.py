@@ -38,7 +38,7 @@ class DigInSampling(SyntheticGenerator):
     Config = DigInConfig
 
     def generate(self, backend, guide, targets, cond, uncond, x_T, synthesis, params, generator, prepared=None):
-        result = dig_in(backend, guide, targets, cond, uncond, x_T, params)
+        result = dig_in(backend, guide, targets, cond, uncond, x_T, params, generator)
         return result.images.clamp(0, 1), result.confidence
 
 

@@ -15,6 +15,16 @@ The model is put in eval mode and its parameters are frozen (``requires_grad=Fal
 images only. Given several models (an ensemble of auxiliary classifiers, e.g. seeds), the guide's logits are
 log of the mean of their softmaxes, so ``softmax(guide(x))`` is the ensemble's mean probability: an image must
 convince every member, which an adversarial perturbation of one member's decision does less often.
+
+Augmented views (DiG-IN's expectation over transformations; Augustin et al. 2024, official code: 16 cutouts and
+Gaussian noise 0.005 on every view; LoGex's copy drops them): :meth:`augmented_target_prob` scores ``cutouts``
+random square crops of every image (after the resize above; side a fraction U[``min_scale``, 1] of the image,
+position uniform, resampled bilinearly back to the classifier's resolution by one ``grid_sample``) with N(0, ``noise``^2) added to
+each view in [0, 1], and returns the mean target softmax over the views. A perturbation that fools the
+classifier on one exact image rarely survives every crop and noise draw, which is why DiG-IN uses them. The
+views of image b are drawn from a generator seeded by ``seeds[b]``, so a sample's views depend only on its own
+seed (the batched and the batch-1 loops see the same views, and a recomputation under gradient checkpointing
+reproduces them).
 """
 from __future__ import annotations
 
@@ -60,14 +70,18 @@ class ClassifierGuide(nn.Module):
         self.members.eval()
         return self
 
+    def resize(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, C, image_size, image_size) with the guide's resize (identity at that size)."""
+        if images.shape[-2:] == (self.image_size, self.image_size):
+            return images
+        return F.interpolate(images, size=(self.image_size, self.image_size), mode=self.mode, align_corners=False,
+                             antialias=self.mode == "bicubic")
+
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) in [0, 1] -> (B, channels, image_size, image_size) in [-1, 1]."""
         if images.dim() != 4 or images.shape[1] not in (1, 3):
             raise TailsynthError(f"ClassifierGuide expects images (B, 1|3, H, W), got {tuple(images.shape)}")
-        x = images
-        if x.shape[-2:] != (self.image_size, self.image_size):
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode=self.mode, align_corners=False,
-                              antialias=self.mode == "bicubic")
+        x = self.resize(images)
         if x.shape[1] == 3 and self.channels == 1:
             x = (x * self.luma.to(x.dtype)).sum(dim=1, keepdim=True)
         elif x.shape[1] == 1 and self.channels == 3:
@@ -84,3 +98,45 @@ class ClassifierGuide(nn.Module):
     def target_prob(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """softmax(logits)[b, targets[b]], shape (B,)."""
         return self(images).softmax(dim=1).gather(1, targets.view(-1, 1)).squeeze(1)
+
+    def views(self, images: torch.Tensor, seeds: torch.Tensor, cutouts: int, min_scale: float,
+              noise: float) -> torch.Tensor:
+        """(B, C, H, W) in [0, 1] -> (B * cutouts, C, image_size, image_size): random crops + Gaussian noise."""
+        check_augmentation(cutouts, min_scale, noise)
+        B, dev = images.shape[0], images.device
+        if seeds.numel() != B:
+            raise TailsynthError(f"ClassifierGuide.views: {seeds.numel()} seeds for {B} images")
+        scale, shift, eps = [], [], []
+        size = (cutouts, images.shape[1], self.image_size, self.image_size)
+        for seed in seeds.tolist():
+            g = torch.Generator().manual_seed(int(seed))
+            s = min_scale + (1.0 - min_scale) * torch.rand(cutouts, generator=g)
+            scale.append(s)
+            shift.append((2.0 * torch.rand(cutouts, 2, generator=g) - 1.0) * (1.0 - s).unsqueeze(1))
+            eps.append(torch.randn(size, generator=g) if noise > 0 else torch.zeros(0))
+        scale, shift = torch.cat(scale).to(dev), torch.cat(shift).to(dev)
+        theta = torch.zeros(B * cutouts, 2, 3, device=dev)
+        theta[:, 0, 0], theta[:, 1, 1], theta[:, :, 2] = scale, scale, shift
+        x = self.resize(images.float()).repeat_interleave(cutouts, dim=0)
+        grid = F.affine_grid(theta, [B * cutouts, x.shape[1], self.image_size, self.image_size], align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        if noise > 0:
+            x = x + noise * torch.cat(eps).to(dev)
+        return x
+
+    def augmented_target_prob(self, images: torch.Tensor, targets: torch.Tensor, seeds: torch.Tensor,
+                              cutouts: int, min_scale: float = 0.75, noise: float = 0.0) -> torch.Tensor:
+        """Mean over ``cutouts`` augmented views of softmax(logits)[b, targets[b]], shape (B,)."""
+        x = self.views(images, seeds, cutouts, min_scale, noise)
+        p = self(x).softmax(dim=1).gather(1, targets.repeat_interleave(cutouts).view(-1, 1))
+        return p.view(images.shape[0], cutouts).mean(dim=1)
+
+
+def check_augmentation(cutouts: int, min_scale: float, noise: float) -> None:
+    """Clear errors for impossible augmentation settings."""
+    if cutouts < 1:
+        raise TailsynthError(f"ClassifierGuide: cutouts must be >= 1, got {cutouts}")
+    if not 0.0 < min_scale <= 1.0:
+        raise TailsynthError(f"ClassifierGuide: cutout min_scale must be in (0, 1], got {min_scale}")
+    if noise < 0:
+        raise TailsynthError(f"ClassifierGuide: cutout noise must be >= 0, got {noise}")

@@ -51,6 +51,12 @@ class DigInConfig(StrictConfig):
     # and on CPUs with native bf16 (AVX512-BF16 / AMX; fp32 elsewhere); off by default: 0.71x of float32 on the
     # 0.43 M-parameter benchmark UNet on 2 AVX512-BF16 cores (benchmarks/results/bench-guidance-cpu.json)
     cpu_bf16: bool = False
+    # DiG-IN's expectation over transformations (ClassifierGuide.augmented_target_prob): the guided confidence is
+    # the mean over `cutouts` random crops (side U[cutout_min_scale, 1]) + N(0, cutout_noise^2) of each x0-hat.
+    # 0 = off, as in LoGex's copy (whose cutout flags have no effect); DiG-IN's code: 16 cutouts, noise 0.005.
+    cutouts: int = 0
+    cutout_min_scale: float = 0.75
+    cutout_noise: float = 0.0
 
     @model_validator(mode="after")
     def _check(self) -> "DigInConfig":
@@ -59,6 +65,9 @@ class DigInConfig(StrictConfig):
         if self.max_opt_steps < 0 or self.batch_size < 1:
             raise ValueError(f"max_opt_steps ({self.max_opt_steps}) must be >= 0 and "
                              f"batch_size ({self.batch_size}) >= 1")
+        if self.cutouts < 0 or not 0.0 < self.cutout_min_scale <= 1.0 or self.cutout_noise < 0:
+            raise ValueError(f"need cutouts ({self.cutouts}) >= 0, 0 < cutout_min_scale ({self.cutout_min_scale}) "
+                             f"<= 1 and cutout_noise ({self.cutout_noise}) >= 0")
         return self
 
 
@@ -78,21 +87,44 @@ def last_k_weights(k: int) -> list[float]:
     return [j / total for j in range(1, k + 1)]
 
 
-def evaluate(backend, guide: ClassifierGuide, x: torch.Tensor, conds: list[torch.Tensor], unconds: list[torch.Tensor],
-             targets: torch.Tensor, cfg: DigInConfig, checkpoint: bool, bf16: bool
-             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One pass through the DDIM chain: (weighted confidence (B,) with graph, clean confidence (B,), images)."""
+SAMPLE_STRIDE, STEP_STRIDE = 1_000_003, 1_009  # view seeds: base + sample * SAMPLE_STRIDE + step * STEP_STRIDE + j
 
-    def score(z: torch.Tensor) -> torch.Tensor:  # D then f, softmax of the target class
-        return guide.target_prob(backend.decode(z), targets)
+
+def view_base(cfg: DigInConfig, generator: torch.Generator | None) -> int:
+    """The base seed of the augmented views: one draw from the shard's generator (none when cutouts are off,
+    so runs without cutouts consume exactly the random numbers they did before)."""
+    if cfg.cutouts == 0 or generator is None:
+        return 0
+    return int(torch.randint(0, 2 ** 40, (1,), generator=generator).item())
+
+
+def view_seeds(base: int, sample: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    """(B,) seeds of the views of Adam iterate ``step`` of input sample ``sample`` (independent of batching)."""
+    return base + sample.long().cpu() * SAMPLE_STRIDE + step.long().cpu() * STEP_STRIDE
+
+
+def evaluate(backend, guide: ClassifierGuide, x: torch.Tensor, conds: list[torch.Tensor], unconds: list[torch.Tensor],
+             targets: torch.Tensor, cfg: DigInConfig, checkpoint: bool, bf16: bool,
+             seeds: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One pass through the DDIM chain: (weighted confidence (B,) with graph, clean confidence (B,), images).
+
+    With ``cfg.cutouts > 0`` the weighted confidence is over augmented views (seeded by ``seeds + j`` for the
+    j-th of the last k x0-hats); the clean confidence is always that of the un-augmented final image.
+    """
+
+    def score(z: torch.Tensor, j: int) -> torch.Tensor:  # D then f, softmax of the target class
+        if cfg.cutouts == 0:
+            return guide.target_prob(backend.decode(z), targets)
+        return guide.augmented_target_prob(backend.decode(z), targets, seeds + j, cfg.cutouts,
+                                           cfg.cutout_min_scale, cfg.cutout_noise)
 
     with autocast_for(x.device, bf16, cpu=cfg.cpu_bf16):
         out = ddim_sample(backend.eps, x, conds, unconds, backend.alphas_cumprod, num_steps=cfg.num_steps,
                           guidance_scale=cfg.guidance_scale, eta=0.0, checkpoint=checkpoint, return_x0_hats=True,
                           clip_x0=getattr(backend, "clip_x0", False))
         conf = torch.zeros(x.shape[0], device=x.device)
-        for w, x0 in zip(last_k_weights(cfg.last_k), out.x0_hats[-cfg.last_k:]):
-            p = torch_checkpoint(score, x0, use_reentrant=False) if checkpoint else score(x0)
+        for j, (w, x0) in enumerate(zip(last_k_weights(cfg.last_k), out.x0_hats[-cfg.last_k:])):
+            p = torch_checkpoint(score, x0, j, use_reentrant=False) if checkpoint else score(x0, j)
             conf = conf + w * p.float()
         with torch.no_grad():
             images = backend.decode(out.sample.detach()).float()
@@ -121,10 +153,12 @@ def dig_in_reference(backend, guide: ClassifierGuide, target_classes: torch.Tens
                      generator: torch.Generator | None = None) -> GuidanceResult:
     """The official loop: one image at a time, batch 1, fp32, per-step checkpointing, torch.optim.Adam.
 
-    ``generator`` is unused (DDIM with eta 0 is deterministic; x_T carries the seed) and kept for a uniform API.
+    ``generator`` seeds the augmented views when ``cfg.cutouts > 0`` (DDIM with eta 0 is deterministic; x_T
+    carries the seed of the chain).
     """
     targets, cond, uncond = _prepare(backend, guide, target_classes, cond, uncond, x_T, "dig_in_reference")
     S, n = cfg.num_steps, x_T.shape[0]
+    base = view_base(cfg, generator)
     images, latents, conf = [], [], torch.empty(n)
     steps = torch.zeros(n, dtype=torch.long)
     trace = torch.full((cfg.max_opt_steps + 1, n), float("nan"))
@@ -139,8 +173,9 @@ def dig_in_reference(backend, guide: ClassifierGuide, target_classes: torch.Tens
             for k in range(cfg.max_opt_steps + 1):
                 conds = [cond[i:i + 1] + d_c[s] for s in range(S)]
                 unconds = [uncond[i:i + 1] + d_u[s] for s in range(S)]
+                seeds = view_seeds(base, torch.tensor([i]), torch.tensor([k]))
                 weighted, clean, img = evaluate(backend, guide, x, conds, unconds, targets[i:i + 1], cfg,
-                                                checkpoint=True, bf16=False)
+                                                checkpoint=True, bf16=False, seeds=seeds)
                 trace[k, i] = weighted.item()
                 if clean.item() > best:
                     best, best_img, best_x = clean.item(), img, x.detach().clone()

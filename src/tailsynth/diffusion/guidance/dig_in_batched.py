@@ -14,7 +14,7 @@ import torch
 from .adam import PerSampleAdam
 from .classifier_guide import ClassifierGuide
 from .common import frozen
-from .dig_in import DigInConfig, GuidanceResult, _prepare, _reproject, evaluate
+from .dig_in import DigInConfig, GuidanceResult, _prepare, _reproject, evaluate, view_base, view_seeds
 
 
 class _Batch:
@@ -72,7 +72,8 @@ def dig_in(backend, guide: ClassifierGuide, target_classes: torch.Tensor, cond: 
     """Batched DiG-IN for N images: x_T (N, C, h, w) seeded, cond/uncond (N, L, D), target classes (N,).
 
     Returns per input sample the kept iterate's images (N, C, H, W) in [0, 1], clean confidences, Adam step
-    counts and acceptance. ``generator`` is unused (eta 0 is deterministic) and kept for a uniform API.
+    counts and acceptance. ``generator`` seeds the augmented views when ``cfg.cutouts > 0`` (each sample's views
+    depend only on its index and Adam step, so they equal :func:`dig_in_reference`'s).
     """
     targets, cond, uncond = _prepare(backend, guide, target_classes, cond, uncond, x_T, "dig_in")
     n, S, dev = x_T.shape[0], cfg.num_steps, x_T.device
@@ -82,6 +83,7 @@ def dig_in(backend, guide: ClassifierGuide, target_classes: torch.Tensor, cond: 
     latents = torch.zeros_like(x_T)
     trace = torch.full((cfg.max_opt_steps + 1, n), float("nan"), device=dev)
     batch, queued = _Batch(x_T, cond, uncond, cfg), 0
+    base = view_base(cfg, generator)
     with frozen(backend, guide):
         while len(batch) or queued < n:
             room = min(cfg.batch_size - len(batch), n - queued)
@@ -95,7 +97,8 @@ def dig_in(backend, guide: ClassifierGuide, target_classes: torch.Tensor, cond: 
             last = bool((batch.steps >= cfg.max_opt_steps).all())  # no Adam step follows: no graph needed
             with torch.set_grad_enabled(not last):
                 weighted, clean, img = evaluate(backend, guide, x, conds, unconds, targets[batch.idx], cfg,
-                                                checkpoint=cfg.checkpoint, bf16=cfg.bf16)
+                                                checkpoint=cfg.checkpoint, bf16=cfg.bf16,
+                                                seeds=view_seeds(base, batch.idx, batch.steps))
             trace[batch.steps, batch.idx] = weighted.detach()
             better = clean > batch.best  # keep the iterate with the highest clean confidence
             batch.best = torch.where(better, clean, batch.best)
