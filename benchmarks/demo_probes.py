@@ -32,6 +32,8 @@ STRONG_DIGIN = ["synthesis.params.logex.max_opt_steps=12", "synthesis.params.log
                 "synthesis.params.logex.lr_latent=1e-2", "synthesis.params.logex.lr_embed=1e-1"]
 BIG_LORA = ["diffusion.lora.rank=16", "diffusion.lora.target=all_attention", "diffusion.lora.train.lr=3e-3"]
 AUX = ["synthesis.aux_train.epochs=12", "synthesis.aux_train.selection=val_bacc"]
+# DiG-IN's expectation over views (its code: 16 cutouts, noise 0.005; LoGex's copy has none)
+CUT = ["synthesis.params.logex.cutouts=16", "synthesis.params.logex.cutout_noise=0.005"]
 PROBES: dict[str, list[str]] = {
     "old-demo": OLD,
     "old+lora500+strong-digin": OLD + BIG_LORA + ["diffusion.lora.train.steps=500"] + STRONG_DIGIN,
@@ -42,6 +44,10 @@ PROBES: dict[str, list[str]] = {
     "shipped-aux-ensemble-3": ["synthesis.aux_ensemble=3"],  # the mean softmax of 3 auxiliaries (seeds 0, 1, 2)
     "shipped-logex-digin-settings": ["synthesis.params.logex.max_opt_steps=20", "synthesis.params.logex.threshold=0.4",
                                      "synthesis.params.logex.lr_latent=1e-3", "synthesis.params.logex.lr_embed=1e-2"],
+    "shipped-cutouts16": CUT,
+    "shipped-cutouts16-seeds-0-1-2": CUT + ["seeds=[0,1,2]"],
+    # the same, first run with 1 thread while another job used the cores (other digits, longer wall time)
+    "shipped-cutouts16-busy-machine": CUT,
 }
 METRICS = ["val_fpr95", "val_bacc_head", "val_bacc_tail", "fpr95", "auroc", "bacc_head", "bacc_tail"]
 

