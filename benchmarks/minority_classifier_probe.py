@@ -1,12 +1,14 @@
 """Can the minority classifier learn the levels? Trains it on cached minority scores with other settings and prints
 the held-out accuracy (training images only; no val/test involved).
 
-    python benchmarks/minority_classifier_probe.py RUNS/minority_score/<fp> --runs RUNS --lr 3e-3 --steps 600 [--unconditional]
+    python benchmarks/minority_classifier_probe.py RUNS/minority_score/<fp> --runs RUNS --lr 3e-3 --steps 600 \
+        [--unconditional] [--encoder frozen|finetune] [--holdout 0.2] [--json-out FILE]
 """
 from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,10 @@ def main() -> None:
     parser.add_argument("--levels", type=int, default=10)
     parser.add_argument("--distance", default="perceptual")
     parser.add_argument("--unconditional", action="store_true")
+    parser.add_argument("--encoder", choices=["finetune", "frozen"], default="finetune")
+    parser.add_argument("--holdout", type=float, default=0.05)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--json-out", default=None, help="append the result line to this JSON-lines file")
     parser.add_argument("--out", default=None, help="work folder (default: RUNS/probes/...)")
     args = parser.parse_args()
     from tailsynth.minority import MinorityClassifierConfig, quantile_labels, train_minority_classifier
@@ -40,12 +46,21 @@ def main() -> None:
     _, images, labels, _ = working_images(split, cfg.data, cfg.diffusion, ["train"])
     levels = quantile_labels(scores[args.distance][train], args.levels, None if args.unconditional else labels)
     clf_cfg = MinorityClassifierConfig(num_levels=args.levels, conditional=not args.unconditional, steps=args.steps,
-                                       lr=args.lr, hflip=False, checkpoint_every=10**9)
-    out = Path(args.out or Path(args.runs) / "probes" / f"minority-classifier-lr{args.lr}-uncond{int(args.unconditional)}")
+                                       lr=args.lr, hflip=False, checkpoint_every=10**9, encoder=args.encoder,
+                                       holdout=args.holdout, batch_size=args.batch_size)
+    out = Path(args.out or Path(args.runs) / "probes" / (f"minority-classifier-{args.distance}-{args.encoder}-lr{args.lr}-s{args.steps}"
+                                                         f"-h{args.holdout}-uncond{int(args.unconditional)}"))
+    start = time.perf_counter()
     _, summary = train_minority_classifier(backend, images, condition_ids(split, cond_of, labels), levels, clf_cfg, out,
                                            torch.device("cpu"))
-    print(json.dumps({"lr": args.lr, "steps": args.steps, "unconditional": args.unconditional,
-                      **{k: round(v, 3) for k, v in summary.items() if isinstance(v, float)}}))
+    line = json.dumps({"scores": folder.name, "distance": args.distance, "encoder": args.encoder, "lr": args.lr,
+                       "steps": args.steps, "batch_size": args.batch_size, "unconditional": args.unconditional,
+                       "wall_s": round(time.perf_counter() - start, 1), "n_holdout": summary["n_holdout"],
+                       **{k: round(v, 3) for k, v in summary.items() if isinstance(v, float)}})
+    print(line)
+    if args.json_out:
+        with open(args.json_out, "a") as f:
+            f.write(line + "\n")
 
 
 if __name__ == "__main__":

@@ -137,14 +137,24 @@ def test_zero_scale_reproduces_plain_sampling_bit_for_bit():
     assert float((guided - plain).abs().max()) > 1e-4
 
 
-def test_minority_classifier_trains_resumes_and_rejects_another_model(tmp_path):
+@pytest.mark.parametrize("encoder", ["finetune", "frozen"])
+def test_minority_classifier_trains_resumes_and_rejects_another_model(tmp_path, encoder):
     backend = _backend()
+    denoiser_before = {k: v.clone() for k, v in backend.denoiser.state_dict().items()}
     images = (np.random.default_rng(0).random((24, 8, 8, 1)) * 255).astype(np.uint8)
     conds = np.repeat([0, 1, 2], 8)
     levels = quantile_labels(images.reshape(24, -1).mean(1), 2, conds)
-    cfg = MinorityClassifierConfig(num_levels=2, hidden=16, steps=4, batch_size=8, checkpoint_every=2)
+    cfg = MinorityClassifierConfig(num_levels=2, hidden=16, steps=4, batch_size=8, checkpoint_every=2, encoder=encoder)
     model, summary = train_minority_classifier(backend, images, conds, levels, cfg, tmp_path / "a", torch.device("cpu"))
     assert summary["steps"] == 4 and summary["n_train"] + summary["n_holdout"] == 24
+    # the denoiser is never trained: a fine-tuned encoder is the classifier's own copy
+    for k, v in backend.denoiser.state_dict().items():
+        assert torch.equal(v, denoiser_before[k]), k
+    trained = model.trained_parameters()
+    assert any(k.startswith("encoder.") for k in trained) == (encoder == "finetune")
+    if encoder == "finetune":  # the copy did move away from the denoiser's weights
+        moved = [k for k, p in model.encoder.named_parameters() if not torch.equal(p, backend.denoiser.get_parameter(k))]
+        assert moved and len(model.encoder.up_blocks) == 0
     # interrupted after the step-2 checkpoint: the resumed run ends with the same weights
     state = tmp_path / "b"
     train_minority_classifier(backend, images, conds, levels, cfg.model_copy(update={"steps": 2}), state, torch.device("cpu"))
@@ -153,9 +163,14 @@ def test_minority_classifier_trains_resumes_and_rejects_another_model(tmp_path):
     meta.update(finished=False, fingerprint=json.loads((tmp_path / "a" / "train_state.json").read_text())["fingerprint"])
     (state / "train_state.json").write_text(json.dumps(meta))
     resumed, _ = train_minority_classifier(backend, images, conds, levels, cfg, state, torch.device("cpu"))
-    for (k, p), q in zip(model.head.state_dict().items(), resumed.head.state_dict().values()):
+    for (k, p), q in zip(trained.items(), resumed.trained_parameters().values()):
         assert torch.equal(p, q), k
     model.save(tmp_path / "saved", {"latent": [1, 8, 8]})
+    loaded, _ = MinorityClassifier.load(tmp_path / "saved", backend)
+    x, t = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(3)), torch.tensor([10, 500, 900])
+    cond = backend.encode_condition(class_ids=torch.tensor([0, 1, 2]))
+    with torch.no_grad():
+        assert torch.equal(loaded(x, t, cond), model.eval()(x, t, cond))
     other = PixelBackend({"num_classes": 3, "image_size": 8, "in_channels": 1, "block_out_channels": [16, 16],
                           "attention_levels": [False, True], "norm_num_groups": 8, "cross_attention_dim": 16,
                           "attention_head_dim": 8, "tokens_per_class": 2})
@@ -163,6 +178,27 @@ def test_minority_classifier_trains_resumes_and_rejects_another_model(tmp_path):
         MinorityClassifier.load(tmp_path / "saved", other)
     with pytest.raises(TailsynthError, match="levels must lie in 0..1"):
         train_minority_classifier(backend, images, conds, levels + 1, cfg, tmp_path / "c", torch.device("cpu"))
+
+
+def test_finetuned_encoder_learns_a_visible_level_that_the_frozen_one_cannot(tmp_path):
+    """The level is where a bright 2x2 blob sits (left or right half). Global pooling of a frozen random encoder
+    loses the position; the trained encoder copy learns it (held-out accuracy at t = 0.1 T)."""
+    rng = np.random.default_rng(0)
+    n = 96
+    images = np.zeros((n, 8, 8, 1), np.uint8)
+    side = rng.integers(0, 2, n)
+    for i in range(n):
+        row, col = rng.integers(1, 6), 1 + 4 * side[i] + rng.integers(0, 2)
+        images[i, row:row + 2, col:col + 2, 0] = 255
+    conds = np.tile([0, 1, 2], n // 3)
+    acc = {}
+    for encoder in ("finetune", "frozen"):
+        cfg = MinorityClassifierConfig(num_levels=2, hidden=32, steps=60, batch_size=32, lr=3e-3, holdout=0.25,
+                                       hflip=False, encoder=encoder, checkpoint_every=1000)
+        _, summary = train_minority_classifier(_backend(), images, conds, side, cfg, tmp_path / encoder,
+                                               torch.device("cpu"))
+        acc[encoder] = summary["holdout_acc_t0.1T"]
+    assert acc["finetune"] >= 0.9 and acc["finetune"] - acc["frozen"] >= 0.3, acc
 
 
 def test_perceptual_distance_is_lpips_baseline_on_the_stages():

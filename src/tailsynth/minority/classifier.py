@@ -1,12 +1,21 @@
 """The minority classifier p_psi(l~ | x_t, c) (Um et al. 2024, §3.3, App. B.2 and D).
 
-The official code puts x_t through a frozen, noise-conditioned ADM classifier and trains a small network on
-its last feature map. Here the frozen, time-conditioned feature extractor is the diffusion model's own
-encoder half: conv_in, the down blocks and the mid block of the (LoRA-adapted) UNet, with the timestep
-embedding, and -- for the class-conditional classifier of Eq. 17 -- the class condition entering through the
-UNet's cross-attention. Why: it exists for every backend (pixel UNet, Stable Diffusion), it already knows
-x_t at every noise level, and it is the same network whose reconstruction defined the minority score. On
-top sits a small trained head: SiLU + global average pool of the mid-block map, concatenated with the time
+The paper's classifiers are the encoder architecture of the ADM U-Net (App. B): trained from scratch on CelebA /
+CIFAR-10, a small network on a frozen, noise-conditioned ADM classifier's features on LSUN / ImageNet (the
+official code). Here the time-conditioned feature extractor is the diffusion model's own encoder half: conv_in,
+the down blocks and the mid block of the (LoRA-adapted) UNet, with the timestep embedding, and -- for the
+class-conditional classifier of Eq. 17 -- the class condition entering through the UNet's cross-attention. Why:
+it exists for every backend (pixel UNet, Stable Diffusion), it already knows x_t at every noise level, and it is
+the same network whose reconstruction defined the minority score. ``encoder`` chooses how it is used:
+
+- ``finetune`` (default): a copy of that encoder half (the denoiser itself stays untouched) is trained with the
+  head, i.e. the ADM-encoder classifier of the paper's CelebA / CIFAR-10 setting, started from the denoiser's
+  weights instead of random ones. On MNIST-5k-LT a frozen encoder left the head at chance (held-out accuracy
+  0.09-0.11 for L = 10, training loss ln 10); see docs/minority.md for the measured comparison.
+- ``frozen``: the denoiser's encoder as a fixed feature extractor (the official code's ImageNet recipe) and
+  only the head trained: cheaper, and the only choice when a copy of a large UNet does not fit in memory.
+
+On top sits a small trained head: SiLU + global average pool of the mid-block map, concatenated with the time
 embedding, then a 2-hidden-layer MLP to L logits.
 
 Training (as the official code): x_t = q_sample(x0, t) with t ~ U{0..T-1}, CE against the sample's minority
@@ -16,8 +25,10 @@ out to report the classifier's accuracy (no choice is made on it).
 """
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -37,6 +48,8 @@ from ..utils import atomic_write_json, progress_enabled, read_json, stable_hash
 class MinorityClassifierConfig(StrictConfig):
     num_levels: int = 10  # L (the official code: 100 on data sets of tens of thousands of images)
     conditional: bool = True  # p(l~ | x_t, c) through the cross-attention (Eq. 17); False: the null condition
+    # train a copy of the UNet's encoder half with the head (finetune) or keep the denoiser's frozen (frozen)
+    encoder: Literal["finetune", "frozen"] = "finetune"
     hidden: int = 256
     steps: int = 1500
     batch_size: int = 64
@@ -88,15 +101,31 @@ class MinorityHead(nn.Module):
         return self.net(torch.cat([pooled, temb.to(dtype)], dim=1))
 
 
+def encoder_copy(unet) -> nn.Module:
+    """A trainable copy of ``unet`` for :func:`encoder_features`: the up path and the output layers are dropped
+    (never used by the classifier), every remaining parameter (LoRA layers included) requires grad."""
+    frozen = {name: getattr(unet, name) for name in ("up_blocks", "conv_norm_out", "conv_out")}
+    for name in frozen:  # not copied: set aside while deep-copying the rest
+        setattr(unet, name, nn.ModuleList() if name == "up_blocks" else None)
+    try:
+        enc = copy.deepcopy(unet)
+    finally:
+        for name, module in frozen.items():
+            setattr(unet, name, module)
+    return enc.requires_grad_(True)
+
+
 class MinorityClassifier(nn.Module):
-    """``classifier(x_t, t, cond)`` -> logits (B, L) over minority levels; the backend's UNet stays frozen (it is
-    referenced, not owned: saving writes the head only)."""
+    """``classifier(x_t, t, cond)`` -> logits (B, L) over minority levels. With ``encoder: frozen`` the backend's
+    UNet is referenced, not owned (saving writes the head only); with ``finetune`` the classifier owns a copy of
+    its encoder half (saved with the head)."""
 
     def __init__(self, backend, cfg: MinorityClassifierConfig, latent: tuple[int, int, int]):
         super().__init__()
         self.cfg = cfg
         self._backend = [backend]  # a list, so the UNet is not registered as a submodule
         unet = backend.denoiser
+        self.encoder = encoder_copy(unet) if cfg.encoder == "finetune" else None
         device = next(unet.parameters()).device
         with torch.no_grad():
             probe = torch.zeros((1, *latent), device=device)
@@ -118,9 +147,21 @@ class MinorityClassifier(nn.Module):
             return self.backend.encode_condition(class_ids=cond_ids)
         return self.backend.null_condition(batch)
 
+    @property
+    def feature_network(self):
+        """The UNet whose encoder half gives the features: the owned copy (finetune) or the backend's (frozen)."""
+        return self.encoder if self.encoder is not None else self.backend.denoiser
+
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        mid, emb = encoder_features(self.backend.denoiser, x_t, t, cond)
+        mid, emb = encoder_features(self.feature_network, x_t, t, cond)
         return self.head(mid, emb)
+
+    def trained_parameters(self) -> dict[str, nn.Parameter]:
+        """The parameters the classifier trains and saves, by name (sorted): the head's, and the encoder copy's."""
+        named = {f"head.{k}": p for k, p in self.head.named_parameters()}
+        if self.encoder is not None:
+            named.update({f"encoder.{k}": p for k, p in self.encoder.named_parameters()})
+        return dict(sorted(named.items()))
 
     def log_prob_grad(self, x_t: torch.Tensor, t: int, cond: torch.Tensor, target: int | torch.Tensor) -> torch.Tensor:
         """grad_{x_t} log p(l~ = target | x_t, c), the classifier-guidance term of Eq. 8 / 17 (same shape as x_t)."""
@@ -145,6 +186,9 @@ class MinorityClassifier(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()},
                   str(directory / "head.safetensors"))
+        if self.encoder is not None:
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.encoder.state_dict().items()},
+                      str(directory / "encoder.safetensors"))
         atomic_write_json(directory / "classifier.json", {"config": to_dict(self.cfg), **extra})
 
     @classmethod
@@ -154,10 +198,13 @@ class MinorityClassifier(nn.Module):
         if not meta_path.is_file():
             raise TailsynthError(f"{directory} holds no minority classifier (classifier.json)")
         meta = read_json(meta_path)
+        meta["config"].setdefault("encoder", "frozen")  # written before the encoder choice existed: a frozen one
         latent = tuple(meta["latent"]) if latent is None else latent
         model = cls(backend, MinorityClassifierConfig(**meta["config"]), latent)
         try:
             model.head.load_state_dict(load_file(str(Path(directory) / "head.safetensors")))
+            if model.encoder is not None:
+                model.encoder.load_state_dict(load_file(str(Path(directory) / "encoder.safetensors")))
         except RuntimeError as err:
             raise TailsynthError(f"{directory}: the minority classifier does not fit this diffusion model "
                                  f"(was it trained on another benchmark or backend?): {err}") from None
@@ -196,7 +243,7 @@ def train_minority_classifier(backend, images: np.ndarray, cond_ids: np.ndarray,
     model = MinorityClassifier(backend, cfg, latent)
     hold = holdout_mask(levels * 10_000 + cond_ids, cfg.holdout, cfg.seed)
     train_idx = np.flatnonzero(~hold)
-    named = dict(sorted(model.head.named_parameters()))
+    named = model.trained_parameters()
     opt = torch.optim.AdamW(list(named.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
     fingerprint = stable_hash({"cfg": to_dict(cfg), "n": len(levels), "levels": stable_hash(levels.tolist())})
@@ -209,6 +256,7 @@ def train_minority_classifier(backend, images: np.ndarray, cond_ids: np.ndarray,
     if step is not None:
         bar = tqdm(range(step, cfg.steps), desc="minority classifier", initial=step, total=cfg.steps,
                    disable=not progress_enabled())
+        model.train()
         for step in bar:
             idx = torch.as_tensor(train_idx)[batch_indices(step, cfg.batch_size, len(train_idx), cfg.seed)]
             x0 = x_all[idx]
@@ -218,9 +266,9 @@ def train_minority_classifier(backend, images: np.ndarray, cond_ids: np.ndarray,
             with torch.no_grad():
                 z0 = backend.encode(x0.to(device))
                 noise = torch.randn(z0.shape, generator=gen).to(device)
-                mid, emb = encoder_features(backend.denoiser, add_noise(z0, noise, t, acp), t,
-                                            model.condition(c_all[idx].to(device), len(idx)))
-            loss = F.cross_entropy(model.head(mid, emb), y_all[idx].to(device))
+                x_t = add_noise(z0, noise, t, acp)
+                cond = model.condition(c_all[idx].to(device), len(idx))
+            loss = F.cross_entropy(model(x_t, t, cond), y_all[idx].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

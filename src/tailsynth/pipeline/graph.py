@@ -109,7 +109,7 @@ def describe_cost(stage: str, cfg: StrictConfig) -> str:
     if stage == "minority_score":
         return f"{cfg.score.num_draws} denoiser calls per image ({'+'.join(cfg.splits)})"
     if stage == "train_minority_classifier":
-        return f"{cfg.classifier.steps} steps x batch {cfg.classifier.batch_size} (frozen UNet encoder + head)"
+        return f"{cfg.classifier.steps} steps x batch {cfg.classifier.batch_size} ({cfg.classifier.encoder} UNet encoder + head)"
     if stage == "synthesize":
         steps = generator_named(cfg.method).settings(cfg.synthesis)["DDIM steps"]
         return f"{cfg.synthesis.n_per_class} images/tail class x {steps} DDIM steps ({cfg.method})"
