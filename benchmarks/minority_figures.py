@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -150,7 +152,7 @@ def _histograms(path: Path, pool_f, pool_y, generated, tail) -> None:
 
 def _markdown(result: dict, args) -> str:
     lines = [f"# Minority guidance on {result['experiment']}", "",
-             f"Command: `python benchmarks/minority_figures.py --runs {args.runs} --out-dir {args.out_dir}`", "",
+             "Command: `python benchmarks/minority_figures.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]) + "`", "",
              "## Minority score vs AvgkNN / LOF of the real train + val images (Spearman, within class, oracle features)",
              "", "| distance | AvgkNN (mean over classes) | LOF (mean over classes) |", "|---|---|---|"]
     for dist, row in result["correlations"].items():
