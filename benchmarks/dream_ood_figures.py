@@ -60,7 +60,7 @@ def main() -> None:
     Path(args.grid_dir).mkdir(parents=True, exist_ok=True)
     grid = outlier_grid({f"dream-ood sigma {dcfg.outliers.sigma}": img_d, f"dream-ood sigma {args.sigma}": extra_img,
                          "bood": img_b}, split, cfg.data, per_class=6)
-    (Path(args.grid_dir) / "outliers_pbc.png").write_bytes(grid)
+    (Path(args.grid_dir) / f"outliers_{cfg.benchmark}.png").write_bytes(grid)
 
     sets = {f"dream-ood sigma {dcfg.outliers.sigma}": read_outliers(main_d.path), "bood": read_outliers(main_b.path),
             f"dream-ood sigma {args.sigma}": read_outliers(extra_d.path)}
