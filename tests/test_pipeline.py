@@ -86,12 +86,14 @@ def test_bad_experiment_config_names_the_key(tmp_path):
 
 def test_machine_description_names_cpu_kernels_cores_and_torch():
     """results.json says where numbers were measured, including the vector ISA: AVX2 and AVX-512 kernels round
-    differently, so CPU runs are bit-identical only on the same kind of CPU."""
+    differently, and so do different thread counts, so CPU runs are bit-identical only on the same kind of CPU with
+    the same number of torch threads."""
     import os
 
     import torch
     text = machine_description()
-    assert f"{os.cpu_count()} CPU cores ({torch.backends.cpu.get_cpu_capability()} kernels)" in text
+    assert (f"{os.cpu_count()} CPU cores ({torch.backends.cpu.get_cpu_capability()} kernels, "
+            f"{torch.get_num_threads()} torch threads)") in text
     assert f"torch {torch.__version__}" in text and ("no GPU" in text) != torch.cuda.is_available()
 
 

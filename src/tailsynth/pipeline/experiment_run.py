@@ -31,9 +31,9 @@ class ExperimentResult:
 
 
 def machine_description() -> str:
-    """Where the numbers were measured: CPU model, cores and the vector ISA torch dispatches to (AVX2 and
-    AVX-512 kernels round differently, so CPU results are bit-identical only on the same kind of CPU),
-    accelerator, torch version."""
+    """Where the numbers were measured: CPU model, cores, the vector ISA torch dispatches to and torch's thread
+    count (AVX2 and AVX-512 kernels round differently, and so do 1 and 2 threads, so CPU results are bit-identical
+    only on the same kind of CPU with the same thread count), accelerator, torch version."""
     import os
 
     import torch
@@ -45,7 +45,8 @@ def machine_description() -> str:
     except OSError:
         pass
     return (f"{platform.machine()} {platform.system()}, {cpu}, {os.cpu_count()} CPU cores "
-            f"({torch.backends.cpu.get_cpu_capability()} kernels), {gpu}, torch {torch.__version__}, "
+            f"({torch.backends.cpu.get_cpu_capability()} kernels, {torch.get_num_threads()} torch threads), {gpu}, "
+            f"torch {torch.__version__}, "
             f"Python {platform.python_version()}")
 
 
