@@ -156,12 +156,14 @@ class MinorityClassifier(nn.Module):
         mid, emb = encoder_features(self.feature_network, x_t, t, cond)
         return self.head(mid, emb)
 
+    def owned_parts(self) -> dict[str, nn.Module]:
+        """The modules the classifier trains and saves (``<name>.safetensors``): the head, and the encoder copy."""
+        return {"head": self.head, **({"encoder": self.encoder} if self.encoder is not None else {})}
+
     def trained_parameters(self) -> dict[str, nn.Parameter]:
-        """The parameters the classifier trains and saves, by name (sorted): the head's, and the encoder copy's."""
-        named = {f"head.{k}": p for k, p in self.head.named_parameters()}
-        if self.encoder is not None:
-            named.update({f"encoder.{k}": p for k, p in self.encoder.named_parameters()})
-        return dict(sorted(named.items()))
+        """The parameters of :meth:`owned_parts`, by ``part.name`` (sorted)."""
+        return dict(sorted((f"{part}.{k}", p) for part, module in self.owned_parts().items()
+                           for k, p in module.named_parameters()))
 
     def log_prob_grad(self, x_t: torch.Tensor, t: int, cond: torch.Tensor, target: int | torch.Tensor) -> torch.Tensor:
         """grad_{x_t} log p(l~ = target | x_t, c), the classifier-guidance term of Eq. 8 / 17 (same shape as x_t)."""
@@ -184,16 +186,14 @@ class MinorityClassifier(nn.Module):
     # -- persistence ---------------------------------------------------------------------------------
     def save(self, directory: Path, extra: dict) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()},
-                  str(directory / "head.safetensors"))
-        if self.encoder is not None:
-            save_file({k: v.detach().cpu().contiguous() for k, v in self.encoder.state_dict().items()},
-                      str(directory / "encoder.safetensors"))
+        for name, module in self.owned_parts().items():
+            save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()},
+                      str(directory / f"{name}.safetensors"))
         atomic_write_json(directory / "classifier.json", {"config": to_dict(self.cfg), **extra})
 
     @classmethod
     def load(cls, directory: Path, backend, latent: tuple[int, int, int] | None = None) -> tuple["MinorityClassifier", dict]:
-        """The head saved in ``directory`` over ``backend``'s frozen encoder (``latent``: None = as trained)."""
+        """The classifier saved in ``directory`` over ``backend`` (``latent``: None = as trained)."""
         meta_path = Path(directory) / "classifier.json"
         if not meta_path.is_file():
             raise TailsynthError(f"{directory} holds no minority classifier (classifier.json)")
@@ -202,9 +202,8 @@ class MinorityClassifier(nn.Module):
         latent = tuple(meta["latent"]) if latent is None else latent
         model = cls(backend, MinorityClassifierConfig(**meta["config"]), latent)
         try:
-            model.head.load_state_dict(load_file(str(Path(directory) / "head.safetensors")))
-            if model.encoder is not None:
-                model.encoder.load_state_dict(load_file(str(Path(directory) / "encoder.safetensors")))
+            for name, module in model.owned_parts().items():
+                module.load_state_dict(load_file(str(Path(directory) / f"{name}.safetensors")))
         except RuntimeError as err:
             raise TailsynthError(f"{directory}: the minority classifier does not fit this diffusion model "
                                  f"(was it trained on another benchmark or backend?): {err}") from None

@@ -46,8 +46,7 @@ def machine_description() -> str:
         pass
     return (f"{platform.machine()} {platform.system()}, {cpu}, {os.cpu_count()} CPU cores "
             f"({torch.backends.cpu.get_cpu_capability()} kernels, {torch.get_num_threads()} torch threads), {gpu}, "
-            f"torch {torch.__version__}, "
-            f"Python {platform.python_version()}")
+            f"torch {torch.__version__}, Python {platform.python_version()}")
 
 
 def run_experiment(cfg: ExperimentConfig, runs_dir: str | Path, *, force: set[str] | None = None,
