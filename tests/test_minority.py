@@ -354,3 +354,54 @@ def test_finetuned_classifier_on_stable_diffusion_latents_round_trips(tmp_path):
         torch.testing.assert_close(loaded(x, t, cond), clf(x, t, cond), rtol=0, atol=0)
     for k, v in backend.denoiser.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+@pytest.mark.slow
+def test_minority_figures_stage_in_the_report(tmp_path):
+    """The report's minority section: four synthetic sets (ancestral plain / guided from the same noise, the DDIM
+    pair), the oracle's accuracy agreeing with the quality stage's, and figure settings that redraw only figures."""
+    import json
+
+    from tiny import quiet, tiny
+
+    from tailsynth.pipeline.experiment import load_experiment
+    from tailsynth.pipeline.experiment_run import run_experiment
+    from tailsynth.pipeline.minority_figures import ANCESTRAL, ANCESTRAL_GUIDED, DDIM, DDIM_GUIDED
+    runs = tmp_path / "runs"
+    fig = "synthesis.params.minority.figures={n_per_class: 6, batch_size: 4, per_cell: 2, grid_scales: [0.0, 5.0]}"
+    cfg = load_experiment("demo", tiny("methods=[minority]", fig, "synthesis.n_per_class=6"))
+    result = run_experiment(cfg, runs, log=quiet)
+    (folder,) = [m.parent for m in (runs / "minority_figures").glob("*/manifest.json")]
+    fm = json.loads((folder / "minority.json").read_text())
+    assert fm["sets"] == [ANCESTRAL, ANCESTRAL_GUIDED, DDIM, DDIM_GUIDED] and set(fm["generation"]) == set(fm["sets"])
+    assert {"l2", "l1", "perceptual"} <= set(fm["correlations"])
+    ancestral = np.load(folder / "ancestral.npz")
+    assert ancestral["plain"].shape == ancestral["guided"].shape == (5 * 6, 8, 8, 1)  # 5 tail digits x 6
+    assert (ancestral["plain"] != ancestral["guided"]).any()
+    (quality_dir,) = [m.parent for m in (runs / "synthetic_quality").glob("*/manifest.json")]
+    quality = json.loads((quality_dir / "quality.json").read_text())
+    assert fm["oracle_accuracy"][DDIM] == pytest.approx(quality["lora"]["overall"])
+    assert fm["oracle_accuracy"][DDIM_GUIDED] == pytest.approx(quality["minority"]["overall"])
+    html = (result.report_dir / "report.html").read_text()
+    md = (result.report_dir / "report.md").read_text()
+    assert "Minority guidance: synthetic tail images" in md and "Spearman" in md
+    assert "Figs. 15-16" in html and "Figs. 3, 6" in html
+    assert json.loads((result.report_dir / "results.json").read_text())["minority"]["generation"].keys() == fm["generation"].keys()
+    # w = 0: the guided ancestral images are the plain ones (same x_T, same noise); the synthetic sets are reused
+    n_synth = len(list((runs / "synthesize").glob("*/manifest.json")))
+    cfg = load_experiment("demo", tiny("methods=[minority]", fig, "synthesis.n_per_class=6",
+                                       "synthesis.params.minority.figures.grid_classes=1",
+                                       "synthesis.params.minority.guidance.scale=0.0"))
+    run_experiment(cfg, runs, log=quiet)
+    assert len(list((runs / "synthesize").glob("*/manifest.json"))) == n_synth + 1  # the w = 0 minority set only
+    cfg = load_experiment("demo", tiny("methods=[minority]", fig, "synthesis.n_per_class=6",
+                                       "synthesis.params.minority.figures.grid_classes=0",
+                                       "synthesis.params.minority.guidance.scale=0.0"))
+    run_experiment(cfg, runs, log=quiet)
+    assert len(list((runs / "synthesize").glob("*/manifest.json"))) == n_synth + 1  # figure settings: figures only
+    folders = [m.parent for m in (runs / "minority_figures").glob("*/manifest.json")]
+    assert len(folders) == 3
+    last = max(folders, key=lambda p: (p / "manifest.json").stat().st_mtime)
+    zero = np.load(last / "ancestral.npz")
+    np.testing.assert_array_equal(zero["plain"], zero["guided"])
+    assert not list(last.glob("levels_*.png"))

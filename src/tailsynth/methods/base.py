@@ -68,11 +68,14 @@ class SyntheticGenerator:
     experiment's ``synthesis.num_steps`` / ``guidance_scale`` are passed into it (LoGex's generators sample
     the same DDIM chain); otherwise the Config's own defaults stand unless ``synthesis.params.<name>`` sets
     them (FG-Entropy: 30 steps, CFG 5, as its official code). ``generate`` returns images in [0, 1]
-    (B, C, H, W) and a per-image score (the auxiliary classifier's confidence in the target class)."""
+    (B, C, H, W) and a per-image score (the auxiliary classifier's confidence in the target class).
+    ``report_params``: keys of the Config that only a report stage reads (left out of the synthesis stage, so
+    changing them does not remake the images)."""
 
     name: ClassVar[str] = ""
     Config: ClassVar[type[StrictConfig]] = NoParams
     shares_schedule: ClassVar[bool] = True
+    report_params: ClassVar[tuple[str, ...]] = ()
 
     def params(self, synthesis: SynthesisConfig, where: str = "") -> StrictConfig:
         """This generator's typed config from ``synthesis.params.<name>`` (minus ``aux_method``)."""

@@ -22,6 +22,21 @@ from .base import Method, SyntheticGenerator
 from .registry import register
 
 
+class MinorityFiguresConfig(StrictConfig):
+    """``synthesis.params.minority.figures``: the paper's figures in the experiment report (``minority_figures``
+    stage, :mod:`tailsynth.pipeline.minority_figures`; needs the oracle). Not part of the synthesis stage: changing
+    it redraws the figures only."""
+
+    enabled: bool = True
+    ancestral: bool = True  # Figs. 3 / 6: ancestral sampling with and without minority guidance
+    n_per_class: int | None = None  # ancestral images per tail class and setting (None: synthesis.n_per_class)
+    grid_scales: list[float] = [0.0, 1.0, 5.0]  # Figs. 15-16: rows l~ in {0, L/2, L-1} x these scales
+    grid_classes: int = 2  # the first tail classes get a level x scale grid
+    per_cell: int = 6
+    batch_size: int = 50
+    seed: int = 0
+
+
 class MinoritySettings(StrictConfig):
     """``synthesis.params.minority``: sampler, guidance, and the scoring / classifier stages before it."""
 
@@ -35,6 +50,7 @@ class MinoritySettings(StrictConfig):
     perceptual: Literal["classifier", "random", "none"] = "classifier"
     perceptual_method: str = "ce"  # whose trained classifier (seed 0) gives the perceptual feature maps
     classifier: MinorityClassifierConfig = MinorityClassifierConfig()
+    figures: MinorityFiguresConfig = MinorityFiguresConfig()
 
     @model_validator(mode="after")
     def _distance_is_computed(self) -> "MinoritySettings":
@@ -52,9 +68,23 @@ class MinoritySettings(StrictConfig):
         return name
 
 
+def class_hook(classifier, levels: dict, class_names: list[str] | None, backend, cond: torch.Tensor,
+               targets: torch.Tensor, guidance: MinorityGuidanceConfig):
+    """The minority hook for a batch of one or more classes (``targets``: class indices of the split, ``cond``:
+    their condition embeddings): the class condition for the conditional classifier (Eq. 17), the null condition
+    for an unconditional one, and the level values tau of each image's class for ``mode: mixture`` (Eq. 18)."""
+    c_cond = cond if classifier.cfg.conditional else backend.null_condition(len(cond)).to(cond.device)
+    taus = None
+    if guidance.mode == "mixture":
+        key = (lambda c: class_names[int(c)]) if classifier.cfg.conditional else (lambda c: "all")
+        taus = torch.tensor([levels["taus"][key(c)] for c in targets.tolist()], dtype=torch.float32)
+    return minority_hook(classifier, c_cond, guidance, taus)
+
+
 class MinoritySampling(SyntheticGenerator):
     name = "minority"
     Config = MinoritySettings
+    report_params = ("figures",)  # drawn by the minority_figures stage, not part of the synthetic set
 
     def settings(self, synthesis) -> dict:
         p = self.params(synthesis)
@@ -80,13 +110,7 @@ class MinoritySampling(SyntheticGenerator):
 
     def generate(self, backend, guide, targets, cond, uncond, x_T, synthesis, params, generator, prepared=None):
         classifier, levels, names = prepared
-        n = len(x_T)
-        c_cond = cond if classifier.cfg.conditional else backend.null_condition(n).to(cond.device)
-        taus = None
-        if params.guidance.mode == "mixture":
-            key = (lambda c: names[int(c)]) if classifier.cfg.conditional else (lambda c: "all")
-            taus = torch.tensor([levels["taus"][key(c)] for c in targets.tolist()], dtype=torch.float32)
-        hook = minority_hook(classifier, c_cond, params.guidance, taus)
+        hook = class_hook(classifier, levels, names, backend, cond, targets, params.guidance)
         images = guided_sample(backend, x_T, cond, uncond, hook, params.sampler, params.num_steps,
                                params.guidance_scale, generator)
         with torch.no_grad():

@@ -78,12 +78,14 @@ def run_experiment(cfg: ExperimentConfig, runs_dir: str | Path, *, force: set[st
         row_eval = eval_cfg if own is None else eval_cfg.model_copy(update={"primary_score": own})
         result.evaluations.append(graph.run(EVALUATE, row_eval, {"split": split, "classifier": classifier},
                                             seed, f"{label} seed {seed}"))
+    minority_figures = graph.minority_figures()  # before quality: it may add the only-LoRA set
     quality = graph.quality() if graph.synthetic_sets and cfg.oracle is not None else None
     result.plan = graph.plan
     result.wall_time_s = time.time() - started
     if not plan_only and main:
         result.report_dir = _write_report(cfg, runs_dir, runner, result, quality, n_default, command,
-                                          graph.synthetic_sets, graph.pseudo_sets, graph.outlier_sets, split)
+                                          graph.synthetic_sets, graph.pseudo_sets, graph.outlier_sets, split,
+                                          minority_figures)
     return result
 
 
@@ -104,7 +106,7 @@ def _write_report(cfg: ExperimentConfig, runs_dir, runner: Runner, result: Exper
                   quality: Artifact | None, n_default: int, command: str,
                   graph_sets: dict[str, Artifact], pseudo_sets: dict[str, Artifact] | None = None,
                   outlier_sets: dict[str, tuple[Artifact, Artifact]] | None = None,
-                  split_artifact: Artifact | None = None) -> Path:
+                  split_artifact: Artifact | None = None, minority_figures: Artifact | None = None) -> Path:
     from ..report import write_report
     from ..report.quality import quality_table, settings_table, synthetic_summary, synthetic_table
     from ..report.sweep import sweep_points, sweep_sections
@@ -146,6 +148,10 @@ def _write_report(cfg: ExperimentConfig, runs_dir, runner: Runner, result: Exper
         extra, found = outlier_sections(outlier_sets, read_split(split_artifact), cfg.data)
         sections += extra
         results.update(found)
+    if minority_figures is not None:
+        from ..report.minority import minority_sections
+        extra, results["minority"] = minority_sections(minority_figures.path)
+        sections += extra
     if quality is not None:
         results["oracle_accuracy"] = read_json(quality.file("quality.json"))
         sections += [quality_table(results["oracle_accuracy"]),

@@ -110,6 +110,11 @@ def describe_cost(stage: str, cfg: StrictConfig) -> str:
         return f"{cfg.score.num_draws} denoiser calls per image ({'+'.join(cfg.splits)})"
     if stage == "train_minority_classifier":
         return f"{cfg.classifier.steps} steps x batch {cfg.classifier.batch_size} ({cfg.classifier.encoder} UNet encoder + head)"
+    if stage == "minority_figures":
+        f = cfg.minority.figures
+        n = cfg.n_per_class if f.n_per_class is None else f.n_per_class
+        return (f"{2 * n if f.ancestral else 0} ancestral images/tail class + {f.grid_classes} level grids x "
+                f"{cfg.minority.num_steps} steps")
     if stage == "synthesize":
         steps = generator_named(cfg.method).settings(cfg.synthesis)["DDIM steps"]
         return f"{cfg.synthesis.n_per_class} images/tail class x {steps} DDIM steps ({cfg.method})"
@@ -224,7 +229,8 @@ class StageGraph:
         with as many images per class as the largest sweep count of a method using it needs."""
         s = self.synthesis
         base, lora = self.base_diffusion(), self.lora()
-        params = {k: v for k, v in s.params.get(generator.name, {}).items() if k != "aux_method"}
+        params = {k: v for k, v in s.params.get(generator.name, {}).items()
+                  if k != "aux_method" and k not in generator.report_params}
         aux_method = generator.aux_method(s)
         aux = self.auxiliary(aux_method)
         n = max([s.n_per_class] + [n for name, counts in self.config.synthetic_sweep.items()
@@ -309,6 +315,24 @@ class StageGraph:
         inputs = {"split": self.split(), "base": self.base_diffusion(), "lora": self.lora(),
                   "scores": self.minority_scores(settings)}
         return self.run(TRAIN_MINORITY, cfg, inputs, settings.classifier.seed, "minority classifier")
+
+    def minority_figures(self) -> Artifact | None:
+        """The minority-guidance report figures (``pipeline.minority_figures``), when the experiment has the
+        ``minority`` method, an oracle and ``figures.enabled``; else None."""
+        from .minority_figures import MINORITY_FIGURES, MinorityFiguresStageConfig
+        if "minority" not in self.config.methods or self.config.oracle is None:
+            return None
+        generator = generator_named("minority")
+        settings = generator.params(self.synthesis)
+        if not settings.figures.enabled:
+            return None
+        inputs = {"split": self.split(), "base": self.base_diffusion(), "lora": self.lora(),
+                  "scores": self.minority_scores(settings), "minority": self.minority_classifier(settings),
+                  "oracle": self.oracle(), "synthetic:lora": self.synthetic(generator_named("lora")),
+                  "synthetic:minority": self.synthetic(generator)}
+        cfg = MinorityFiguresStageConfig(minority=settings, n_per_class=self.synthesis.n_per_class,
+                                         diffusion=self.diffusion, data=self.config.data, device=self.config.device)
+        return self.run(MINORITY_FIGURES, cfg, inputs, settings.figures.seed, "minority figures")
 
     def oracle(self) -> Artifact:
         """The oracle classifier on every non-test image (report only, never used for a choice)."""

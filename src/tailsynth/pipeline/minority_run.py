@@ -43,8 +43,7 @@ def minority_sample(cfg: ExperimentConfig, runs: str | Path, out: str | Path, le
                     seed: int = 0, log: Callable[[str], None] = print) -> dict:
     """A grid PNG per class (rows: level x scale) and ``samples.npz`` (uint8 images, class, level, scale) under
     ``out``; returns the settings written to ``samples.json``."""
-    from ..minority import MinorityClassifier, MinorityGuidanceConfig, minority_hook
-    from ..minority.guidance import guided_sample
+    from ..minority import MinorityClassifier
     from ..report.grids import labelled_rows
     from .artifacts import load_adapted, read_split
     from .minority_stages import condition_ids
@@ -71,21 +70,15 @@ def minority_sample(cfg: ExperimentConfig, runs: str | Path, out: str | Path, le
         ids = torch.full((n,), cid, dtype=torch.long, device=device)
         cond = backend.encode_condition(class_ids=ids).detach()
         uncond = backend.null_condition(n).to(device).detach()
-        c_cond = cond if classifier.cfg.conditional else uncond
         x_T = torch.randn((n, *latent), generator=torch.Generator().manual_seed(seed)).to(device)
-        rows = []
-        for level in levels:
-            for w in scales:
-                hook = minority_hook(classifier, c_cond, MinorityGuidanceConfig(target=level, scale=w))
-                images = guided_sample(backend, x_T, cond, uncond, hook, sampler, settings.num_steps,
-                                       settings.guidance_scale, torch.Generator().manual_seed(seed + 1))
-                arr = (images.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
-                rows.append((f"l~={level}, w={w:g}", arr))
-                records["images"].append(arr)
-                records["class"] += [name] * n
-                records["level"] += [level] * n
-                records["scale"] += [w] * n
-                log(f"[sample] {name}: level {level}, scale {w:g}")
+        rows = level_scale_rows(backend, classifier, cond, uncond, x_T, levels, scales, sampler, settings.num_steps,
+                                settings.guidance_scale, seed + 1)
+        for (label, arr), (level, w) in zip(rows, [(lv, w) for lv in levels for w in scales]):
+            records["images"].append(arr)
+            records["class"] += [name] * n
+            records["level"] += [level] * n
+            records["scale"] += [w] * n
+            log(f"[sample] {name}: {label}")
         atomic_write_bytes(out / f"grid_{name}.png", labelled_rows(rows, f"{name}: minority guidance ({sampler})"))
     np.savez_compressed(out / "samples.npz", images=np.concatenate(records["images"]), classes=np.array(records["class"]),
                         levels=np.array(records["level"]), scales=np.array(records["scale"]))
@@ -94,3 +87,26 @@ def minority_sample(cfg: ExperimentConfig, runs: str | Path, out: str | Path, le
             "classifier": clf_art.fingerprint}
     atomic_write_json(out / "samples.json", meta)
     return meta
+
+
+def level_scale_rows(backend, classifier, cond: torch.Tensor, uncond: torch.Tensor, x_T: torch.Tensor,
+                     levels: list[int], scales: list[float], sampler: str, num_steps: int, guidance_scale: float,
+                     noise_seed: int) -> list[tuple[str, np.ndarray]]:
+    """Figs. 15-16 of the paper: one row of uint8 images (n, H, W, C) per (target level, scale w), all from the
+    same x_T (and, for ancestral sampling, the same noise), so rows differ only by the guidance."""
+    from ..minority import MinorityGuidanceConfig, minority_hook
+    from ..minority.guidance import guided_sample
+    c_cond = cond if classifier.cfg.conditional else uncond
+    rows = []
+    for level in levels:
+        for w in scales:
+            hook = minority_hook(classifier, c_cond, MinorityGuidanceConfig(target=level, scale=w))
+            images = guided_sample(backend, x_T, cond, uncond, hook, sampler, num_steps, guidance_scale,
+                                   torch.Generator().manual_seed(noise_seed))
+            rows.append((f"l~={level}, w={w:g}", to_uint8(images)))
+    return rows
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(B, C, H, W) in [0, 1] -> (B, H, W, C) uint8."""
+    return (images.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
