@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 
 import torch
-
-from tailsynth.diffusion import PixelBackend, ddim_sample, initial_noise
+from bench_cpu_limits import pbc_chain_step  # the same UNet and chain as the GFLOP/s figure
 
 
 def best_of(fn, repeats: int = 2):
+    """(fastest of ``repeats`` timed calls after a warm-up, the last call's result)."""
     fn()
     best, result = float("inf"), None
     for _ in range(repeats):
@@ -37,21 +37,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    backend = PixelBackend({"num_classes": 4, "image_size": 32, "block_out_channels": [32, 64, 64],
-                            "attention_levels": [False, True, True], "cross_attention_dim": 64,
-                            "attention_head_dim": 32, "tokens_per_class": 4, "prediction": "v"}, seed=0).eval()
-    backend.requires_grad_(False)
-    ids = torch.arange(args.batch) % 4
-    cond, uncond = backend.encode_condition(ids).detach(), backend.null_condition(args.batch).detach()
-    x_T = initial_noise((args.batch, 3, 32, 32), torch.Generator().manual_seed(0))
-
-    def step():
-        x = x_T.clone().requires_grad_(True)
-        out = ddim_sample(backend.eps, x, cond, uncond, backend.alphas_cumprod, num_steps=20, guidance_scale=3.0,
-                          clip_x0=backend.clip_x0)
-        out.sample.square().mean().backward()
-        return out.sample.detach(), x.grad
-
+    backend, step = pbc_chain_step(args.batch)
     eager_s, (sample_e, grad_e) = best_of(step)
     backend.unet = torch.compile(backend.unet, dynamic=False)
     t0 = time.perf_counter()

@@ -54,7 +54,9 @@ def peak(n: int = 2048) -> dict:
     return {"matmul_n": n, "matmul_gflops": 2 * n ** 3 / t / 1e9, "conv3x3_64ch_32px_b32_gflops": conv_flops / t_conv / 1e9}
 
 
-def unet_chain(batch: int = 8, steps: int = 20) -> dict:
+def pbc_chain_step(batch: int = 8, steps: int = 20):
+    """The pbc-lt-cpu pixel UNet (randomly initialised) and one DiG-IN step's work on it: a ``steps``-step DDIM
+    chain with CFG 3 from fixed x_T, forward + backward to x_T; returns (backend, step), step() -> (sample, grad)."""
     backend = PixelBackend({"num_classes": 4, "image_size": 32, "block_out_channels": [32, 64, 64],
                             "attention_levels": [False, True, True], "cross_attention_dim": 64,
                             "attention_head_dim": 32, "tokens_per_class": 4, "prediction": "v"}, seed=0).eval()
@@ -63,11 +65,18 @@ def unet_chain(batch: int = 8, steps: int = 20) -> dict:
     cond, uncond = backend.encode_condition(ids).detach(), backend.null_condition(batch).detach()
     x_T = initial_noise((batch, 3, 32, 32), torch.Generator().manual_seed(0))
 
-    def once():
+    def step():
         x = x_T.clone().requires_grad_(True)
         out = ddim_sample(backend.eps, x, cond, uncond, backend.alphas_cumprod, num_steps=steps, guidance_scale=3.0,
                           clip_x0=backend.clip_x0)
         out.sample.square().mean().backward()
+        return out.sample.detach(), x.grad
+
+    return backend, step
+
+
+def unet_chain(batch: int = 8, steps: int = 20) -> dict:
+    _, once = pbc_chain_step(batch, steps)
 
     counter = FlopCounterMode(display=False)
     with counter:

@@ -85,6 +85,11 @@ def derive_seed(*parts: int | str) -> int:
     return int(stable_hash([str(p) for p in parts], 15), 16)
 
 
+def safe_file_name(name: str) -> str:
+    """``name`` with every character but letters, digits and ``-_.`` replaced by ``_`` (class names in file names)."""
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+
+
 def resolve_device(name: str | None = "auto") -> torch.device:
     if name in (None, "auto"):
         if torch.cuda.is_available():

@@ -27,7 +27,8 @@ from ..diffusion import BACKENDS, DenoiserTrainConfig, LoraAdaptConfig, PixelBac
 from ..diffusion.guidance import ClassifierGuide
 from ..errors import TailsynthError
 from ..methods import SynthesisConfig, generator_named
-from ..utils import atomic_write_bytes, atomic_write_json, derive_seed, progress_enabled, read_json, resolve_device
+from ..utils import (atomic_write_bytes, atomic_write_json, derive_seed, progress_enabled, read_json, resolve_device,
+                     safe_file_name)
 from .artifacts import images_of, load_adapted, load_base, load_classifier, read_split
 from .experiment import DataConfig
 from .runner import Stage
@@ -216,7 +217,7 @@ def write_shards(workdir: Path, jobs, make, latent: tuple[int, ...], shard_size:
             rows = []
             for i in range(n):
                 index = k * shard_size + i
-                rel = f"images/{_safe(name)}/{index:05d}.png"
+                rel = f"images/{safe_file_name(name)}/{index:05d}.png"
                 atomic_write_bytes(workdir / rel, _png(images[i]))
                 rows.append({"file": rel, "class": name, "role": role, "method": method, "seed": shard_seed,
                              "score": round(float(scores[i]), 6)})
@@ -269,10 +270,6 @@ def reuse_shards(cfg: SynthStageConfig, inputs: dict[str, Artifact], workdir: Pa
             atomic_write_json(target, rows)
             copied += 1
     return copied
-
-
-def _safe(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
 
 
 # sharded: with several processes every rank trains its slice of each batch (data-parallel, tailsynth.diffusion.train)

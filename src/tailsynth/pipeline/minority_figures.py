@@ -35,7 +35,7 @@ from ..minority.analysis import generation_table, real_rarity, score_correlation
 from ..minority.guidance import guided_sample
 from ..report.grids import labelled_rows
 from ..training import predict
-from ..utils import atomic_write_bytes, atomic_write_json, read_json, resolve_device
+from ..utils import atomic_write_bytes, atomic_write_json, read_json, resolve_device, safe_file_name
 from .artifacts import load_adapted, load_classifier, read_split, split_data
 from .diffusion_stages import DiffusionConfig
 from .experiment import DataConfig
@@ -115,7 +115,7 @@ def run_minority_figures(cfg: MinorityFiguresStageConfig, inputs: dict[str, Arti
         grid = level_scale_rows(backend, classifier, cond, uncond, noise(fig.per_cell, 1, c), [0, L // 2, L - 1],
                                 fig.grid_scales, settings.sampler, settings.num_steps, settings.guidance_scale,
                                 _seed(fig.seed, 2, c))
-        atomic_write_bytes(workdir / f"levels_{_file_name(names[c])}.png",
+        atomic_write_bytes(workdir / f"levels_{safe_file_name(names[c])}.png",
                            labelled_rows(grid, f"{names[c]}: minority guidance ({settings.sampler}, L = {L})"))
     timings["level x scale grids"] = round(time.time() - t0, 1)
 
@@ -131,11 +131,14 @@ def run_minority_figures(cfg: MinorityFiguresStageConfig, inputs: dict[str, Arti
         generated[title] = chosen.load_images(names, cfg.data.image_size, cfg.data.channels)
     t0 = time.time()
     generated = {k: (convert_array(x, cfg.data.image_size, cfg.data.channels), y) for k, (x, y) in generated.items()}
-    oracle_accuracy = {k: float((predict(oracle, x, device)[0].argmax(1) == y).mean()) for k, (x, y) in generated.items()}
+    oracle_accuracy, feats = {}, {}
+    for k, (x, y) in generated.items():  # one oracle pass per set: its predictions and its features
+        logits, f = predict(oracle, x, device)
+        oracle_accuracy[k] = float((logits.argmax(1) == y).mean())
+        feats[k] = (f.astype(np.float64), y)
     pool = oracle_pool(split, cfg.data)
     keep = np.isin(pool.labels, tail)
     pool_f, pool_y = features(pool.images[keep]), pool.labels[keep]
-    feats = {k: (features(x), y) for k, (x, y) in generated.items()}
     table = generation_table(pool_f, pool_y, feats, tail, names)
     atomic_write_bytes(workdir / "rarity_hist.png", rarity_histograms(pool_f, pool_y, feats, tail))
     timings["metrics"] = round(time.time() - t0, 1)
@@ -224,10 +227,6 @@ def rarity_histograms(pool_f: np.ndarray, pool_y: np.ndarray, generated: dict[st
 
 def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
-
-
-def _file_name(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
 
 
 MINORITY_FIGURES = Stage("minority_figures", "1", run_minority_figures,
