@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_serializer
 
 from .errors import TailsynthError
 
@@ -21,6 +21,17 @@ class StrictConfig(BaseModel):
     """Base for all configs: frozen, unknown keys forbidden."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+    # Fields added to a config after artifacts were made without them: left out of the dump (so of every stage
+    # fingerprint) while they hold their default, so a runs folder made before they existed stays valid.
+    fingerprint_neutral: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _drop_neutral_defaults(self, handler):
+        data = handler(self)
+        for name in self.fingerprint_neutral:
+            if isinstance(data, dict) and getattr(self, name) == type(self).model_fields[name].default:
+                data.pop(name, None)
+        return data
 
 
 def format_validation_error(err: ValidationError, where: str) -> str:

@@ -6,6 +6,7 @@ from typing import Literal
 from pydantic import Field
 
 from ..config import StrictConfig
+from .adversarial import AdversarialConfig
 
 
 class AugmentConfig(StrictConfig):
@@ -51,3 +52,7 @@ class TrainConfig(StrictConfig):
     # channels_last memory format for conv nets during training (faster CPU/GPU convolutions; results equal
     # up to float rounding)
     channels_last: bool = False
+    # PGD adversarial training (training/adversarial.py; off at eps 0): a robust auxiliary classifier for DiG-IN
+    adversarial: AdversarialConfig = AdversarialConfig()
+
+    fingerprint_neutral = ("adversarial",)

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from .. import distributed
 from ..errors import TailsynthError
 from ..utils import derive_seed, progress_enabled
+from .adversarial import pgd_attack
 from .augment import to_float
 from .checkpoint import load_checkpoint, load_weights, save_checkpoint, save_weights
 from .config import TrainConfig
@@ -123,6 +124,9 @@ def fit(model: torch.nn.Module, objective: Objective, batches, val: "ArrayData |
     keeps the final epoch.
     """
     workdir = Path(workdir)
+    if cfg.adversarial.eps > 0 and isinstance(val, FeatureData):
+        raise TailsynthError("classifier.adversarial: adversarial training perturbs input images; this method "
+                             "trains on cached feature vectors (set adversarial.eps: 0)")
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -171,6 +175,8 @@ def fit(model: torch.nn.Module, objective: Objective, batches, val: "ArrayData |
             if parallel:  # this rank's slice; its loss weighted by its share, gradients summed over ranks
                 batch = {k: v[distributed.batch_slice(n)] for k, v in batch.items()}
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                if cfg.adversarial.eps > 0:  # Madry et al. 2018: train on the batch's PGD adversarial examples
+                    batch = {**batch, "x": pgd_attack(model, batch["x"], batch["y"], cfg.adversarial)}
                 loss, parts = split_output(objective(model, batch))
             if parallel:
                 share = len(batch["y"]) / n
