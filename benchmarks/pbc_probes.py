@@ -6,6 +6,7 @@ accuracy of the synthetic tail images (the oracle never sees the test split) -- 
 are reported and never used to choose.
 
     python benchmarks/pbc_probes.py --runs runs-pbc-probe --out benchmarks/results/pbc-lt-probes [--only NAME ...]
+    python benchmarks/pbc_probes.py --set shipped-25 --runs runs --out benchmarks/results/pbc-lt-probes-shipped
 
 Writes ``probes.json`` (overrides, metrics, oracle, auxiliary columns) and ``probes.md`` (the table). From an
 empty runs folder the first probe takes about 35 min on 2 CPU cores (base model 1500 steps, LoRA, oracle), a
@@ -38,6 +39,27 @@ PROBES: dict[str, list[str]] = {
         "synthesis.params.logex.cutouts=16", "synthesis.params.logex.cutout_noise=0.005"],
 }
 
+# The shipped generator (pbc-lt-cpu: rank-4 LoRA, DiG-IN threshold 0.4, at most 10 Adam steps), 25 synthetic images
+# per tail class (the first shard of the shipped 100-image syntheses, whose shards are reused): which auxiliary
+# classifier guides DiG-IN, and a wider, longer-trained generator. `aux 15 ep` is the control of `robust aux`: the
+# same training length and selection without the adversarial examples.
+SHIPPED_25 = ["methods=[ce,logex-lora,logex]", "synthetic_sweep={}", "synthesis.n_per_class=25"]
+# the auxiliary probes leave out the only-LoRA rows: its images do not depend on the auxiliary (the `shipped` row has them)
+AUX_PROBE = ["methods=[ce,logex]", "synthetic_sweep={}", "synthesis.n_per_class=25"]
+AUX_15 = "synthesis.aux_train={epochs: 15, selection: val_bacc}"
+SHIPPED_PROBES: dict[str, list[str]] = {
+    "shipped (seeds 0-2)": SHIPPED_25,
+    "aux-15ep (seeds 0-2)": AUX_PROBE + [AUX_15],
+    "robust-aux-eps0.5 (seeds 0-2)": AUX_PROBE + [
+        "synthesis.aux_train={epochs: 15, selection: val_bacc, adversarial: {eps: 0.5}}"],
+    "robust-aux-eps1.0 (seeds 0-2)": AUX_PROBE + [
+        "synthesis.aux_train={epochs: 15, selection: val_bacc, adversarial: {eps: 1.0}}"],
+    # UNet channels (64, 128, 128) instead of (32, 64, 64), 3000 base steps instead of 1500
+    "wide-unet-3000 (seeds 0-2)": SHIPPED_25 + ["diffusion.pixel.block_out_channels=[64,128,128]",
+                                                "diffusion.base.steps=3000"],
+}
+SETS = {"lora16": PROBES, "shipped-25": SHIPPED_PROBES}
+
 
 TITLE = ("PBC-LT probes (`python benchmarks/pbc_probes.py`): pbc-lt-cpu at 32 px with each probe's overrides, "
          "in one shared runs folder; oracle = accuracy of the oracle on the 100 synthetic tail images (25 per class); "
@@ -68,11 +90,14 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/pbc-lt-probes"))
     ap.add_argument("--runs", type=Path, default=Path("runs-pbc-probe"))
     ap.add_argument("--only", nargs="*", default=None)
+    ap.add_argument("--set", choices=sorted(SETS), default="lora16",
+                    help="lora16: rank-16 LoRA generator, 25 images per class (benchmarks/results/pbc-lt-probes); "
+                         "shipped-25: the shipped generator at 25 per class (benchmarks/results/pbc-lt-probes-shipped)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "probes.json"
     done = json.loads(path.read_text()) if path.is_file() else {}
-    for name, overrides in PROBES.items():
+    for name, overrides in SETS[args.set].items():
         if args.only and name not in args.only:
             continue
         print(f"[probe] {name}", flush=True)
