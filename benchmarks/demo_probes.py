@@ -122,13 +122,14 @@ DEMO_TITLE = ("Demo probes (`python benchmarks/demo_probes.py`): MNIST-5k-LT at 
 def table(probes: dict, title: str = DEMO_TITLE) -> str:
     lines = [title, "",
              "| probe | wall s | oracle lora | oracle logex | val FPR@95 ce / lora / logex | "
-             "val bAcc-tail ce / lora / logex | aux val bAcc all / tail | aux acc. on logex images | "
+             "val bAcc-tail ce / lora / logex | aux val bAcc all / tail | aux acc. on lora / logex images | "
              "aux right, oracle wrong | test FPR@95 ce / lora / logex | test bAcc-tail ce / lora / logex | "
              "test bAcc-head ce / logex |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     pct = lambda x: f"{100 * x:.1f}"  # noqa: E731
     for name, p in probes.items():
-        m, on_logex, aux, nan = p["methods"], p.get("aux_on_synthetic", {}).get("logex", {}), p.get("aux", {}), float("nan")
+        m, aux, nan = p["methods"], p.get("aux", {}), float("nan")
+        on_lora, on_logex = (p.get("aux_on_synthetic", {}).get(k, {}) for k in ("lora", "logex"))
         sd = p.get("std", {})
         several = len(p.get("seeds", [0])) > 1
 
@@ -138,7 +139,7 @@ def table(probes: dict, title: str = DEMO_TITLE) -> str:
         lines.append(f"| {name} | {p['wall_s']:.0f} | {pct(p['oracle'].get('lora', float('nan')))} | "
                      f"{pct(p['oracle'].get('logex', float('nan')))} | {trio('val_fpr95')} | {trio('val_bacc_tail')} | "
                      f"{pct(aux.get('val_bacc', nan))} / {pct(aux.get('val_bacc_tail', nan))} | "
-                     f"{pct(on_logex.get('aux_accuracy', nan))} | "
+                     f"{pct(on_lora.get('aux_accuracy', nan))} / {pct(on_logex.get('aux_accuracy', nan))} | "
                      f"{pct(on_logex.get('aux_right_oracle_wrong', nan))} | {trio('fpr95')} | "
                      f"{trio('bacc_tail')} | {pct(m['ce']['bacc_head'])} / {pct(m['logex']['bacc_head'])} |")
     return "\n".join(lines) + "\n"

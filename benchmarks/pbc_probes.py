@@ -54,6 +54,11 @@ SHIPPED_PROBES: dict[str, list[str]] = {
         "synthesis.aux_train={epochs: 15, selection: val_bacc, adversarial: {eps: 0.5}}"],
     "robust-aux-eps1.0 (seeds 0-2)": AUX_PROBE + [
         "synthesis.aux_train={epochs: 15, selection: val_bacc, adversarial: {eps: 1.0}}"],
+    # DiG-IN pushed further: stop at auxiliary confidence 0.9 instead of 0.4, at most 20 Adam steps instead of 10
+    "aux-15ep-thr0.9 (seeds 0-2)": AUX_PROBE + [AUX_15, "synthesis.params.logex.threshold=0.9",
+                                                "synthesis.params.logex.max_opt_steps=20"],
+    # ResNet-18 at full width (64 base channels) instead of the rows' 0.25
+    "aux-w1-15ep (seeds 0-2)": AUX_PROBE + ["synthesis.aux_train={epochs: 15, selection: val_bacc, width: 1.0}"],
     # UNet channels (64, 128, 128) instead of (32, 64, 64), 3000 base steps instead of 1500
     "wide-unet-3000 (seeds 0-2)": SHIPPED_25 + ["diffusion.pixel.block_out_channels=[64,128,128]",
                                                 "diffusion.base.steps=3000"],

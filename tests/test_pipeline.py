@@ -44,9 +44,11 @@ def test_tiny_experiment_end_to_end_and_cached_rerun(tmp_path, cache):
     assert len(trained) == 3
 
     logs = []
-    again = run_experiment(cfg, tmp_path / "runs", log=logs.append, command="test")
+    again = run_experiment(cfg, tmp_path / "runs", log=logs.append, command="test", results_dir=tmp_path / "out")
     assert all(line.startswith("[cached]") for line in logs)
     assert [a.path for a in again.evaluations] == [a.path for a in result.evaluations]
+    for name in ("report.md", "results.json", "report.html"):  # --results-dir: copied under the report's lock
+        assert (tmp_path / "out" / name).read_bytes() == (report / name).read_bytes()
 
     plan = run_experiment(cfg, tmp_path / "runs", plan_only=True, log=quiet).plan
     assert {row["state"] for row in plan} == {"cached"}
@@ -105,3 +107,26 @@ def test_every_cpu_experiment_config_loads_and_plans(tmp_path, name, stages_min)
     result = run_experiment(load_experiment(name, []), tmp_path / "runs", plan_only=True, log=quiet)
     assert len(result.plan) >= stages_min and all(row["state"] == "to run" for row in result.plan)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("manifest.json"))
+
+
+def test_report_lock_makes_a_second_run_wait(tmp_path):
+    """Two runs of one experiment in one runs folder merge their rows into one report: the second waits for the
+    first's read-merge-write-copy instead of interleaving with it (which lost rows and copied the other's)."""
+    import threading
+    import time
+
+    from tailsynth.pipeline.experiment_run import report_lock
+
+    entered = threading.Event()
+
+    def second():
+        with report_lock(tmp_path / "reports" / "x"):
+            entered.set()
+
+    with report_lock(tmp_path / "reports" / "x"):
+        t = threading.Thread(target=second)
+        t.start()
+        time.sleep(0.3)
+        assert not entered.is_set()
+    t.join(5)
+    assert entered.is_set()

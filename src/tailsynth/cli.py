@@ -51,7 +51,7 @@ def _run(config: str, overrides: tuple[str, ...], runs: str, force: tuple[str, .
     cfg = load_experiment(config, list(overrides))
     started = time.time()
     result = run_experiment(cfg, runs, force=set(force), plan_only=plan, command=_command_line(),
-                            log=click.echo)
+                            log=click.echo, results_dir=results_dir)
     from .distributed import world
     if world()[0] != 0:  # another process of a multi-process run: rank 0 reports
         return
@@ -64,13 +64,8 @@ def _run(config: str, overrides: tuple[str, ...], runs: str, force: tuple[str, .
         click.echo(f"{len(result.plan)} stages, {todo} to run")
         return
     _print_summary(result.report_dir)
-    if results_dir:
-        import shutil
-        out = Path(results_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        for name in ("report.md", "results.json", "report.html"):
-            shutil.copyfile(result.report_dir / name, out / name)
-        click.echo(f"copied report.md, results.json and report.html to {out}")
+    if results_dir:  # copied by run_experiment under the report's lock
+        click.echo(f"copied report.md, results.json and report.html to {Path(results_dir)}")
     click.echo(f"wall time {time.time() - started:.0f}s")
 
 

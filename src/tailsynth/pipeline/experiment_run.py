@@ -4,11 +4,14 @@ Shared stages run once (fingerprints); ``plan_only`` runs nothing and lists what
 """
 from __future__ import annotations
 
+import fcntl
 import platform
+import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from .. import __version__, distributed
 from ..config import to_dict
@@ -51,7 +54,9 @@ def machine_description() -> str:
 
 def run_experiment(cfg: ExperimentConfig, runs_dir: str | Path, *, force: set[str] | None = None,
                    plan_only: bool = False, log: Callable[[str], None] = print,
-                   command: str = "") -> ExperimentResult:
+                   command: str = "", results_dir: str | Path | None = None) -> ExperimentResult:
+    """Run (or resume) every stage of ``cfg`` in ``runs_dir`` and write the report to
+    ``runs_dir/reports/<name>``; ``results_dir``: also copy report.md, results.json and report.html there."""
     started = time.time()
     check_experiment(cfg)
     distributed.init()  # several processes (torchrun / accelerate launch): see tailsynth.distributed
@@ -83,10 +88,34 @@ def run_experiment(cfg: ExperimentConfig, runs_dir: str | Path, *, force: set[st
     result.plan = graph.plan
     result.wall_time_s = time.time() - started
     if not plan_only and main:
-        result.report_dir = _write_report(cfg, runs_dir, runner, result, quality, n_default, command,
-                                          graph.synthetic_sets, graph.pseudo_sets, graph.outlier_sets, split,
-                                          minority_figures)
+        report_dir = Path(runs_dir) / "reports" / cfg.name
+        # several runs of one experiment may share a runs folder (each stage has its own lock): the report is
+        # merged with the one on disk, so the read-merge-write and the copy must not interleave with another run's
+        with report_lock(report_dir):
+            result.report_dir = _write_report(cfg, runs_dir, runner, result, quality, n_default, command,
+                                              graph.synthetic_sets, graph.pseudo_sets, graph.outlier_sets, split,
+                                              minority_figures)
+            if results_dir is not None:
+                out = Path(results_dir)
+                out.mkdir(parents=True, exist_ok=True)
+                for name in REPORT_FILES:
+                    shutil.copyfile(result.report_dir / name, out / name)
     return result
+
+
+REPORT_FILES = ("report.md", "results.json", "report.html")
+
+
+@contextmanager
+def report_lock(report_dir: Path) -> Iterator[None]:
+    """Wait for, then hold, an exclusive lock on ``report_dir`` (``.report.lock`` inside it)."""
+    report_dir.mkdir(parents=True, exist_ok=True)
+    with open(report_dir / ".report.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 METHOD_KEYS = ("name", "profile", "methods", "seeds", "method_params", "synthetic_sweep", "sweep_seeds",
