@@ -47,21 +47,26 @@ SHIPPED_25 = ["methods=[ce,logex-lora,logex]", "synthetic_sweep={}", "synthesis.
 # the auxiliary probes leave out the only-LoRA rows: its images do not depend on the auxiliary (the `shipped` row has them)
 AUX_PROBE = ["methods=[ce,logex]", "synthetic_sweep={}", "synthesis.n_per_class=25"]
 AUX_15 = "synthesis.aux_train={epochs: 15, selection: val_bacc}"
+# per-DDIM-step gradient checkpointing in DiG-IN: the same images (recomputed forward passes); a probe process peaked
+# at 2.4 GB resident instead of 12.7 GB with a batch of 16, so two probes can run side by side in 24 GiB
+CHECKPOINT = "synthesis.params.logex.checkpoint=true"
 SHIPPED_PROBES: dict[str, list[str]] = {
     "shipped (seeds 0-2)": SHIPPED_25,
     "aux-15ep (seeds 0-2)": AUX_PROBE + [AUX_15],
     "robust-aux-eps0.5 (seeds 0-2)": AUX_PROBE + [
         "synthesis.aux_train={epochs: 15, selection: val_bacc, adversarial: {eps: 0.5}}"],
     "robust-aux-eps1.0 (seeds 0-2)": AUX_PROBE + [
-        "synthesis.aux_train={epochs: 15, selection: val_bacc, adversarial: {eps: 1.0}}"],
+        "synthesis.aux_train={epochs: 15, selection: val_bacc, adversarial: {eps: 1.0}}", CHECKPOINT],
     # DiG-IN pushed further: stop at auxiliary confidence 0.9 instead of 0.4, at most 20 Adam steps instead of 10
     "aux-15ep-thr0.9 (seeds 0-2)": AUX_PROBE + [AUX_15, "synthesis.params.logex.threshold=0.9",
                                                 "synthesis.params.logex.max_opt_steps=20"],
     # ResNet-18 at full width (64 base channels) instead of the rows' 0.25
-    "aux-w1-15ep (seeds 0-2)": AUX_PROBE + ["synthesis.aux_train={epochs: 15, selection: val_bacc, width: 1.0}"],
-    # UNet channels (64, 128, 128) instead of (32, 64, 64), 3000 base steps instead of 1500
+    "aux-w1-15ep (seeds 0-2)": AUX_PROBE + ["synthesis.aux_train={epochs: 15, selection: val_bacc, width: 1.0}",
+                                            CHECKPOINT],
+    # UNet channels (64, 128, 128) instead of (32, 64, 64), 3000 base steps instead of 1500; DiG-IN with per-step
+    # gradient checkpointing (without it a batch of 16 through this UNet's 20-step chain exceeded 24 GiB)
     "wide-unet-3000 (seeds 0-2)": SHIPPED_25 + ["diffusion.pixel.block_out_channels=[64,128,128]",
-                                                "diffusion.base.steps=3000"],
+                                                "diffusion.base.steps=3000", CHECKPOINT],
 }
 SETS = {"lora16": PROBES, "shipped-25": SHIPPED_PROBES}
 
