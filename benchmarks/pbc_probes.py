@@ -47,8 +47,9 @@ SHIPPED_25 = ["methods=[ce,logex-lora,logex]", "synthetic_sweep={}", "synthesis.
 # the auxiliary probes leave out the only-LoRA rows: its images do not depend on the auxiliary (the `shipped` row has them)
 AUX_PROBE = ["methods=[ce,logex]", "synthetic_sweep={}", "synthesis.n_per_class=25"]
 AUX_15 = "synthesis.aux_train={epochs: 15, selection: val_bacc}"
-# per-DDIM-step gradient checkpointing in DiG-IN: the same images (recomputed forward passes); a probe process peaked
-# at 2.4 GB resident instead of 12.7 GB with a batch of 16, so two probes can run side by side in 24 GiB
+# per-DDIM-step gradient checkpointing in DiG-IN: the same computation (forward passes recomputed in the
+# backward); a probe process peaked at 2.4 GB resident instead of 12.7 GB with a batch of 16, so two probes can
+# run side by side in 24 GiB
 CHECKPOINT = "synthesis.params.logex.checkpoint=true"
 SHIPPED_PROBES: dict[str, list[str]] = {
     "shipped (seeds 0-2)": SHIPPED_25,
