@@ -100,7 +100,8 @@ def test_machine_description_names_cpu_kernels_cores_and_torch():
 
 
 @pytest.mark.parametrize("name,stages_min", [("demo", 10), ("pbc-lt-cpu", 100), ("cifar10-lt-cpu", 20),
-                                             ("cifar100-lt-cpu", 10), ("cifar10-tail6-cpu", 20)])
+                                             ("cifar100-lt-cpu", 10), ("cifar10-tail6-cpu", 20),
+                                             ("pbc-lt-cpu-long", 20)])
 def test_every_cpu_experiment_config_loads_and_plans(tmp_path, name, stages_min):
     """A shipped experiment config is valid as a whole (keys, method params, auxiliary settings) and plans its
     stages without running any; ``pbc-lt-paper`` needs weights on disk and is checked in test_pretrained."""
@@ -130,3 +131,33 @@ def test_report_lock_makes_a_second_run_wait(tmp_path):
         assert not entered.is_set()
     t.join(5)
     assert entered.is_set()
+
+
+def test_extends_merges_a_profile_over_its_parent(tmp_path):
+    """`extends:` = the parent's mapping with the child's keys over it: nested mappings key by key, lists and
+    values replaced, `{}` clears. pbc-lt-cpu-long is pbc-lt-cpu with exactly its five generator/row changes."""
+    from tailsynth.config import to_dict
+
+    parent, child = to_dict(load_experiment("pbc-lt-cpu")), to_dict(load_experiment("pbc-lt-cpu-long"))
+    assert child["diffusion"]["pixel"]["block_out_channels"] == [64, 128, 128]
+    assert child["diffusion"]["base"]["steps"] == 3000
+    assert child["synthesis"]["params"]["logex"]["checkpoint"] is True
+    assert child["methods"] == ["ce", "logex-lora", "logex"] and child["synthetic_sweep"] == {}
+    expected = json.loads(json.dumps(parent))
+    expected.update(name="pbc-lt-cpu-long", profile="cpu-long", methods=["ce", "logex-lora", "logex"],
+                    synthetic_sweep={})
+    expected["diffusion"]["pixel"]["block_out_channels"] = [64, 128, 128]
+    expected["diffusion"]["base"]["steps"] = 3000
+    expected["synthesis"]["params"]["logex"]["checkpoint"] = True
+    assert child == expected
+    # a user's file extends a shipped config, a command-line override still wins, a cycle is named
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("extends: demo\nname: mine\nseeds: [5]\nclassifier: {epochs: 1}\n")
+    cfg = load_experiment(str(mine), ["classifier.lr=0.5"])
+    demo = load_experiment("demo")
+    assert (cfg.name, cfg.seeds, cfg.classifier.epochs, cfg.classifier.lr) == ("mine", [5], 1, 0.5)
+    assert cfg.classifier.batch_size == demo.classifier.batch_size and cfg.methods == demo.methods
+    (tmp_path / "a.yaml").write_text(f"extends: {tmp_path / 'b.yaml'}\n")
+    (tmp_path / "b.yaml").write_text(f"extends: {tmp_path / 'a.yaml'}\n")
+    with pytest.raises(TailsynthError, match="cycle"):
+        load_experiment(str(tmp_path / "a.yaml"))

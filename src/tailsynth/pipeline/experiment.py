@@ -58,9 +58,37 @@ def find_experiment(name_or_path: str) -> Path:
                          f"shipped: {', '.join(names)})")
 
 
+def read_experiment_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The YAML mapping of ``path`` with ``extends: <name or path>`` resolved: the named experiment's mapping
+    with this file's keys merged over it (mappings key by key, every other value replaced; an empty mapping
+    ``{}`` replaces, so it clears the parent's), so a profile that differs in a few settings names only those."""
+    path = path.resolve()
+    if path in chain:
+        raise TailsynthError(f"{path}: 'extends' forms a cycle: {' -> '.join(str(p) for p in chain + (path,))}")
+    data = read_yaml(path)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise TailsynthError(f"{path}: 'extends' must name one experiment config, got {parent!r}")
+    return merge_mappings(read_experiment_yaml(find_experiment(parent), chain + (path,)), data)
+
+
+def merge_mappings(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` merged into a copy of ``base``: non-empty nested mappings key by key, other values (and ``{}``)
+    replaced."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and value and isinstance(out.get(key), dict):
+            out[key] = merge_mappings(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 def load_experiment(name_or_path: str, overrides: list[str] | None = None) -> ExperimentConfig:
     path = find_experiment(name_or_path)
-    data = apply_overrides(read_yaml(path), list(overrides or []))
+    data = apply_overrides(read_experiment_yaml(path), list(overrides or []))
     cfg = build_config(ExperimentConfig, data, where=str(path))
     if not cfg.seeds:
         raise TailsynthError(f"{path}: 'seeds' is empty")
