@@ -126,7 +126,7 @@ def table(probes: dict, title: str = DEMO_TITLE) -> str:
              "aux right, oracle wrong | test FPR@95 ce / lora / logex | test bAcc-tail ce / lora / logex | "
              "test bAcc-head ce / logex |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    pct = lambda x: f"{100 * x:.1f}"  # noqa: E731
+    pct = lambda x: "-" if x != x else f"{100 * x:.1f}"  # noqa: E731  (NaN: not measured by this probe)
     for name, p in probes.items():
         m, aux, nan = p["methods"], p.get("aux", {}), float("nan")
         on_lora, on_logex = (p.get("aux_on_synthetic", {}).get(k, {}) for k in ("lora", "logex"))

@@ -83,8 +83,10 @@ TITLE = ("PBC-LT probes (`python benchmarks/pbc_probes.py`): pbc-lt-cpu at 32 px
 def run_probe(name: str, overrides: list[str], runs: Path, out: Path) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TAILSYNTH_PROGRESS": "0"}
     results = out / "reports" / name.split(" ")[0]
-    cmd = [sys.executable, "-m", "tailsynth.cli", "run", "pbc-lt-cpu", *overrides, "--runs", str(runs),
-           "--results-dir", str(results)]
+    # each probe reports under its own experiment name (not part of any fingerprint): the report of a runs folder
+    # merges the rows of every run of one name, and a probe's table must hold its own rows only
+    cmd = [sys.executable, "-m", "tailsynth.cli", "run", "pbc-lt-cpu", f"name=pbc-probe-{name.split(' ')[0]}",
+           *overrides, "--runs", str(runs), "--results-dir", str(results)]
     log = runs.parent / "logs" / f"pbc-probe-{name.split(' ')[0]}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as fh:
@@ -113,6 +115,8 @@ def main() -> None:
             continue
         print(f"[probe] {name}", flush=True)
         done[name] = run_probe(name, overrides, args.runs, args.out)
+        order = list(SETS[args.set]) + [k for k in done if k not in SETS[args.set]]
+        done = {k: done[k] for k in order if k in done}
         save(args.out, done, TITLE)
     print(table(done, TITLE))
 
