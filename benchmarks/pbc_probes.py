@@ -82,12 +82,13 @@ TITLE = ("PBC-LT probes (`python benchmarks/pbc_probes.py`): pbc-lt-cpu at 32 px
 
 def run_probe(name: str, overrides: list[str], runs: Path, out: Path) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TAILSYNTH_PROGRESS": "0"}
-    results = out / "reports" / name.split(" ")[0]
+    slug = name.split(" ")[0]
+    results = out / "reports" / slug
     # each probe reports under its own experiment name (not part of any fingerprint): the report of a runs folder
     # merges the rows of every run of one name, and a probe's table must hold its own rows only
-    cmd = [sys.executable, "-m", "tailsynth.cli", "run", "pbc-lt-cpu", f"name=pbc-probe-{name.split(' ')[0]}",
+    cmd = [sys.executable, "-m", "tailsynth.cli", "run", "pbc-lt-cpu", f"name=pbc-probe-{slug}",
            *overrides, "--runs", str(runs), "--results-dir", str(results)]
-    log = runs.parent / "logs" / f"pbc-probe-{name.split(' ')[0]}.log"
+    log = runs.parent / "logs" / f"pbc-probe-{slug}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as fh:
         rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env).returncode
@@ -109,16 +110,18 @@ def main() -> None:
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "probes.json"
-    done = json.loads(path.read_text()) if path.is_file() else {}
-    for name, overrides in SETS[args.set].items():
+    probes = SETS[args.set]
+    done: dict = {}
+    for name, overrides in probes.items():
         if args.only and name not in args.only:
             continue
         print(f"[probe] {name}", flush=True)
-        done[name] = run_probe(name, overrides, args.runs, args.out)
-        order = list(SETS[args.set]) + [k for k in done if k not in SETS[args.set]]
-        done = {k: done[k] for k in order if k in done}
+        record = run_probe(name, overrides, args.runs, args.out)
+        # re-read: another probe process may have saved rows while this probe ran
+        done = {**(json.loads(path.read_text()) if path.is_file() else {}), name: record}
+        done = {k: done[k] for k in [*probes, *done] if k in done}  # the set's order, then any others
         save(args.out, done, TITLE)
-    print(table(done, TITLE))
+    print(table(json.loads(path.read_text()) if path.is_file() else done, TITLE))
 
 
 if __name__ == "__main__":

@@ -4,17 +4,16 @@ Shared stages run once (fingerprints); ``plan_only`` runs nothing and lists what
 """
 from __future__ import annotations
 
-import fcntl
 import platform
 import shutil
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from .. import __version__, distributed
 from ..config import to_dict
+from ..utils import file_lock
 from ..methods import METHODS
 from ..report.sweep import row_label
 from .experiment import ExperimentConfig
@@ -92,7 +91,7 @@ def run_experiment(cfg: ExperimentConfig, runs_dir: str | Path, *, force: set[st
         # several runs of one experiment may share a runs folder (each stage has its own lock): the report is
         # merged with the one on disk, so the read-merge-write and the copy must not interleave with another run's
         with report_lock(report_dir):
-            result.report_dir = _write_report(cfg, runs_dir, runner, result, quality, n_default, command,
+            result.report_dir = _write_report(cfg, report_dir, runner, result, quality, n_default, command,
                                               graph.synthetic_sets, graph.pseudo_sets, graph.outlier_sets, split,
                                               minority_figures)
             if results_dir is not None:
@@ -106,16 +105,9 @@ def run_experiment(cfg: ExperimentConfig, runs_dir: str | Path, *, force: set[st
 REPORT_FILES = ("report.md", "results.json", "report.html")
 
 
-@contextmanager
-def report_lock(report_dir: Path) -> Iterator[None]:
+def report_lock(report_dir: Path):
     """Wait for, then hold, an exclusive lock on ``report_dir`` (``.report.lock`` inside it)."""
-    report_dir.mkdir(parents=True, exist_ok=True)
-    with open(report_dir / ".report.lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return file_lock(report_dir / ".report.lock", wait=True)
 
 
 METHOD_KEYS = ("name", "profile", "methods", "seeds", "method_params", "synthetic_sweep", "sweep_seeds",
@@ -131,7 +123,7 @@ def settings_digest(cfg: ExperimentConfig) -> str:
     return stable_hash(settings)
 
 
-def _write_report(cfg: ExperimentConfig, runs_dir, runner: Runner, result: ExperimentResult,
+def _write_report(cfg: ExperimentConfig, report_dir: Path, runner: Runner, result: ExperimentResult,
                   quality: Artifact | None, n_default: int, command: str,
                   graph_sets: dict[str, Artifact], pseudo_sets: dict[str, Artifact] | None = None,
                   outlier_sets: dict[str, tuple[Artifact, Artifact]] | None = None,
@@ -140,7 +132,6 @@ def _write_report(cfg: ExperimentConfig, runs_dir, runner: Runner, result: Exper
     from ..report.quality import quality_table, settings_table, synthetic_summary, synthetic_table
     from ..report.sweep import sweep_points, sweep_sections
     from ..utils import read_json
-    report_dir = Path(runs_dir) / "reports" / cfg.name
     meta = {"command": command, "experiment": cfg.name, "profile": cfg.profile,
             "machine": machine_description(),
             "package_version": __version__, "seeds": list(cfg.seeds), "methods": list(cfg.methods),

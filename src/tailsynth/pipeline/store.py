@@ -6,17 +6,16 @@ to its final name in one atomic step. A directory with a manifest is therefore a
 """
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import TailsynthError
-from ..utils import read_json
+from ..utils import file_lock, read_json
 
 MANIFEST = "manifest.json"
 
@@ -70,18 +69,14 @@ class ArtifactStore:
     def lock(self, stage: str, fingerprint: str) -> Iterator[None]:
         """An exclusive lock so two processes never build the same artifact at once."""
         lock_path = self.root / stage / f".{fingerprint}.lock"
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(lock_path, "w") as fh:
+        with ExitStack() as held:
             try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held.enter_context(file_lock(lock_path, wait=False))
             except BlockingIOError:
                 raise TailsynthError(
                     f"another process is building {stage}/{fingerprint} (lock {lock_path}); wait for it to finish"
                 ) from None
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+            yield
 
     def commit(self, stage: str, fingerprint: str) -> Artifact:
         """Rename the finished partial directory to its final name (atomic on one file system)."""
