@@ -34,20 +34,31 @@ BIG_LORA = ["diffusion.lora.rank=16", "diffusion.lora.target=all_attention", "di
 AUX = ["synthesis.aux_train.epochs=12", "synthesis.aux_train.selection=val_bacc"]
 # DiG-IN's expectation over views (its code: 16 cutouts, noise 0.005; LoGex's copy has none)
 CUT = ["synthesis.params.logex.cutouts=16", "synthesis.params.logex.cutout_noise=0.005"]
+# the demo as it shipped before the thread count and the classifier epochs were chosen: 6 classifier epochs, torch's
+# default thread count (2 on the 2-core machine of these probes)
+EP6 = ["threads=null", "classifier.epochs=6"]
 PROBES: dict[str, list[str]] = {
-    "old-demo": OLD,
-    "old+lora500+strong-digin": OLD + BIG_LORA + ["diffusion.lora.train.steps=500"] + STRONG_DIGIN,
-    "old+lora500+strong-digin+aux": OLD + BIG_LORA + ["diffusion.lora.train.steps=500"] + STRONG_DIGIN + AUX,
-    "shipped": [],  # the demo as shipped now
-    "shipped-seeds-0-1-2": ["seeds=[0,1,2]"],  # the classifier seeds' spread (the generator is seed-independent)
-    "shipped-no-aux-train": ["synthesis.aux_train={}"],
-    "shipped-aux-ensemble-3": ["synthesis.aux_ensemble=3"],  # the mean softmax of 3 auxiliaries (seeds 0, 1, 2)
-    "shipped-logex-digin-settings": ["synthesis.params.logex.max_opt_steps=20", "synthesis.params.logex.threshold=0.4",
-                                     "synthesis.params.logex.lr_latent=1e-3", "synthesis.params.logex.lr_embed=1e-2"],
-    "shipped-cutouts16": CUT,
-    "shipped-cutouts16-seeds-0-1-2": CUT + ["seeds=[0,1,2]"],
-    # the same, first run with 1 thread while another job used the cores (other digits, longer wall time)
-    "shipped-cutouts16-busy-machine": CUT,
+    "old-demo": OLD + EP6,
+    "old+lora500+strong-digin": OLD + EP6 + BIG_LORA + ["diffusion.lora.train.steps=500"] + STRONG_DIGIN,
+    "old+lora500+strong-digin+aux": OLD + EP6 + BIG_LORA + ["diffusion.lora.train.steps=500"] + STRONG_DIGIN + AUX,
+    "ep6": EP6,
+    "ep6-seeds-0-1-2": EP6 + ["seeds=[0,1,2]"],  # the classifier seeds' spread (the generator is seed-independent)
+    "ep6-no-aux-train": EP6 + ["synthesis.aux_train={}"],
+    "ep6-aux-ensemble-3": EP6 + ["synthesis.aux_ensemble=3"],  # the mean softmax of 3 auxiliaries (seeds 0, 1, 2)
+    "ep6-logex-digin-settings": EP6 + ["synthesis.params.logex.max_opt_steps=20",
+                                       "synthesis.params.logex.threshold=0.4", "synthesis.params.logex.lr_latent=1e-3",
+                                       "synthesis.params.logex.lr_embed=1e-2"],
+    "ep6-cutouts16": EP6 + CUT,
+    "ep6-cutouts16-seeds-0-1-2": EP6 + CUT + ["seeds=[0,1,2]"],
+    # the same, run with 1 thread while another job used the cores (other digits, longer wall time)
+    "ep6-cutouts16-1thread-busy-machine": ["classifier.epochs=6"] + CUT,
+    # tail detection in the printed single-seed table: more synthetic tail digits, longer classifier training, on
+    # 1 thread (run beside another job on the 2 cores, so their wall times are longer than alone)
+    "ep6-1thread": ["classifier.epochs=6"],
+    "ep6-n30-1thread": ["classifier.epochs=6", "synthesis.n_per_class=30"],
+    "shipped": [],  # the demo as shipped: 10 classifier epochs, 1 thread
+    "n30": ["synthesis.n_per_class=30"],
+    "shipped-seeds-0-1-2": ["seeds=[0,1,2]"],
 }
 METRICS = ["val_fpr95", "val_bacc_head", "val_bacc_tail", "fpr95", "auroc", "bacc_head", "bacc_tail"]
 
@@ -122,10 +133,10 @@ DEMO_TITLE = ("Demo probes (`python benchmarks/demo_probes.py`): MNIST-5k-LT at 
 def table(probes: dict, title: str = DEMO_TITLE) -> str:
     lines = [title, "",
              "| probe | wall s | oracle lora | oracle logex | val FPR@95 ce / lora / logex | "
-             "val bAcc-tail ce / lora / logex | aux val bAcc all / tail | aux acc. on lora / logex images | "
+             "val bAcc-head ce / lora / logex | val bAcc-tail ce / lora / logex | aux val bAcc all / tail | aux acc. on lora / logex images | "
              "aux right, oracle wrong | test FPR@95 ce / lora / logex | test bAcc-tail ce / lora / logex | "
              "test bAcc-head ce / logex |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     pct = lambda x: "-" if x != x else f"{100 * x:.1f}"  # noqa: E731  (NaN: not measured by this probe)
     for name, p in probes.items():
         m, aux, nan = p["methods"], p.get("aux", {}), float("nan")
@@ -137,7 +148,7 @@ def table(probes: dict, title: str = DEMO_TITLE) -> str:
             return " / ".join((pct(m[r][k]) + (f" ± {pct(sd[r][k])}" if several else "")) if r in m else "-"
                               for r in ("ce", "logex-lora", "logex"))
         lines.append(f"| {name} | {p['wall_s']:.0f} | {pct(p['oracle'].get('lora', float('nan')))} | "
-                     f"{pct(p['oracle'].get('logex', float('nan')))} | {trio('val_fpr95')} | {trio('val_bacc_tail')} | "
+                     f"{pct(p['oracle'].get('logex', float('nan')))} | {trio('val_fpr95')} | {trio('val_bacc_head')} | {trio('val_bacc_tail')} | "
                      f"{pct(aux.get('val_bacc', nan))} / {pct(aux.get('val_bacc_tail', nan))} | "
                      f"{pct(on_lora.get('aux_accuracy', nan))} / {pct(on_logex.get('aux_accuracy', nan))} | "
                      f"{pct(on_logex.get('aux_right_oracle_wrong', nan))} | {trio('fpr95')} | "

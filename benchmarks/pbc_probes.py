@@ -69,6 +69,15 @@ SHIPPED_PROBES: dict[str, list[str]] = {
     "wide-unet-3000 (seeds 0-2)": SHIPPED_25 + ["diffusion.pixel.block_out_channels=[64,128,128]",
                                                 "diffusion.base.steps=3000", CHECKPOINT],
 }
+WIDE = ["diffusion.pixel.block_out_channels=[64,128,128]", "diffusion.base.steps=3000", CHECKPOINT]
+# the wide generator (pbc-lt-cpu-long's) with the auxiliary or DiG-IN pushed: with the small generator neither moved
+# the oracle, because the generator capped it; with the wide one DiG-IN adds 24 oracle points, so they may matter
+SHIPPED_PROBES.update({
+    "wide-aux-15ep (seeds 0-2)": AUX_PROBE + WIDE + [AUX_15],
+    # LoGex's own 20 Adam steps, stop at auxiliary confidence 0.9 instead of 0.4
+    "wide-thr0.9-20steps (seeds 0-2)": AUX_PROBE + WIDE + ["synthesis.params.logex.threshold=0.9",
+                                                           "synthesis.params.logex.max_opt_steps=20"],
+})
 SETS = {"lora16": PROBES, "shipped-25": SHIPPED_PROBES}
 
 

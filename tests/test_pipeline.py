@@ -161,3 +161,39 @@ def test_extends_merges_a_profile_over_its_parent(tmp_path):
     (tmp_path / "b.yaml").write_text(f"extends: {tmp_path / 'a.yaml'}\n")
     with pytest.raises(TailsynthError, match="cycle"):
         load_experiment(str(tmp_path / "a.yaml"))
+
+
+def test_threads_pins_torch_threads_for_the_run_only(tmp_path, monkeypatch):
+    import torch
+
+    from tailsynth.config import to_dict
+    from tailsynth.pipeline import experiment_run
+    seen = []
+    real_check = experiment_run.check_experiment
+
+    def spy(cfg):
+        seen.append(torch.get_num_threads())
+        return real_check(cfg)
+
+    monkeypatch.setattr(experiment_run, "check_experiment", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        run_experiment(load_experiment("demo", ["threads=1"]), tmp_path / "a", plan_only=True, log=quiet)
+        assert seen == [1] and torch.get_num_threads() == 3
+        run_experiment(load_experiment("demo", ["threads=null"]), tmp_path / "b", plan_only=True, log=quiet)
+        assert seen == [1, 3]
+
+        def broken(cfg):  # a run that fails still gives the caller its thread count back
+            raise TailsynthError("stop")
+
+        monkeypatch.setattr(experiment_run, "check_experiment", broken)
+        with pytest.raises(TailsynthError):
+            run_experiment(load_experiment("demo", ["threads=2"]), tmp_path / "c", plan_only=True, log=quiet)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+    # unset, the key stays out of the dump (stage fingerprints and table digests made before it existed hold)
+    assert "threads" not in to_dict(load_experiment("demo", ["threads=null"]))
+    with pytest.raises(TailsynthError, match="threads"):
+        load_experiment("demo", ["threads=0"])

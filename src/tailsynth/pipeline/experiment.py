@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+
+from pydantic import Field
 
 from ..config import StrictConfig, apply_overrides, build_config, read_yaml
 from ..errors import TailsynthError
@@ -20,6 +22,8 @@ class DataConfig(StrictConfig):
 class ExperimentConfig(StrictConfig):
     """One experiment: a benchmark split, a training profile, methods x seeds, scores and a report."""
 
+    fingerprint_neutral: ClassVar[tuple[str, ...]] = ("threads",)
+
     name: str
     profile: str = "custom"
     benchmark: str
@@ -35,6 +39,10 @@ class ExperimentConfig(StrictConfig):
     primary_score: str = "p_tail"
     report_method: str = "ce"  # the method whose scores fill the Table-1/3 comparison
     device: str = "auto"
+    # torch's CPU thread count for this run (None: torch's default, or OMP_NUM_THREADS). CPU results are
+    # bit-identical only with the same thread count, so a profile that pins it prints the same digits on a
+    # 2-core laptop and a 64-core server of one CPU kind; tiny models also run faster on 1 thread.
+    threads: int | None = Field(default=None, ge=1)
     diffusion: dict[str, Any] = {}  # DiffusionConfig (pipeline.diffusion_stages), used by synthesis methods
     synthesis: dict[str, Any] = {}  # SynthesisConfig (tailsynth.methods.base); params.<generator>: its own config
     oracle: dict[str, Any] | None = None  # TrainConfig of the oracle (LoGex §4.4); None: no oracle

@@ -55,7 +55,20 @@ def run_experiment(cfg: ExperimentConfig, runs_dir: str | Path, *, force: set[st
                    plan_only: bool = False, log: Callable[[str], None] = print,
                    command: str = "", results_dir: str | Path | None = None) -> ExperimentResult:
     """Run (or resume) every stage of ``cfg`` in ``runs_dir`` and write the report to
-    ``runs_dir/reports/<name>``; ``results_dir``: also copy report.md, results.json and report.html there."""
+    ``runs_dir/reports/<name>``; ``results_dir``: also copy report.md, results.json and report.html there.
+    ``cfg.threads`` pins torch's CPU thread count for the run; the caller's count is restored afterwards."""
+    import torch
+    threads = torch.get_num_threads()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _run_experiment(cfg, runs_dir, force, plan_only, log, command, results_dir)
+    finally:
+        torch.set_num_threads(threads)  # a pinned count holds for this run only (the API may run several)
+
+
+def _run_experiment(cfg: ExperimentConfig, runs_dir: str | Path, force: set[str] | None, plan_only: bool,
+                    log: Callable[[str], None], command: str, results_dir: str | Path | None) -> ExperimentResult:
     started = time.time()
     check_experiment(cfg)
     distributed.init()  # several processes (torchrun / accelerate launch): see tailsynth.distributed
