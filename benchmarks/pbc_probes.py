@@ -74,7 +74,8 @@ WIDE = ["diffusion.pixel.block_out_channels=[64,128,128]", "diffusion.base.steps
 # the oracle, because the generator capped it; with the wide one DiG-IN adds 24 oracle points, so they may matter
 SHIPPED_PROBES.update({
     "wide-aux-15ep (seeds 0-2)": AUX_PROBE + WIDE + [AUX_15],
-    # LoGex's own 20 Adam steps, stop at auxiliary confidence 0.9 instead of 0.4
+    # LoGex's own 20 Adam steps, stop at auxiliary confidence 0.9 instead of 0.4 (not measured yet: it up to doubles
+    # DiG-IN's time, about 35 min for the 400 images of pbc-lt-cpu-long on one core)
     "wide-thr0.9-20steps (seeds 0-2)": AUX_PROBE + WIDE + ["synthesis.params.logex.threshold=0.9",
                                                            "synthesis.params.logex.max_opt_steps=20"],
 })

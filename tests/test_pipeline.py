@@ -135,7 +135,7 @@ def test_report_lock_makes_a_second_run_wait(tmp_path):
 
 def test_extends_merges_a_profile_over_its_parent(tmp_path):
     """`extends:` = the parent's mapping with the child's keys over it: nested mappings key by key, lists and
-    values replaced, `{}` clears. pbc-lt-cpu-long is pbc-lt-cpu with exactly its five generator/row changes."""
+    values replaced, `{}` clears. pbc-lt-cpu-long is pbc-lt-cpu with exactly its generator/auxiliary/row changes."""
     from tailsynth.config import to_dict
 
     parent, child = to_dict(load_experiment("pbc-lt-cpu")), to_dict(load_experiment("pbc-lt-cpu-long"))
@@ -149,6 +149,7 @@ def test_extends_merges_a_profile_over_its_parent(tmp_path):
     expected["diffusion"]["pixel"]["block_out_channels"] = [64, 128, 128]
     expected["diffusion"]["base"]["steps"] = 3000
     expected["synthesis"]["params"]["logex"]["checkpoint"] = True
+    expected["synthesis"]["aux_train"] = {"epochs": 15, "selection": "val_bacc"}
     assert child == expected
     # a user's file extends a shipped config, a command-line override still wins, a cycle is named
     mine = tmp_path / "mine.yaml"
