@@ -133,7 +133,8 @@ DEMO_TITLE = ("Demo probes (`python benchmarks/demo_probes.py`): MNIST-5k-LT at 
 def table(probes: dict, title: str = DEMO_TITLE) -> str:
     lines = [title, "",
              "| probe | wall s | oracle lora | oracle logex | val FPR@95 ce / lora / logex | "
-             "val bAcc-head ce / lora / logex | val bAcc-tail ce / lora / logex | aux val bAcc all / tail | aux acc. on lora / logex images | "
+             "val bAcc-head ce / lora / logex | val bAcc-tail ce / lora / logex | aux val bAcc all / tail | "
+             "aux acc. on lora / logex images | "
              "aux right, oracle wrong | test FPR@95 ce / lora / logex | test bAcc-tail ce / lora / logex | "
              "test bAcc-head ce / logex |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -148,7 +149,8 @@ def table(probes: dict, title: str = DEMO_TITLE) -> str:
             return " / ".join((pct(m[r][k]) + (f" ± {pct(sd[r][k])}" if several else "")) if r in m else "-"
                               for r in ("ce", "logex-lora", "logex"))
         lines.append(f"| {name} | {p['wall_s']:.0f} | {pct(p['oracle'].get('lora', float('nan')))} | "
-                     f"{pct(p['oracle'].get('logex', float('nan')))} | {trio('val_fpr95')} | {trio('val_bacc_head')} | {trio('val_bacc_tail')} | "
+                     f"{pct(p['oracle'].get('logex', float('nan')))} | {trio('val_fpr95')} | {trio('val_bacc_head')} | "
+                     f"{trio('val_bacc_tail')} | "
                      f"{pct(aux.get('val_bacc', nan))} / {pct(aux.get('val_bacc_tail', nan))} | "
                      f"{pct(on_lora.get('aux_accuracy', nan))} / {pct(on_logex.get('aux_accuracy', nan))} | "
                      f"{pct(on_logex.get('aux_right_oracle_wrong', nan))} | {trio('fpr95')} | "
