@@ -51,6 +51,10 @@ AUX_15 = "synthesis.aux_train={epochs: 15, selection: val_bacc}"
 # backward); a probe process peaked at 2.4 GB resident instead of 12.7 GB with a batch of 16, so two probes can
 # run side by side in 24 GiB
 CHECKPOINT = "synthesis.params.logex.checkpoint=true"
+# pbc-lt-cpu-long's generator: UNet channels (64, 128, 128) instead of (32, 64, 64), 3000 base steps instead of
+# 1500; DiG-IN with per-step gradient checkpointing (without it a batch of 16 through this UNet's 20-step chain
+# exceeded 24 GiB)
+WIDE = ["diffusion.pixel.block_out_channels=[64,128,128]", "diffusion.base.steps=3000", CHECKPOINT]
 SHIPPED_PROBES: dict[str, list[str]] = {
     "shipped (seeds 0-2)": SHIPPED_25,
     "aux-15ep (seeds 0-2)": AUX_PROBE + [AUX_15],
@@ -64,21 +68,15 @@ SHIPPED_PROBES: dict[str, list[str]] = {
     # ResNet-18 at full width (64 base channels) instead of the rows' 0.25
     "aux-w1-15ep (seeds 0-2)": AUX_PROBE + ["synthesis.aux_train={epochs: 15, selection: val_bacc, width: 1.0}",
                                             CHECKPOINT],
-    # UNet channels (64, 128, 128) instead of (32, 64, 64), 3000 base steps instead of 1500; DiG-IN with per-step
-    # gradient checkpointing (without it a batch of 16 through this UNet's 20-step chain exceeded 24 GiB)
-    "wide-unet-3000 (seeds 0-2)": SHIPPED_25 + ["diffusion.pixel.block_out_channels=[64,128,128]",
-                                                "diffusion.base.steps=3000", CHECKPOINT],
-}
-WIDE = ["diffusion.pixel.block_out_channels=[64,128,128]", "diffusion.base.steps=3000", CHECKPOINT]
-# the wide generator (pbc-lt-cpu-long's) with the auxiliary or DiG-IN pushed: with the small generator neither moved
-# the oracle, because the generator capped it; with the wide one DiG-IN adds 24 oracle points, so they may matter
-SHIPPED_PROBES.update({
+    "wide-unet-3000 (seeds 0-2)": SHIPPED_25 + WIDE,
+    # the wide generator with the auxiliary or DiG-IN pushed: with the small generator neither moved the oracle,
+    # because the generator capped it; with the wide one DiG-IN adds 24 oracle points, so they may matter
     "wide-aux-15ep (seeds 0-2)": AUX_PROBE + WIDE + [AUX_15],
     # LoGex's own 20 Adam steps, stop at auxiliary confidence 0.9 instead of 0.4 (not measured yet: it up to doubles
     # DiG-IN's time, about 35 min for the 400 images of pbc-lt-cpu-long on one core)
     "wide-thr0.9-20steps (seeds 0-2)": AUX_PROBE + WIDE + ["synthesis.params.logex.threshold=0.9",
                                                            "synthesis.params.logex.max_opt_steps=20"],
-})
+}
 SETS = {"lora16": PROBES, "shipped-25": SHIPPED_PROBES}
 
 

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from .. import __version__, distributed
 from ..config import to_dict
-from ..utils import file_lock
+from ..utils import file_lock, torch_threads
 from ..methods import METHODS
 from ..report.sweep import row_label
 from .experiment import ExperimentConfig
@@ -57,62 +57,51 @@ def run_experiment(cfg: ExperimentConfig, runs_dir: str | Path, *, force: set[st
     """Run (or resume) every stage of ``cfg`` in ``runs_dir`` and write the report to
     ``runs_dir/reports/<name>``; ``results_dir``: also copy report.md, results.json and report.html there.
     ``cfg.threads`` pins torch's CPU thread count for the run; the caller's count is restored afterwards."""
-    import torch
-    threads = torch.get_num_threads()
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    try:
-        return _run_experiment(cfg, runs_dir, force, plan_only, log, command, results_dir)
-    finally:
-        torch.set_num_threads(threads)  # a pinned count holds for this run only (the API may run several)
-
-
-def _run_experiment(cfg: ExperimentConfig, runs_dir: str | Path, force: set[str] | None, plan_only: bool,
-                    log: Callable[[str], None], command: str, results_dir: str | Path | None) -> ExperimentResult:
-    started = time.time()
-    check_experiment(cfg)
-    distributed.init()  # several processes (torchrun / accelerate launch): see tailsynth.distributed
-    main = distributed.world()[0] == 0
-    runner = Runner(ArtifactStore(runs_dir), force=set(force or ()), log=log if main else (lambda _msg: None))
-    graph = StageGraph(cfg, runner, plan_only)
-    split = graph.split()
-    eval_cfg = EvalStageConfig(data=cfg.data, scores=all_scores(cfg.scores), primary_score=cfg.primary_score,
-                               device=cfg.device)
-    # a sweep adds rows to a method that runs: `methods=[ce]` on a config with a logex sweep runs CE only
-    sweep = {m: n for m, n in cfg.synthetic_sweep.items() if m in cfg.methods}
-    cfg = cfg.model_copy(update={"synthetic_sweep": sweep})
-    graph.config = cfg
-    n_default = graph.synthesis.n_per_class
-    rows = [(method, seed, None) for method in cfg.methods for seed in cfg.seeds]
-    rows += [(method, seed, n) for method, counts in sweep.items()
-             for n in counts for seed in (cfg.sweep_seeds if cfg.sweep_seeds is not None else cfg.seeds)]
-    result = ExperimentResult()
-    for method, seed, per_class in rows:
-        classifier = graph.classifier(method, seed, per_class)
-        label = row_label(method, per_class, n_default)
-        result.labels.add(label)
-        own = METHODS.get(method).primary_score  # a row with its own test score (Dream-OOD, BOOD: energy)
-        row_eval = eval_cfg if own is None else eval_cfg.model_copy(update={"primary_score": own})
-        result.evaluations.append(graph.run(EVALUATE, row_eval, {"split": split, "classifier": classifier},
-                                            seed, f"{label} seed {seed}"))
-    minority_figures = graph.minority_figures()  # before quality: it may add the only-LoRA set
-    quality = graph.quality() if graph.synthetic_sets and cfg.oracle is not None else None
-    result.plan = graph.plan
-    result.wall_time_s = time.time() - started
-    if not plan_only and main:
-        report_dir = Path(runs_dir) / "reports" / cfg.name
-        # several runs of one experiment may share a runs folder (each stage has its own lock): the report is
-        # merged with the one on disk, so the read-merge-write and the copy must not interleave with another run's
-        with report_lock(report_dir):
-            result.report_dir = _write_report(cfg, report_dir, runner, result, quality, n_default, command,
-                                              graph.synthetic_sets, graph.pseudo_sets, graph.outlier_sets, split,
-                                              minority_figures)
-            if results_dir is not None:
-                out = Path(results_dir)
-                out.mkdir(parents=True, exist_ok=True)
-                for name in REPORT_FILES:
-                    shutil.copyfile(result.report_dir / name, out / name)
-    return result
+    with torch_threads(cfg.threads):  # a pinned count holds for this run only (the API may run several)
+        started = time.time()
+        check_experiment(cfg)
+        distributed.init()  # several processes (torchrun / accelerate launch): see tailsynth.distributed
+        main = distributed.world()[0] == 0
+        runner = Runner(ArtifactStore(runs_dir), force=set(force or ()), log=log if main else (lambda _msg: None))
+        graph = StageGraph(cfg, runner, plan_only)
+        split = graph.split()
+        eval_cfg = EvalStageConfig(data=cfg.data, scores=all_scores(cfg.scores), primary_score=cfg.primary_score,
+                                   device=cfg.device)
+        # a sweep adds rows to a method that runs: `methods=[ce]` on a config with a logex sweep runs CE only
+        sweep = {m: n for m, n in cfg.synthetic_sweep.items() if m in cfg.methods}
+        cfg = cfg.model_copy(update={"synthetic_sweep": sweep})
+        graph.config = cfg
+        n_default = graph.synthesis.n_per_class
+        rows = [(method, seed, None) for method in cfg.methods for seed in cfg.seeds]
+        rows += [(method, seed, n) for method, counts in sweep.items()
+                 for n in counts for seed in (cfg.sweep_seeds if cfg.sweep_seeds is not None else cfg.seeds)]
+        result = ExperimentResult()
+        for method, seed, per_class in rows:
+            classifier = graph.classifier(method, seed, per_class)
+            label = row_label(method, per_class, n_default)
+            result.labels.add(label)
+            own = METHODS.get(method).primary_score  # a row with its own test score (Dream-OOD, BOOD: energy)
+            row_eval = eval_cfg if own is None else eval_cfg.model_copy(update={"primary_score": own})
+            result.evaluations.append(graph.run(EVALUATE, row_eval, {"split": split, "classifier": classifier},
+                                                seed, f"{label} seed {seed}"))
+        minority_figures = graph.minority_figures()  # before quality: it may add the only-LoRA set
+        quality = graph.quality() if graph.synthetic_sets and cfg.oracle is not None else None
+        result.plan = graph.plan
+        result.wall_time_s = time.time() - started
+        if not plan_only and main:
+            report_dir = Path(runs_dir) / "reports" / cfg.name
+            # several runs of one experiment may share a runs folder (each stage has its own lock): the report is
+            # merged with the one on disk, so the read-merge-write and the copy must not interleave with another run's
+            with report_lock(report_dir):
+                result.report_dir = _write_report(cfg, report_dir, runner, result, quality, n_default, command,
+                                                  graph.synthetic_sets, graph.pseudo_sets, graph.outlier_sets, split,
+                                                  minority_figures)
+                if results_dir is not None:
+                    out = Path(results_dir)
+                    out.mkdir(parents=True, exist_ok=True)
+                    for name in REPORT_FILES:
+                        shutil.copyfile(result.report_dir / name, out / name)
+        return result
 
 
 REPORT_FILES = ("report.md", "results.json", "report.html")
