@@ -142,7 +142,8 @@ def test_extends_merges_a_profile_over_its_parent(tmp_path):
     assert child["diffusion"]["pixel"]["block_out_channels"] == [64, 128, 128]
     assert child["diffusion"]["base"]["steps"] == 3000
     assert child["synthesis"]["params"]["logex"]["checkpoint"] is True
-    assert child["methods"] == ["ce", "logex-lora", "logex"] and child["synthetic_sweep"] == {}
+    assert (child["synthesis"]["n_per_class"], child["classifier"]["epochs"]) == (200, 20)
+    assert child["classifier"]["lr"] == parent["classifier"]["lr"] and child["methods"] == ["ce", "logex-lora", "logex"] and child["synthetic_sweep"] == {}
     expected = json.loads(json.dumps(parent))
     expected.update(name="pbc-lt-cpu-long", profile="cpu-long", methods=["ce", "logex-lora", "logex"],
                     synthetic_sweep={})
@@ -150,6 +151,8 @@ def test_extends_merges_a_profile_over_its_parent(tmp_path):
     expected["diffusion"]["base"]["steps"] = 3000
     expected["synthesis"]["params"]["logex"]["checkpoint"] = True
     expected["synthesis"]["aux_train"] = {"epochs": 15, "selection": "val_bacc"}
+    expected["synthesis"]["n_per_class"] = 200
+    expected["classifier"]["epochs"] = 20
     assert child == expected
     # a user's file extends a shipped config, a command-line override still wins, a cycle is named
     mine = tmp_path / "mine.yaml"
