@@ -15,7 +15,8 @@ from tiny import tiny
 
 pytestmark = pytest.mark.e2e
 
-OVERRIDES = tiny("methods=[logex-lora]", "oracle=null",
+# the oracle stays on: its training is data-parallel too, so every rank must take part in it
+OVERRIDES = tiny("methods=[logex-lora]",
                  "synthesis={n_per_class: 3, shard_size: 1, num_steps: 3, aux_method: ce}")
 
 
@@ -31,12 +32,12 @@ def run(runs: Path, tmp_path: Path, processes: int) -> subprocess.CompletedProce
 
 
 def digests(runs: Path) -> dict:
-    """Every image, CSV and weights file except the classifiers trained in the compared run (data-parallel
-    training with per-rank BatchNorm is not bit-identical; it has its own tests below)."""
+    """Every image, CSV and weights file except the classifiers trained in the compared run and what the oracle
+    decides (data-parallel training with per-rank BatchNorm is not bit-identical; it has its own tests below)."""
     out = {}
     for path in sorted(runs.rglob("*")):
         if path.is_file() and path.suffix in (".png", ".csv", ".safetensors") and "reports" not in path.parts \
-                and "train_classifier" not in path.parts:
+                and not {"train_classifier", "train_oracle", "synthetic_quality"} & set(path.parts):
             out[str(path.relative_to(runs))] = hashlib.sha256(path.read_bytes()).hexdigest()
     return out
 
@@ -61,6 +62,11 @@ def test_two_processes_give_the_single_process_artifacts(tmp_path):
     manifest = json.loads((synth / "manifest.json").read_text())
     assert manifest["result"]["n_images"] == 3 * 5
     assert (tmp_path / "two" / "reports" / "demo" / "report.md").is_file()
+    # the data-parallel oracle finished (rank 0 wrote it) and judged the synthetic images
+    oracle = next(p for p in (tmp_path / "two" / "train_oracle").iterdir() if not p.name.startswith("."))
+    assert (oracle / "model.safetensors").is_file() and not oracle.name.endswith(".partial")
+    quality = next(p for p in (tmp_path / "two" / "synthetic_quality").iterdir() if not p.name.startswith("."))
+    assert {"real_tail_test", "lora"} <= set(json.loads((quality / "quality.json").read_text()))
     # both ranks made shards: each shard marker's images exist, and rank 1 wrote half of them
     assert len(list((synth / "shards").glob("*.json"))) == 15
 

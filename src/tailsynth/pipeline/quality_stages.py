@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import distributed
 from ..config import StrictConfig
 from ..data import load_images
 from ..data.synthetic import SyntheticSet
@@ -67,6 +68,8 @@ def run_train_oracle(cfg: OracleStageConfig, inputs: dict[str, Artifact], workdi
     train_cfg = cfg.train.model_copy(update={"selection": "last"})  # the oracle makes no choice on val
     summary = fit(model, CriterionObjective(build_criterion("ce", counts)), ImageBatches(pool, train_cfg.augment),
                   val, train_cfg, workdir, seed=cfg.seed, device=resolve_device(cfg.device), select=None)
+    if distributed.world()[0] != 0:
+        return {}  # data-parallel (every rank trains its share of each batch): rank 0 writes the artifact
     save_weights(model, workdir / "model.safetensors")
     atomic_write_json(workdir / "model.json", card)
     drop_checkpoints(workdir)
@@ -134,5 +137,8 @@ def _accuracy(pred: np.ndarray, labels: np.ndarray, split) -> dict[str, Any]:
             "n": int(len(labels)), "predicted": predicted}
 
 
-TRAIN_ORACLE = Stage("train_oracle", "1", run_train_oracle, "oracle classifier on the full pool (report only)")
+# sharded: its training is data-parallel under torchrun, so every rank must run it (rank 0 alone would wait forever
+# for the other ranks' gradients)
+TRAIN_ORACLE = Stage("train_oracle", "1", run_train_oracle, "oracle classifier on the full pool (report only)",
+                     sharded=True)
 QUALITY = Stage("synthetic_quality", "4", run_quality, "oracle accuracy on synthetic images and sample grid")
