@@ -8,14 +8,14 @@ device (``cuda:LOCAL_RANK``). A kill of any rank leaves the finished shards in t
 the rerun -- with any number of processes -- resumes from them. Ranks synchronise with a gloo process group
 (barriers and one broadcast per stage), so CPUs and GPUs use the same code.
 
-Classifier training is data-parallel: every rank draws the same seeded global batch, takes its contiguous
-slice of it, and the gradients are summed over ranks with each rank's loss weighted by its share of the
-batch, so the step is the single-process step on the global batch (exactly for a plain mean loss, up to
-float summation order; BatchNorm statistics are per rank, as in DistributedDataParallel without SyncBatchNorm,
-which PyTorch offers on GPUs only). Rank 0 alone validates and writes checkpoints; after a kill, every rank
-resumes from rank 0's last checkpoint. Denoiser training (base and LoRA, ``tailsynth.diffusion.train``) is
-data-parallel the same way: every rank draws the global batch's t, noise, dropout and flips from the shared
-seeded generator and trains on its slice.
+Classifier training (the rows, the auxiliary and the oracle) is data-parallel: every rank draws the same seeded
+global batch, takes its contiguous slice of it, and the gradients are summed over ranks with each rank's loss
+weighted by its share of the batch, so the step is the single-process step on the global batch (exactly for a
+plain mean loss, up to float summation order; BatchNorm statistics are per rank, as in DistributedDataParallel
+without SyncBatchNorm, which PyTorch offers on GPUs only). Rank 0 alone validates and writes checkpoints; after a
+kill, every rank resumes from rank 0's last checkpoint. Denoiser training (base and LoRA,
+``tailsynth.diffusion.train``) is data-parallel the same way: every rank draws the global batch's t, noise,
+dropout and flips from the shared seeded generator and trains on its slice.
 """
 from __future__ import annotations
 
