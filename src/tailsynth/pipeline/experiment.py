@@ -22,7 +22,7 @@ class DataConfig(StrictConfig):
 class ExperimentConfig(StrictConfig):
     """One experiment: a benchmark split, a training profile, methods x seeds, scores and a report."""
 
-    fingerprint_neutral: ClassVar[tuple[str, ...]] = ("threads",)
+    fingerprint_neutral: ClassVar[tuple[str, ...]] = ("threads", "jobs")
 
     name: str
     profile: str = "custom"
@@ -43,6 +43,9 @@ class ExperimentConfig(StrictConfig):
     # bit-identical only with the same thread count, so a profile that pins it prints the same digits on a
     # 2-core laptop and a 64-core server of one CPU kind; tiny models also run faster on 1 thread.
     threads: int | None = Field(default=None, ge=1)
+    # independent stages built at the same time, each in its own process (pipeline.parallel); with threads None
+    # each process gets cpu_count // jobs torch threads. Under torchrun / accelerate launch it is ignored.
+    jobs: int = Field(default=1, ge=1)
     diffusion: dict[str, Any] = {}  # DiffusionConfig (pipeline.diffusion_stages), used by synthesis methods
     synthesis: dict[str, Any] = {}  # SynthesisConfig (tailsynth.methods.base); params.<generator>: its own config
     oracle: dict[str, Any] | None = None  # TrainConfig of the oracle (LoGex §4.4); None: no oracle

@@ -18,6 +18,7 @@ from ..methods import METHODS
 from ..report.sweep import row_label
 from .experiment import ExperimentConfig
 from .graph import StageGraph, check_experiment
+from .parallel import run_concurrently, worker_threads
 from .runner import Runner
 from .stages import EVALUATE, EvalStageConfig, all_scores
 from .store import Artifact, ArtifactStore
@@ -62,31 +63,25 @@ def run_experiment(cfg: ExperimentConfig, runs_dir: str | Path, *, force: set[st
         check_experiment(cfg)
         distributed.init()  # several processes (torchrun / accelerate launch): see tailsynth.distributed
         main = distributed.world()[0] == 0
-        runner = Runner(ArtifactStore(runs_dir), force=set(force or ()), log=log if main else (lambda _msg: None))
-        graph = StageGraph(cfg, runner, plan_only)
-        split = graph.split()
-        eval_cfg = EvalStageConfig(data=cfg.data, scores=all_scores(cfg.scores), primary_score=cfg.primary_score,
-                                   device=cfg.device)
         # a sweep adds rows to a method that runs: `methods=[ce]` on a config with a logex sweep runs CE only
-        sweep = {m: n for m, n in cfg.synthetic_sweep.items() if m in cfg.methods}
-        cfg = cfg.model_copy(update={"synthetic_sweep": sweep})
-        graph.config = cfg
-        n_default = graph.synthesis.n_per_class
-        rows = [(method, seed, None) for method in cfg.methods for seed in cfg.seeds]
-        rows += [(method, seed, n) for method, counts in sweep.items()
-                 for n in counts for seed in (cfg.sweep_seeds if cfg.sweep_seeds is not None else cfg.seeds)]
+        cfg = cfg.model_copy(update={"synthetic_sweep": {m: n for m, n in cfg.synthetic_sweep.items()
+                                                          if m in cfg.methods}})
+        store = ArtifactStore(runs_dir)
+        built_concurrently: dict = {}
+        if cfg.jobs > 1 and not plan_only and distributed.world()[1] == 1:
+            # plan the graph, build its independent stages side by side (pipeline.parallel); the pass below
+            # then finds them built
+            planner = StageGraph(cfg, Runner(store, force=set(force or ()), log=lambda _msg: None), plan_only=True)
+            _walk(planner, cfg)
+            built_concurrently = run_concurrently(planner.planned, store, cfg.jobs,
+                                                  worker_threads(cfg.threads, cfg.jobs), log)
+        runner = Runner(store, force=set(force or ()), log=log if main else (lambda _msg: None))
+        graph = StageGraph(cfg, runner, plan_only)
         result = ExperimentResult()
-        for method, seed, per_class in rows:
-            classifier = graph.classifier(method, seed, per_class)
-            label = row_label(method, per_class, n_default)
-            result.labels.add(label)
-            own = METHODS.get(method).primary_score  # a row with its own test score (Dream-OOD, BOOD: energy)
-            row_eval = eval_cfg if own is None else eval_cfg.model_copy(update={"primary_score": own})
-            result.evaluations.append(graph.run(EVALUATE, row_eval, {"split": split, "classifier": classifier},
-                                                seed, f"{label} seed {seed}"))
-        minority_figures = graph.minority_figures()  # before quality: it may add the only-LoRA set
-        quality = graph.quality() if graph.synthetic_sets and cfg.oracle is not None else None
+        split, quality, minority_figures = _walk(graph, cfg, result)
+        runner.timings = [built_concurrently.get((t["stage"], t["fingerprint"]), t) for t in runner.timings]
         result.plan = graph.plan
+        n_default = graph.synthesis.n_per_class
         result.wall_time_s = time.time() - started
         if not plan_only and main:
             report_dir = Path(runs_dir) / "reports" / cfg.name
@@ -102,6 +97,33 @@ def run_experiment(cfg: ExperimentConfig, runs_dir: str | Path, *, force: set[st
                     for name in REPORT_FILES:
                         shutil.copyfile(result.report_dir / name, out / name)
         return result
+
+
+def _walk(graph: StageGraph, cfg: ExperimentConfig, result: ExperimentResult | None = None
+          ) -> tuple[Artifact, Artifact | None, Artifact | None]:
+    """Request every stage of the experiment from ``graph`` in order: the split, each (method, seed, sweep
+    count) row's classifier and evaluation, the minority figures, the synthetic images' quality. Fills
+    ``result``'s evaluations and labels; returns (split, quality, minority figures)."""
+    result = result if result is not None else ExperimentResult()
+    split = graph.split()
+    eval_cfg = EvalStageConfig(data=cfg.data, scores=all_scores(cfg.scores), primary_score=cfg.primary_score,
+                               device=cfg.device)
+    n_default = graph.synthesis.n_per_class
+    sweep = cfg.synthetic_sweep
+    rows = [(method, seed, None) for method in cfg.methods for seed in cfg.seeds]
+    rows += [(method, seed, n) for method, counts in sweep.items()
+             for n in counts for seed in (cfg.sweep_seeds if cfg.sweep_seeds is not None else cfg.seeds)]
+    for method, seed, per_class in rows:
+        classifier = graph.classifier(method, seed, per_class)
+        label = row_label(method, per_class, n_default)
+        result.labels.add(label)
+        own = METHODS.get(method).primary_score  # a row with its own test score (Dream-OOD, BOOD: energy)
+        row_eval = eval_cfg if own is None else eval_cfg.model_copy(update={"primary_score": own})
+        result.evaluations.append(graph.run(EVALUATE, row_eval, {"split": split, "classifier": classifier},
+                                            seed, f"{label} seed {seed}"))
+    minority_figures = graph.minority_figures()  # before quality: it may add the only-LoRA set
+    quality = graph.quality() if graph.synthetic_sets and cfg.oracle is not None else None
+    return split, quality, minority_figures
 
 
 REPORT_FILES = ("report.md", "results.json", "report.html")
@@ -120,7 +142,7 @@ def settings_digest(cfg: ExperimentConfig) -> str:
     """A digest of the experiment's non-method settings (benchmark, split, data, classifier, generator,
     synthesis, oracle, ...): rows of one table should share it."""
     from ..utils import stable_hash
-    settings = {k: v for k, v in to_dict(cfg).items() if k not in METHOD_KEYS}
+    settings = {k: v for k, v in to_dict(cfg).items() if k not in METHOD_KEYS and k != "jobs"}  # jobs: same digits
     settings["synthesis"] = {k: v for k, v in settings["synthesis"].items() if k != "params"}  # per generator
     return stable_hash(settings)
 

@@ -20,6 +20,7 @@ from ..training import TrainConfig
 from .diffusion_stages import (ADAPT_LORA, SYNTHESIZE, TRAIN_DIFFUSION, DiffusionConfig, DiffusionStageConfig,
                                SynthStageConfig)
 from .experiment import ExperimentConfig
+from .parallel import PlannedStage
 from .quality_stages import QUALITY, TRAIN_ORACLE, OracleStageConfig, QualityStageConfig
 from .runner import Runner, Stage
 from .stages import SPLIT, TRAIN, SplitStageConfig, TrainStageConfig
@@ -127,6 +128,7 @@ class StageGraph:
     def __init__(self, cfg: ExperimentConfig, runner: Runner, plan_only: bool = False):
         self.config, self.runner, self.plan_only = cfg, runner, plan_only
         self.plan: list[dict[str, Any]] = []
+        self.planned: list[PlannedStage] = []  # plan mode: each stage with its config and inputs (pipeline.parallel)
         self.diffusion, self.synthesis = diffusion_configs(cfg)
         self.synthetic_sets: dict[str, Artifact] = {}  # generator name -> its synthetic set
         self._done: dict[tuple[str, str], Artifact] = {}
@@ -144,6 +146,7 @@ class StageGraph:
             fp, state = self.runner.plan(stage, cfg, inputs)
             self.plan.append({"stage": stage.name, "fingerprint": fp, "label": label, "state": state,
                               "cost": describe_cost(stage.name, cfg)})
+            self.planned.append(PlannedStage(stage, cfg, dict(inputs), seed, label, fp, state))
             artifact = Artifact(stage.name, fp, self.runner.store.final_dir(stage.name, fp))
         else:
             artifact = self.runner.run(stage, cfg, inputs, seed=seed, label=label)
