@@ -59,6 +59,12 @@ PROBES: dict[str, list[str]] = {
     "shipped": [],  # the demo as shipped: 10 classifier epochs, 1 thread
     "n30": ["synthesis.n_per_class=30"],
     "shipped-seeds-0-1-2": ["seeds=[0,1,2]"],
+    # a shorter demo (3 min on 2 AVX2 cores): the rows above ran on AVX-512; these in --out ...-avx2 on AVX2
+    "avx2-shipped": [],
+    "avx2-base400": ["diffusion.base.steps=400"],
+    "avx2-base400-ep8": ["diffusion.base.steps=400", "classifier.epochs=8"],
+    "avx2-base400-ep8-lora250": ["diffusion.base.steps=400", "classifier.epochs=8", "diffusion.lora.train.steps=250"],
+    "avx2-digin-batch30": ["synthesis.params.logex.batch_size=30"],
 }
 METRICS = ["val_fpr95", "val_bacc_head", "val_bacc_tail", "fpr95", "auroc", "bacc_head", "bacc_tail"]
 
@@ -172,6 +178,9 @@ def main() -> None:
     ap.add_argument("--refresh", action="store_true",
                     help="rerun the finished probes on their runs folders (every finished stage is reused; a stage "
                          "whose code changed reruns) and re-collect, keeping their wall times")
+    ap.add_argument("--reuse", default=None, metavar="PROBE",
+                    help="start each probe's runs folder with hard links to PROBE's finished stages (not its report), so "
+                         "stages with equal settings are not rebuilt: the wall column is then each probe's new work only")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "probes.json"
@@ -182,7 +191,13 @@ def main() -> None:
         if args.refresh and name not in done:
             continue
         print(f"[probe] {name}", flush=True)
-        done[name] = run_probe(name, ["methods=[ce,logex-lora,logex]", *overrides], args.runs / name,
+        runs = args.runs / name
+        if args.reuse and args.reuse != name and not runs.exists():
+            runs.mkdir(parents=True)
+            for stage in (args.runs / args.reuse).iterdir():
+                if stage.is_dir() and stage.name != "reports":
+                    subprocess.run(["cp", "-al", str(stage), str(runs / stage.name)], check=True)
+        done[name] = run_probe(name, ["methods=[ce,logex-lora,logex]", *overrides], runs,
                                keep_wall=done[name]["wall_s"] if args.refresh else None)
         save(args.out, done)
     print(table(done))

@@ -4,7 +4,7 @@ images per tail class. ``tiny(...)`` returns its override list plus any extra ov
 from __future__ import annotations
 
 BASE = [
-    "benchmark=digits-lt", "seeds=[0]", "data.image_size=8", "data.channels=1",
+    "benchmark=digits-lt", "seeds=[0]", "jobs=1", "data.image_size=8", "data.channels=1",
     "classifier.width=0.125", "classifier.epochs=1", "classifier.batch_size=64", "crt_epochs=1",
     "method_params={ldam-rw-drw: {drw_epoch: 1}, ldmlr: {diffusion: {steps: 30, hidden: 32, blocks: 1, "
     "checkpoint_every: 15}, head: {epochs: 2}, pseudo: {sampling: {num_steps: 5}}}, "
