@@ -128,3 +128,4 @@ def test_an_experiment_with_two_jobs_equals_one_job_byte_for_byte(tmp_path):
     assert results[0]["methods"] == results[1]["methods"]
     table = (two.report_dir / "report.md").read_text().split("## Stage timings")[1]
     assert "| train_diffusion | base diffusion | ran |" in table and "cached" not in table
+    assert "this invocation (2 stages at a time)" in (two.report_dir / "report.md").read_text()

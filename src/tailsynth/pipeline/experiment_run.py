@@ -164,7 +164,8 @@ def _write_report(cfg: ExperimentConfig, report_dir: Path, runner: Runner, resul
             # compute time of every stage of the experiment, whether it ran now or earlier (cached)
             "wall_time_s": round(sum({(t["stage"], t["fingerprint"]): t["wall_time_s"] or 0.0
                                       for t in runner.timings}.values()), 1),
-            "this_invocation_s": round(result.wall_time_s, 1)}
+            "this_invocation_s": round(result.wall_time_s, 1),
+            "jobs": cfg.jobs if distributed.world()[1] == 1 else 1}  # torchrun: ranks, not jobs
     sections: list = []
     results: dict = {}
     if graph_sets:

@@ -127,7 +127,9 @@ def meta_rows(results: Mapping[str, Any], meta: Mapping[str, Any]) -> list[tuple
     rows.append(("machine", str(meta.get("machine") or "–")))
     rows.append(("compute time (all stages, cached or not)", fmt_seconds(meta.get("wall_time_s"))))
     if meta.get("this_invocation_s") is not None:
-        rows.append(("this invocation", fmt_seconds(meta.get("this_invocation_s"))))
+        jobs = meta.get("jobs") or 1
+        rows.append(("this invocation" + (f" ({jobs} stages at a time)" if jobs > 1 else ""),
+                     fmt_seconds(meta.get("this_invocation_s"))))
     seeds = meta.get("seeds") or results.get("seeds") or []
     rows.append(("seeds", ", ".join(str(s) for s in seeds) or "–"))
     rows.append(("primary score", score_label(results.get("primary_score", "p_tail"))))
