@@ -76,10 +76,11 @@ def test_inputs_first_most_downstream_first_and_at_most_jobs_at_once(tmp_path):
     assert run_concurrently(again, store, jobs=2, threads=1) == {}
 
 
-def test_two_jobs_overlap_and_never_three(tmp_path):
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_two_jobs_overlap_and_never_three(tmp_path, method):
     store = ArtifactStore(tmp_path)
-    planned = plan(store, {name: ([], {"seconds": 0.6}) for name in "abc"})
-    run_concurrently(planned, store, jobs=2, threads=1, log=lambda _m: None)
+    planned = plan(store, {name: ([], {"seconds": 0.6 if method == "fork" else 3.0}) for name in "abc"})
+    run_concurrently(planned, store, jobs=2, threads=1, log=lambda _m: None, method=method)
     spans = sorted((r["start"], r["end"]) for r in record(store, planned).values())
     assert spans[1][0] < spans[0][1]  # the first two overlapped
     assert spans[2][0] >= min(spans[0][1], spans[1][1]) - 0.05  # the third waited for a free job
