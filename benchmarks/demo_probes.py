@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -171,7 +172,7 @@ def table(probes: dict, title: str = DEMO_TITLE) -> str:
         several = len(p.get("seeds", [0])) > 1
 
         def trio(k):
-            return " / ".join((pct(m[r].get(k, nan)) + (f" ± {pct(sd[r][k])}" if several else ""))
+            return " / ".join((pct(m[r][k]) + (f" ± {pct(sd[r][k])}" if several else ""))
                               if r in m and k in m[r] else "-"
                               for r in ("ce", "logex-lora", "logex"))
         lines.append(f"| {name} | {p['wall_s']:.0f} | {pct(p['oracle'].get('lora', float('nan')))} | "
@@ -218,7 +219,7 @@ def main() -> None:
             runs.mkdir(parents=True)
             for stage in (args.runs / args.reuse).iterdir():
                 if stage.is_dir() and stage.name != "reports":
-                    subprocess.run(["cp", "-al", str(stage), str(runs / stage.name)], check=True)
+                    shutil.copytree(stage, runs / stage.name, copy_function=os.link)
         done[name] = run_probe(name, ["methods=[ce,logex-lora,logex]", *overrides], runs,
                                keep_wall=done[name]["wall_s"] if args.refresh else None)
         save(args.out, done)

@@ -31,6 +31,7 @@ class ExperimentResult:
     report_dir: Path | None = None
     labels: set[str] = field(default_factory=set)  # the report rows (method or method@N)
     wall_time_s: float = 0.0
+    jobs: int = 1  # stages built at a time (1 under torchrun, whose ranks share each stage instead)
 
 
 def machine_description() -> str:
@@ -67,17 +68,17 @@ def run_experiment(cfg: ExperimentConfig, runs_dir: str | Path, *, force: set[st
         cfg = cfg.model_copy(update={"synthetic_sweep": {m: n for m, n in cfg.synthetic_sweep.items()
                                                           if m in cfg.methods}})
         store = ArtifactStore(runs_dir)
+        result = ExperimentResult(jobs=cfg.jobs if distributed.world()[1] == 1 else 1)
         built_concurrently: dict = {}
-        if cfg.jobs > 1 and not plan_only and distributed.world()[1] == 1:
+        if result.jobs > 1 and not plan_only:
             # plan the graph, build its independent stages side by side (pipeline.parallel); the pass below
             # then finds them built
             planner = StageGraph(cfg, Runner(store, force=set(force or ()), log=lambda _msg: None), plan_only=True)
             _walk(planner, cfg)
-            built_concurrently = run_concurrently(planner.planned, store, cfg.jobs,
-                                                  worker_threads(cfg.threads, cfg.jobs), log)
+            built_concurrently = run_concurrently(planner.planned, store, result.jobs,
+                                                  worker_threads(cfg.threads, result.jobs), log)
         runner = Runner(store, force=set(force or ()), log=log if main else (lambda _msg: None))
         graph = StageGraph(cfg, runner, plan_only)
-        result = ExperimentResult()
         split, quality, minority_figures = _walk(graph, cfg, result)
         runner.timings = [built_concurrently.get((t["stage"], t["fingerprint"]), t) for t in runner.timings]
         result.plan = graph.plan
@@ -164,8 +165,7 @@ def _write_report(cfg: ExperimentConfig, report_dir: Path, runner: Runner, resul
             # compute time of every stage of the experiment, whether it ran now or earlier (cached)
             "wall_time_s": round(sum({(t["stage"], t["fingerprint"]): t["wall_time_s"] or 0.0
                                       for t in runner.timings}.values()), 1),
-            "this_invocation_s": round(result.wall_time_s, 1),
-            "jobs": cfg.jobs if distributed.world()[1] == 1 else 1}  # torchrun: ranks, not jobs
+            "this_invocation_s": round(result.wall_time_s, 1), "jobs": result.jobs}
     sections: list = []
     results: dict = {}
     if graph_sets:

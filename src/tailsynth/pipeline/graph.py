@@ -127,7 +127,6 @@ class StageGraph:
 
     def __init__(self, cfg: ExperimentConfig, runner: Runner, plan_only: bool = False):
         self.config, self.runner, self.plan_only = cfg, runner, plan_only
-        self.plan: list[dict[str, Any]] = []
         self.planned: list[PlannedStage] = []  # plan mode: each stage with its config and inputs (pipeline.parallel)
         self.diffusion, self.synthesis = diffusion_configs(cfg)
         self.synthetic_sets: dict[str, Artifact] = {}  # generator name -> its synthetic set
@@ -137,6 +136,12 @@ class StageGraph:
         self.pseudo_sets: dict[str, Artifact] = {}  # report label -> its pseudo-feature set (LDMLR)
         self.outlier_sets: dict[str, tuple[Artifact, Artifact]] = {}  # dream-ood / bood -> (embeddings, images)
 
+    @property
+    def plan(self) -> list[dict[str, Any]]:
+        """The plan-mode rows for ``--plan``: stage, fingerprint, label, state and a rough cost."""
+        return [{"stage": p.stage.name, "fingerprint": p.fingerprint, "label": p.label, "state": p.state,
+                 "cost": describe_cost(p.stage.name, p.config)} for p in self.planned]
+
     def run(self, stage: Stage, cfg: StrictConfig, inputs: dict[str, Artifact], seed: int | None,
             label: str) -> Artifact:
         fp = self.runner.fingerprint(stage, cfg, inputs)
@@ -144,8 +149,6 @@ class StageGraph:
             return self._done[(stage.name, fp)]
         if self.plan_only:
             fp, state = self.runner.plan(stage, cfg, inputs)
-            self.plan.append({"stage": stage.name, "fingerprint": fp, "label": label, "state": state,
-                              "cost": describe_cost(stage.name, cfg)})
             self.planned.append(PlannedStage(stage, cfg, dict(inputs), seed, label, fp, state))
             artifact = Artifact(stage.name, fp, self.runner.store.final_dir(stage.name, fp))
         else:

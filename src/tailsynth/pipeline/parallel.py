@@ -75,6 +75,7 @@ def run_concurrently(planned: list[PlannedStage], store: ArtifactStore, jobs: in
     priority = _downstream_counts(needs)
     order = {key: i for i, key in enumerate(tasks)}
     done: set[tuple[str, str]] = set()
+    started: set[tuple[str, str]] = set()
     running: dict[Any, tuple[tuple[str, str], Any]] = {}  # connection -> (task key, process)
     timings: dict[tuple[str, str], dict[str, Any]] = {}
     failure: str | None = None
@@ -82,8 +83,8 @@ def run_concurrently(planned: list[PlannedStage], store: ArtifactStore, jobs: in
     try:
         while True:
             if failure is None:
-                ready = sorted((k for k in tasks if k not in done and k not in {v[0] for v in running.values()}
-                                and needs[k] <= done), key=lambda k: (-priority[k], order[k]))
+                ready = sorted((k for k in tasks if k not in started and needs[k] <= done),
+                               key=lambda k: (-priority[k], order[k]))
                 for key in ready[: jobs - len(running)]:
                     receive, send = context.Pipe(duplex=False)
                     process = context.Process(target=_build, args=(send, store.root, tasks[key], threads),
@@ -91,6 +92,7 @@ def run_concurrently(planned: list[PlannedStage], store: ArtifactStore, jobs: in
                     process.start()
                     send.close()
                     running[receive] = (key, process)
+                    started.add(key)
             if not running:
                 break
             for conn in wait(list(running)):
