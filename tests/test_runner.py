@@ -1,6 +1,7 @@
 """The staged runner: skip, force, fingerprints, atomic artifacts, resume after SIGKILL."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -69,6 +70,21 @@ def test_skip_force_and_fingerprints(tmp_path):
     runner3.run(STAGE_B, CountCfg(value=3), {"up": a3})
     runner3.run(STAGE_B, CountCfg(value=3), {"up": a3})
     assert CALLS == [2, 3, 4, 2, 3]
+
+
+def test_done_line_reports_the_result_scalars(tmp_path):
+    """One line per finished stage: its wall time and the first four scalars of its result (dicts skipped)."""
+    def summary_stage(cfg, inputs, workdir):
+        return {"counts": {"a": 1}, "best_epoch": 9, "best_score": 0.712345, "flag": True, "name": "x",
+                "loss": 1.5e-5, "more": 3}
+    logs: list[str] = []
+    Runner(ArtifactStore(tmp_path), log=logs.append).run(Stage("s", "1", summary_stage), CountCfg(value=1))
+    assert logs[0].startswith("[run] s/")
+    assert re.fullmatch(r"\[done\] s/\w+ in \d+\.\ds: best_epoch 9, best_score 0\.7123, name x, loss 1\.5e-05",
+                        logs[1]), logs[1]
+    logs.clear()
+    Runner(ArtifactStore(tmp_path), log=logs.append).run(STAGE_A, CountCfg(value=7))
+    assert logs[1].endswith(": sum 7")
 
 
 def test_failed_stage_leaves_no_complete_artifact(tmp_path):

@@ -206,3 +206,19 @@ def test_feature_batches_cover_every_sample_once_per_epoch():
     assert sorted(z[:, 0].tolist()) == feats[:, 0].tolist() and np.array_equal(labels[(z[:, 0] // 2).astype(int)], y)
     with pytest.raises(TailsynthError, match="3 feature vectors but 2 labels"):
         FeatureBatches(feats[:3], labels[:2])
+
+
+def test_epoch_lines_only_beside_progress_bars(tmp_path, monkeypatch):
+    """On a terminal (bars on) one line per epoch with the selection score; in a log file (bars off) none:
+    the stage's single [done] line reports the best epoch instead."""
+    for bars, expected in ((True, 4), (False, 0)):
+        lines: list[str] = []
+        torch.manual_seed(0)
+        summary = fit(TinyNet(), ce(), images(64, 1), make_data(30, 2), CFG, tmp_path / str(bars), seed=0,
+                      device=torch.device("cpu"), select=make_selector("val_acc", [0, 1], [2]),
+                      log=lines.append, progress=bars)
+        assert len(lines) == expected
+        if bars:
+            best = summary["history"][summary["best_epoch"] - 1]["val_selection"]
+            assert lines[summary["best_epoch"] - 1].startswith(f"epoch {summary['best_epoch']}/4 loss ")
+            assert lines[summary["best_epoch"] - 1].endswith(f" val val_acc {best:.4f}")

@@ -1,4 +1,4 @@
-"""Data layer: sources (folder / npz / CSV / built-in), decoded-image cache, benchmark configs, splits.
+"""Data layer: sources (folder / npz / IDX / CSV / built-in), decoded-image cache, benchmark configs, splits.
 
 Typical use::
 
@@ -15,13 +15,13 @@ from .cache import cache_path, cache_root
 from .decode import IMAGE_SUFFIXES, convert_array, decode_file
 from .images import ImageArrays, load_images
 from .index import SourceIndex, index_source
-from .sources import (BuiltinSource, CsvSource, FolderSource, NpzSource, SourceConfig, describe_source,
+from .sources import (BuiltinSource, CsvSource, FolderSource, IdxSource, NpzSource, SourceConfig, describe_source,
                       resolve_data_path)
 from .split import Split, split_arrays
 
 __all__ = [
     "BUILTINS", "BenchmarkConfig", "BuiltinSource", "CsvSource", "FolderSource", "IMAGE_SUFFIXES",
-    "ImageArrays", "NpzSource", "SourceConfig", "SourceIndex", "Split", "build_split", "cache_path",
+    "IdxSource", "ImageArrays", "NpzSource", "SourceConfig", "SourceIndex", "Split", "build_split", "cache_path",
     "cache_root", "convert_array", "decode_file", "describe_source", "find_benchmark", "index_source",
     "load_benchmark_config", "load_images", "preset_names", "resolve_data_path", "split_arrays",
 ]

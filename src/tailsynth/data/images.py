@@ -1,8 +1,8 @@
 """``load_images``: decode every image of a source once (to a fixed size and channel count) and cache it.
 
 Folders and CSV manifests are decoded with PIL (see :mod:`tailsynth.data.decode` for the conversion
-rules), in a pool of up to ``TAILSYNTH_WORKERS`` processes (default 2) for large sources; npz and built-in
-arrays are converted in memory. The result is cached (:mod:`tailsynth.data.cache`). :func:`find_corrupt`
+rules), in a pool of up to ``TAILSYNTH_WORKERS`` processes (default 2) for large sources; npz, IDX and
+built-in arrays are converted in memory. The result is cached (:mod:`tailsynth.data.cache`). :func:`find_corrupt`
 runs the same decoder, at a tiny size, in-process and uncached, to list the undecodable files of a source
 (``tailsynth data build`` checks a source with it before writing a split).
 """
@@ -20,8 +20,9 @@ from ..errors import TailsynthError
 from .builtin import BUILTINS
 from .cache import cache_path, load_cached, save_cached
 from .decode import convert_array, decode_many
-from .index import MEDMNIST_KEYS, SPLIT_NAMES, SourceIndex, index_source, open_npz
-from .sources import BuiltinSource, NpzSource, SourceConfig, describe_source, resolve_data_path
+from .idx import read_idx
+from .index import MEDMNIST_KEYS, SPLIT_NAMES, SourceIndex, idx_parts, index_source, open_npz
+from .sources import BuiltinSource, IdxSource, NpzSource, SourceConfig, describe_source, resolve_data_path
 
 POOL_MIN_IMAGES = 2000  # below this, decoding in-process is faster than starting workers
 CHUNK = 500
@@ -83,6 +84,8 @@ def _npz_parts(src: NpzSource) -> list[np.ndarray]:
 def _decode(src: SourceConfig, index: SourceIndex, image_size: int, channels: int):
     if isinstance(src, NpzSource):
         parts = _npz_parts(src)
+    elif isinstance(src, IdxSource):
+        parts = [read_idx(images, 3) for _, images, _ in idx_parts(src)]
     elif isinstance(src, BuiltinSource):
         parts = [BUILTINS.get(src.name)(True).images]
     else:

@@ -1,9 +1,11 @@
 """``index_source``: the cheap view of a source (ids, labels, class names, official split, fingerprint).
 
-No pixels are decoded for folders and CSV manifests; npz files are read for their labels only.
+No pixels are decoded for folders and CSV manifests; npz files are read for their labels only, IDX sources
+for their label files only.
 Source ids are stable strings: the relative path for folders (``class/file.jpg``), the path as written
 in the CSV for manifests, ``<part>/<row>`` for npz files with parts (``train/12``, ``test/3``) and the
-row number for single arrays and built-in sets.
+row number for single arrays and built-in sets; IDX sources with a test pair use ``train/<row>`` /
+``test/<row>``.
 """
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ from ..errors import TailsynthError
 from .builtin import BUILTINS
 from .content_hash import content_digest, file_sha256
 from .decode import is_image_file
-from .sources import BuiltinSource, CsvSource, FolderSource, NpzSource, SourceConfig, resolve_data_path
+from .idx import read_idx
+from .sources import BuiltinSource, CsvSource, FolderSource, IdxSource, NpzSource, SourceConfig, resolve_data_path
 
 MEDMNIST_KEYS = ("train_images", "train_labels", "val_images", "val_labels", "test_images", "test_labels")
 PLAIN_KEYS = ("images", "labels")
@@ -134,6 +137,41 @@ def index_npz(src: NpzSource) -> SourceIndex:
     return SourceIndex(ids, labels, names, official, digest.hexdigest())
 
 
+def idx_class_names(src: IdxSource, labels: np.ndarray, path: Path) -> list[str]:
+    names = list(src.class_names) if src.class_names else \
+        [str(c) for c in range(int(labels.max()) + 1 if labels.size else 0)]
+    if labels.size and labels.max() >= len(names):
+        raise TailsynthError(f"{path}: labels range {labels.min()}..{labels.max()} is outside the "
+                             f"{len(names)} class names 0..{len(names) - 1} ({names})")
+    return names
+
+
+def idx_parts(src: IdxSource) -> list[tuple[str, Path, Path]]:
+    """``(part, images file, labels file)`` of an IDX source: one unnamed part, or ``train`` and ``test``."""
+    if src.test_path is None:
+        return [("", resolve_data_path(src.path), resolve_data_path(src.labels))]
+    return [("train", resolve_data_path(src.path), resolve_data_path(src.labels)),
+            ("test", resolve_data_path(src.test_path), resolve_data_path(src.test_labels))]
+
+
+def index_idx(src: IdxSource) -> SourceIndex:
+    digest = hashlib.sha256()
+    parts = []
+    for part, images, labels_file in idx_parts(src):
+        if not images.is_file():
+            raise TailsynthError(f"IDX images file not found: {images}")
+        labels = read_idx(labels_file, 1).astype(np.int64)
+        digest.update(f"{file_sha256(images)}|{file_sha256(labels_file)}|".encode())
+        parts.append((part, labels))
+    labels = np.concatenate([lab for _, lab in parts])
+    names = idx_class_names(src, labels, resolve_data_path(src.labels))
+    ids = [f"{part}/{i}" if part else str(i) for part, lab in parts for i in range(len(lab))]
+    official = None
+    if parts[0][0]:
+        official = np.array([part for part, lab in parts for _ in range(len(lab))], dtype="<U5")
+    return SourceIndex(ids, labels, names, official, digest.hexdigest())
+
+
 def read_manifest(path: Path) -> list[dict[str, str]]:
     if not path.is_file():
         raise TailsynthError(f"CSV manifest not found: {path}")
@@ -186,6 +224,8 @@ def index_source(src: SourceConfig) -> SourceIndex:
         return index_folder(src)
     if isinstance(src, NpzSource):
         return index_npz(src)
+    if isinstance(src, IdxSource):
+        return index_idx(src)
     if isinstance(src, CsvSource):
         return index_csv(src)
     if isinstance(src, BuiltinSource):

@@ -1,4 +1,5 @@
-"""Source configs: where the images of a benchmark come from (a folder, an npz, a CSV manifest, a built-in set).
+"""Source configs: where the images of a benchmark come from (a folder, an npz, IDX files, a CSV manifest, a
+built-in set).
 
 ``SourceConfig`` is a pydantic discriminated union on ``kind``; an unknown ``kind`` is a config error that
 lists the valid kinds. Relative paths are relative to the current working directory (the project root).
@@ -11,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ..config import StrictConfig
 
@@ -36,6 +37,25 @@ class NpzSource(StrictConfig):
     class_names: list[str] | None = None  # names when the file has none (default "0".."K-1")
 
 
+class IdxSource(StrictConfig):
+    """IDX files as MNIST-like sets are published (``train-images-idx3-ubyte.gz`` etc., gzip or not):
+    ``path`` the training images, ``labels`` their labels, optionally ``test_path`` / ``test_labels`` with the
+    official test split. ``class_names`` name the label indices (default "0".."K-1")."""
+
+    kind: Literal["idx"] = "idx"
+    path: str
+    labels: str
+    test_path: str | None = None
+    test_labels: str | None = None
+    class_names: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _test_pair(self) -> "IdxSource":
+        if (self.test_path is None) != (self.test_labels is None):
+            raise ValueError("test_path and test_labels go together: give both or neither")
+        return self
+
+
 class CsvSource(StrictConfig):
     """A CSV manifest with a header ``path,label[,split]``; paths relative to the CSV file, label = class name.
     ``class_names`` fixes the classes and their order (default: the sorted distinct labels)."""
@@ -52,7 +72,8 @@ class BuiltinSource(StrictConfig):
     name: str
 
 
-SourceConfig = Annotated[Union[FolderSource, NpzSource, CsvSource, BuiltinSource], Field(discriminator="kind")]
+SourceConfig = Annotated[Union[FolderSource, NpzSource, IdxSource, CsvSource, BuiltinSource],
+                         Field(discriminator="kind")]
 
 
 def resolve_data_path(path: str | Path) -> Path:

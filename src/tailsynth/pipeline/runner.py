@@ -166,10 +166,23 @@ class Runner:
                 artifact = self.store.commit(stage.name, fp)
             except OSError as err:
                 raise TailsynthError(f"cannot finalise artifact {workdir}: {err.strerror or err}") from err
-        self.log(f"[done] {name} in {wall:.1f}s")
+        self.log(f"[done] {name} in {wall:.1f}s{_summary(extra)}")
         self.timings.append({"stage": stage.name, "label": label, "fingerprint": fp,
                              "state": "resumed" if resuming else "ran", "wall_time_s": round(earlier + wall, 3)})
         return artifact
+
+
+def _summary(result: dict, limit: int = 4) -> str:
+    """The stage result's first ``limit`` scalar entries for its ``[done]`` line (``: best_epoch 9, ...``):
+    with no per-epoch lines in a log file, this is what a stage reports there."""
+    parts = []
+    for key, value in result.items():
+        if isinstance(value, bool) or value is None or not isinstance(value, (int, float, str)):
+            continue
+        parts.append(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}")
+        if len(parts) == limit:
+            break
+    return f": {', '.join(parts)}" if parts else ""
 
 
 def _earlier_wall_time(workdir: Path) -> float:

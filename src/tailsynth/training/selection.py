@@ -16,6 +16,11 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def _labelled(label: str, select: SelectFn) -> SelectFn:
+    select.label = label  # the name the trainer's epoch lines print
+    return select
+
+
 def make_selector(name: str, head_classes: Sequence[int], tail_classes: Sequence[int],
                   score: str = "p_tail") -> SelectFn | None:
     """``bacc_head_minus_fpr`` (LoGex: bAcc-head minus FPR@95 of P(tail), or of ``score``, a row's own logit score
@@ -23,10 +28,10 @@ def make_selector(name: str, head_classes: Sequence[int], tail_classes: Sequence
     if name == "last":
         return None
     if name == "val_acc":
-        return lambda logits, labels: float((logits.argmax(1) == labels).mean())
+        return _labelled(name, lambda logits, labels: float((logits.argmax(1) == labels).mean()))
     if name == "val_bacc":
         classes = sorted(set(head_classes) | set(tail_classes))
-        return lambda logits, labels: float(balanced_accuracy_on(labels, logits.argmax(1), classes))
+        return _labelled(name, lambda logits, labels: float(balanced_accuracy_on(labels, logits.argmax(1), classes)))
     if name == "bacc_head_minus_fpr":
         if len(tail_classes) == 0:
             raise TailsynthError("selection 'bacc_head_minus_fpr' needs tail classes; use 'val_acc' or 'last'")

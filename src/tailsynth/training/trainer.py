@@ -121,7 +121,9 @@ def fit(model: torch.nn.Module, objective: Objective, batches, val: "ArrayData |
     seeded by (seed, epoch). ``trainable="head"`` trains the classifier layer alone with the backbone and
     its BatchNorm statistics frozen (cRT). ``select(val_logits, val_labels) -> float`` scores an epoch on
     the validation split (higher is better); it never sees the test split. ``cfg.selection == 'last'``
-    keeps the final epoch.
+    keeps the final epoch. ``progress`` (default: on a terminal only) draws the batch bars and logs one
+    ``epoch k/N loss ... val ...`` line per epoch; without it only a resume is logged (the history is in the
+    returned summary and the checkpoint).
     """
     workdir = Path(workdir)
     if cfg.adversarial.eps > 0 and isinstance(val, FeatureData):
@@ -155,6 +157,7 @@ def fit(model: torch.nn.Module, objective: Objective, batches, val: "ArrayData |
     elif state["epoch"] > 0:
         log(f"resuming from the checkpoint after epoch {state['epoch']} in {workdir}")
 
+    bars = progress_enabled() if progress is None else progress
     for epoch in range(state["epoch"], cfg.epochs):
         objective.set_epoch(epoch)
         generator = torch.Generator().manual_seed(derive_seed(seed, "epoch", epoch))
@@ -163,7 +166,7 @@ def fit(model: torch.nn.Module, objective: Objective, batches, val: "ArrayData |
         total, count, part_sums = 0.0, 0, {}
         bar = tqdm(zip(range(steps_per_epoch), batches.epoch(generator, cfg.batch_size)), total=steps_per_epoch,
                    desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
-                   disable=not (progress_enabled() if progress is None else progress), mininterval=1.0)
+                   disable=not bars, mininterval=1.0)
         for b, batch in bar:
             batch = {k: v.to(device) for k, v in batch.items()}
             if cfg.channels_last and "x" in batch and batch["x"].dim() == 4:
@@ -216,8 +219,9 @@ def fit(model: torch.nn.Module, objective: Objective, batches, val: "ArrayData |
         state["epoch"] = epoch + 1
         if main:
             save_checkpoint(workdir, model, optimizer, state, extra)
-        log(f"epoch {epoch + 1}/{cfg.epochs} loss {record['train_loss']:.4f}"
-            + (f" val {getattr(select, 'label', cfg.selection)} {score:.4f}" if "val_selection" in record else ""))
+        if bars:  # beside the bars on a terminal; a log file gets the stage's one [done] line instead
+            log(f"epoch {epoch + 1}/{cfg.epochs} loss {record['train_loss']:.4f}"
+                + (f" val {getattr(select, 'label', cfg.selection)} {score:.4f}" if "val_selection" in record else ""))
     if main:
         load_weights(model, workdir / "best.safetensors")
     return {"best_epoch": state["best_epoch"], "best_score": state["best_score"], "history": state["history"]}
