@@ -129,3 +129,32 @@ def test_tail_tokens_get_their_own_learning_rate(tmp_path):
     assert token_step.max().item() == pytest.approx(3e-2, rel=1e-3)
     lora_b = [p.detach().abs().max().item() for k, p in b.named_parameters() if "lora_B" in k]
     assert max(lora_b) == pytest.approx(2e-3, rel=1e-3)
+
+
+def test_attention_and_conv_target_adapts_resnet_convolutions_and_round_trips(tmp_path):
+    """LoCon: LoRA on both 3x3 convs of every ResNet block too; a Conv2d's A is (r, d_in, 3, 3), B (d_out, r, 1,
+    1); the model starts equal to the base, and the saved adapter reloads to identical outputs."""
+    b = PixelBackend(TINY, seed=0)
+    x, t = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)), torch.tensor([5, 700])
+    images, labels = _tail(4)
+    cfg = LoraAdaptConfig(target="attention_and_conv", rank=2,
+                          train=dict(steps=2, batch_size=4, lr=5e-2, checkpoint_every=10, progress=False))
+    adapt_lora(b, images, labels, ["a", "b"], cfg, tmp_path / "w", "cpu", 0)
+    state = b.state_dict()
+    conv_a = [k for k in state if "lora_A" in k and ".resnets." in k]
+    n_resnets = sum(1 for n, _ in b.named_modules() if n.endswith(".conv1") and ".resnets." in n)
+    assert len(conv_a) == 2 * n_resnets and n_resnets == 8  # conv1 + conv2 of each (no shortcut, no resampler)
+    a = state["unet.down_blocks.0.resnets.0.conv1.lora_A.default.weight"]
+    bb = state["unet.down_blocks.0.resnets.0.conv1.lora_B.default.weight"]
+    assert a.shape == (2, 8, 3, 3) and bb.shape == (8, 2, 1, 1) and bb.abs().sum() > 0
+    with torch.no_grad():
+        ref = b.eps(x, t, b.encode_condition(torch.tensor([3, 4])))
+    fresh = PixelBackend(TINY, seed=0)
+    load_lora(fresh, tmp_path / "w" / "lora")
+    with torch.no_grad():
+        assert torch.equal(fresh.eps(x, t, fresh.encode_condition(torch.tensor([3, 4]))), ref)
+        base_out = PixelBackend(TINY, seed=0).eps(x, t, fresh.encode_condition(torch.tensor([0, 1])))
+        merge_and_unload(fresh)
+        assert torch.allclose(fresh.eps(x, t, fresh.encode_condition(torch.tensor([3, 4]))), ref, atol=1e-5)
+        assert not torch.allclose(fresh.eps(x, t, fresh.encode_condition(torch.tensor([0, 1]))), base_out,
+                                  atol=1e-5)  # the conv updates change the head classes' output too

@@ -3,7 +3,9 @@
 LoRA (Hu et al. 2022): each targeted linear map W gets a trainable low-rank update W + (alpha/r) B A with
 A (r x d_in) Gaussian-initialised and B (d_out x r) zero-initialised, so the adapted model starts equal to
 the base. Targets are the attention projections ``to_q, to_k, to_v, to_out.0`` of the UNet's
-cross-attention layers (``attn2``; LoGex) or of all attention layers (``attn1`` + ``attn2``).
+cross-attention layers (``attn2``; LoGex) or of all attention layers (``attn1`` + ``attn2``), or those plus
+the two 3x3 convolutions of every ResNet block (``attention_and_conv``; LoCon: a Conv2d k x k gets
+B (d_out x r x 1 x 1) after A (r x d_in x k x k)).
 LoGex settings: rank 4, lr 1e-4, cosine schedule, random flips, trained only on the tail images with the
 prompt "A histopathological slide from a patient with <class>". For the pixel backend the base has no
 condition for the tail, so new class tokens (initialised from the mean of the base class tokens) are
@@ -34,6 +36,9 @@ TOKENS_KEY = "tailsynth.extra_tokens"
 TARGETS = {
     "cross_attention": r".*attn2\.(to_q|to_k|to_v|to_out\.0)",
     "all_attention": r".*attn[12]\.(to_q|to_k|to_v|to_out\.0)",
+    # + both 3x3 convolutions of every ResNet block (LoCon, as in LyCORIS): a small base that never saw the
+    # tail's shapes (a pixel UNet trained on the head classes) cannot draw them through attention alone
+    "attention_and_conv": r".*(attn[12]\.(to_q|to_k|to_v|to_out\.0)|resnets\.\d+\.conv[12])",
 }
 
 
@@ -54,7 +59,7 @@ class LoraTrainConfig(DenoiserTrainConfig):
 class LoraAdaptConfig(StrictConfig):
     rank: int = 4
     alpha: float | None = None  # None = rank (scale 1, as diffusers' LoRA training script)
-    target: Literal["cross_attention", "all_attention"] = "cross_attention"
+    target: Literal["cross_attention", "all_attention", "attention_and_conv"] = "cross_attention"
     train_tokens: bool = True  # learn new class tokens (pixel backend only)
     token_lr: float = 5e-3  # their own peak lr, no weight decay (textual inversion's 5e-3; 1e-4 barely moves them)
     train: LoraTrainConfig = LoraTrainConfig()
