@@ -1,5 +1,6 @@
 """End to end on a tiny benchmark: split -> classifiers -> scores -> report; caching; no test-set leakage."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -101,7 +102,10 @@ def test_machine_description_names_cpu_kernels_cores_and_torch():
 
 @pytest.mark.parametrize("name,stages_min", [("demo", 10), ("pbc-lt-cpu", 100), ("cifar10-lt-cpu", 20),
                                              ("cifar100-lt-cpu", 10), ("cifar10-tail6-cpu", 20),
-                                             ("pbc-lt-cpu-long", 20)])
+                                             ("pbc-lt-cpu-long", 20),
+                                             pytest.param("fashion-mnist-lt-cpu", 20, marks=pytest.mark.skipif(
+                                                 not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+                                                 reason="Debian package dataset-fashion-mnist not installed"))])
 def test_every_cpu_experiment_config_loads_and_plans(tmp_path, name, stages_min):
     """A shipped experiment config is valid as a whole (keys, method params, auxiliary settings) and plans its
     stages without running any; ``pbc-lt-paper`` needs weights on disk and is checked in test_pretrained."""
