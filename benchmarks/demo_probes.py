@@ -78,19 +78,24 @@ PROBES = {name: BEFORE_CUT + overrides for name, overrides in PROBES.items()}
 METRICS = ["val_fpr95", "val_auroc", "val_bacc_head", "val_bacc_tail", "fpr95", "auroc", "bacc_head", "bacc_tail"]
 
 
+def run_cli(name: str, args: list[str], log: Path) -> float:
+    """Run ``tailsynth ARGS`` offline without progress bars, output to ``log``; the wall time in seconds.
+    A failure stops the probes with the log's path."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TAILSYNTH_PROGRESS": "0"}
+    cmd = [sys.executable, "-c", "from tailsynth.cli import main; main()", *args]
+    log.parent.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    with open(log, "w") as fh:
+        rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env).returncode
+    if rc:
+        raise SystemExit(f"probe {name} failed (rc {rc}); see {log}")
+    return time.time() - start
+
+
 def run_probe(name: str, overrides: list[str], runs: Path, keep_wall: float | None = None) -> dict:
     """Run the demo with ``overrides`` in ``runs`` (finished stages are reused) and collect its numbers;
     ``keep_wall``: the wall time to record instead of this call's (a refresh of a finished probe)."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TAILSYNTH_PROGRESS": "0"}
-    cmd = [sys.executable, "-c", "from tailsynth.cli import main; main()", "demo", "--runs", str(runs), *overrides]
-    start = time.time()
-    log = runs.with_suffix(".log")
-    runs.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as fh:
-        rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env).returncode
-    wall = time.time() - start
-    if rc:
-        raise SystemExit(f"probe {name} failed (rc {rc}); see {log}")
+    wall = run_cli(name, ["demo", "--runs", str(runs), *overrides], runs.with_suffix(".log"))
     return {"overrides": overrides, "wall_s": keep_wall if keep_wall is not None else round(wall, 1), **collect(runs)}
 
 
@@ -193,11 +198,24 @@ def save(out: Path, done: dict, title: str | None = None) -> None:
     (out / "probes.md").write_text(table(done, title))
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/demo-probes"))
-    ap.add_argument("--runs", type=Path, default=Path("runs-demo-probes"))
+def probe_parser(doc: str, out: str, runs: str) -> argparse.ArgumentParser:
+    """The probe scripts' common options: ``--out`` (the table's folder), ``--runs``, ``--only NAME ...``."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=Path(out))
+    ap.add_argument("--runs", type=Path, default=Path(runs))
     ap.add_argument("--only", nargs="*", default=None)
+    return ap
+
+
+def load_probes(out: Path) -> dict:
+    """The probes finished so far (``out/probes.json``; empty when none), creating ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "probes.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def main() -> None:
+    ap = probe_parser(__doc__, "benchmarks/results/demo-probes", "runs-demo-probes")
     ap.add_argument("--refresh", action="store_true",
                     help="rerun the finished probes on their runs folders (every finished stage is reused; a stage "
                          "whose code changed reruns) and re-collect, keeping their wall times")
@@ -205,9 +223,7 @@ def main() -> None:
                     help="start each probe's runs folder with hard links to PROBE's finished stages (not its report), so "
                          "stages with equal settings are not rebuilt: the wall column is then each probe's new work only")
     args = ap.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "probes.json"
-    done = json.loads(path.read_text()) if path.is_file() else {}
+    done = load_probes(args.out)
     for name, overrides in PROBES.items():
         if args.only and name not in args.only:
             continue

@@ -12,16 +12,12 @@ Needs Fashion-MNIST's IDX files (Debian: `apt install dataset-fashion-mnist`). W
 """
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from demo_probes import collect, save, table  # noqa: E402
+from demo_probes import collect, load_probes, probe_parser, run_cli, save, table  # noqa: E402
 
 BASE = ["benchmark=fashion-mnist-lt", "methods=[ce,logex-lora,logex]"]
 LONGER = ["diffusion.base.steps=2000", "diffusion.lora.train.steps=1000"]
@@ -46,31 +42,19 @@ TITLE = ("Fashion-MNIST-LT probes (`python benchmarks/fashion_probes.py`): the d
 
 
 def run_probe(name: str, overrides: list[str], runs: Path) -> dict:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TAILSYNTH_PROGRESS": "0"}
-    cmd = [sys.executable, "-c", "from tailsynth.cli import main; main()", "run", "demo", "--runs", str(runs),
-           f"name=fm-{name}", *BASE, *overrides]
-    log = runs / "logs" / f"{name}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    start = time.time()
-    with open(log, "w") as fh:
-        rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env).returncode
-    if rc:
-        raise SystemExit(f"probe {name} failed (rc {rc}); see {log}")
+    """Run probe ``name`` in the shared ``runs`` folder and collect its numbers; ``wall_s`` is the summed wall
+    time of all the stages its rows use (the report's compute time), however many were cached."""
+    wall = run_cli(name, ["run", "demo", "--runs", str(runs), f"name=fm-{name}", *BASE, *overrides],
+                   runs / "logs" / f"{name}.log")
     results = runs / "reports" / f"fm-{name}" / "results.json"
     compute = json.loads(results.read_text())["meta"]["wall_time_s"]
-    print(f"[probe] {name}: {time.time() - start:.0f} s this call, {compute:.0f} s of stages in all", flush=True)
+    print(f"[probe] {name}: {wall:.0f} s this call, {compute:.0f} s of stages in all", flush=True)
     return {"overrides": overrides, "wall_s": compute, **collect(runs, results)}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/fashion-mnist-probes"))
-    ap.add_argument("--runs", type=Path, default=Path("runs-fm"))
-    ap.add_argument("--only", nargs="*", default=None)
-    args = ap.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "probes.json"
-    done = json.loads(path.read_text()) if path.is_file() else {}
+    args = probe_parser(__doc__, "benchmarks/results/fashion-mnist-probes", "runs-fm").parse_args()
+    done = load_probes(args.out)
     for name, overrides in PROBES.items():
         if args.only and name not in args.only:
             continue

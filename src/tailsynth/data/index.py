@@ -88,17 +88,31 @@ def npz_labels(data, key: str, path: Path) -> np.ndarray:
     return labels.astype(np.int64)
 
 
-def npz_class_names(src: NpzSource, data, labels: np.ndarray, path: Path) -> list[str]:
-    if src.class_names is not None:
-        names = list(src.class_names)
-    elif "class_names" in data.files:
-        names = [str(n) for n in np.asarray(data["class_names"]).tolist()]
-    else:
+def checked_class_names(names: list[str] | None, labels: np.ndarray, path: Path) -> list[str]:
+    """``names`` (default "0".."K-1" for the largest label K-1), after checking every label indexes one."""
+    if names is None:
         names = [str(c) for c in range(int(labels.max()) + 1 if labels.size else 0)]
     if labels.size and (labels.min() < 0 or labels.max() >= len(names)):
         raise TailsynthError(f"{path}: labels range {labels.min()}..{labels.max()} is outside the "
                              f"{len(names)} class names 0..{len(names) - 1} ({names})")
     return names
+
+
+def npz_class_names(src: NpzSource, data, labels: np.ndarray, path: Path) -> list[str]:
+    names = list(src.class_names) if src.class_names is not None else None
+    if names is None and "class_names" in data.files:
+        names = [str(n) for n in np.asarray(data["class_names"]).tolist()]
+    return checked_class_names(names, labels, path)
+
+
+def part_ids(parts: list[tuple[str, np.ndarray]]) -> tuple[list[str], np.ndarray | None]:
+    """Source ids and the official split of labelled parts ``(part name, labels)``: ``<part>/<row>`` and the
+    part names when the parts are named, the row number and no official split for one unnamed part."""
+    ids = [f"{part}/{i}" if part else str(i) for part, lab in parts for i in range(len(lab))]
+    official = None
+    if parts[0][0]:
+        official = np.array([part for part, lab in parts for _ in range(len(lab))], dtype="<U5")
+    return ids, official
 
 
 def index_npz(src: NpzSource) -> SourceIndex:
@@ -130,20 +144,8 @@ def index_npz(src: NpzSource) -> SourceIndex:
         digest.update(file_sha256(test_path).encode())
     labels = np.concatenate([lab for _, lab in parts])
     names = npz_class_names(src, data, labels, path)
-    ids = [f"{part}/{i}" if part else str(i) for part, lab in parts for i in range(len(lab))]
-    official = None
-    if parts[0][0]:
-        official = np.array([part for part, lab in parts for _ in range(len(lab))], dtype="<U5")
+    ids, official = part_ids(parts)
     return SourceIndex(ids, labels, names, official, digest.hexdigest())
-
-
-def idx_class_names(src: IdxSource, labels: np.ndarray, path: Path) -> list[str]:
-    names = list(src.class_names) if src.class_names else \
-        [str(c) for c in range(int(labels.max()) + 1 if labels.size else 0)]
-    if labels.size and labels.max() >= len(names):
-        raise TailsynthError(f"{path}: labels range {labels.min()}..{labels.max()} is outside the "
-                             f"{len(names)} class names 0..{len(names) - 1} ({names})")
-    return names
 
 
 def idx_parts(src: IdxSource) -> list[tuple[str, Path, Path]]:
@@ -164,11 +166,9 @@ def index_idx(src: IdxSource) -> SourceIndex:
         digest.update(f"{file_sha256(images)}|{file_sha256(labels_file)}|".encode())
         parts.append((part, labels))
     labels = np.concatenate([lab for _, lab in parts])
-    names = idx_class_names(src, labels, resolve_data_path(src.labels))
-    ids = [f"{part}/{i}" if part else str(i) for part, lab in parts for i in range(len(lab))]
-    official = None
-    if parts[0][0]:
-        official = np.array([part for part, lab in parts for _ in range(len(lab))], dtype="<U5")
+    names = checked_class_names(list(src.class_names) if src.class_names else None, labels,
+                                resolve_data_path(src.labels))
+    ids, official = part_ids(parts)
     return SourceIndex(ids, labels, names, official, digest.hexdigest())
 
 
