@@ -80,6 +80,10 @@ SHIPPED_PROBES: dict[str, list[str]] = {
     # noise 0.005 per x0-hat; on the demo they raised the oracle 67 -> 85 %): the control is wide-aux-15ep
     "wide-aux-15ep-cutouts16 (seeds 0-2)": AUX_PROBE + WIDE + [AUX_15, "synthesis.params.logex.cutouts=16",
                                                                "synthesis.params.logex.cutout_noise=0.005"],
+    # pbc-lt-cpu-long's generator with LoCon-style LoRA (the ResNet blocks' 3x3 convolutions as well as attention;
+    # on Fashion-MNIST-LT it lifted the oracle 15/25 -> 27/37 % for only LoRA/LoGex): both synthetic rows change,
+    # so both are here; controls wide-unet-3000 (only LoRA) and wide-aux-15ep (LoGex)
+    "wide-aux-15ep-conv (seeds 0-2)": SHIPPED_25 + WIDE + [AUX_15, "diffusion.lora.target=attention_and_conv"],
 }
 SETS = {"lora16": PROBES, "shipped-25": SHIPPED_PROBES}
 
@@ -92,14 +96,14 @@ TITLE = ("PBC-LT probes (`python benchmarks/pbc_probes.py`): pbc-lt-cpu at 32 px
          "same time.")
 
 
-def run_probe(name: str, overrides: list[str], runs: Path, out: Path) -> dict:
+def run_probe(name: str, overrides: list[str], runs: Path, out: Path, jobs: int = 1) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TAILSYNTH_PROGRESS": "0"}
     slug = name.split(" ")[0]
     results = out / "reports" / slug
     # each probe reports under its own experiment name (not part of any fingerprint): the report of a runs folder
     # merges the rows of every run of one name, and a probe's table must hold its own rows only
     cmd = [sys.executable, "-m", "tailsynth.cli", "run", "pbc-lt-cpu", f"name=pbc-probe-{slug}",
-           *overrides, "--runs", str(runs), "--results-dir", str(results)]
+           *overrides, f"jobs={jobs}", "--runs", str(runs), "--results-dir", str(results)]
     log = runs.parent / "logs" / f"pbc-probe-{slug}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as fh:
@@ -116,6 +120,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/pbc-lt-probes"))
     ap.add_argument("--runs", type=Path, default=Path("runs-pbc-probe"))
     ap.add_argument("--only", nargs="*", default=None)
+    ap.add_argument("--jobs", type=int, default=1, help="stages built at a time, each with cores // jobs torch threads")
     ap.add_argument("--set", choices=sorted(SETS), default="lora16",
                     help="lora16: rank-16 LoRA generator, 25 images per class (benchmarks/results/pbc-lt-probes); "
                          "shipped-25: the shipped generator at 25 per class (benchmarks/results/pbc-lt-probes-shipped)")
@@ -128,7 +133,7 @@ def main() -> None:
         if args.only and name not in args.only:
             continue
         print(f"[probe] {name}", flush=True)
-        record = run_probe(name, overrides, args.runs, args.out)
+        record = run_probe(name, overrides, args.runs, args.out, args.jobs)
         # re-read: another probe process may have saved rows while this probe ran
         done = {**(json.loads(path.read_text()) if path.is_file() else {}), name: record}
         done = {k: done[k] for k in [*probes, *done] if k in done}  # the set's order, then any others
