@@ -7,6 +7,7 @@ are reported and never used to choose.
 
     python benchmarks/pbc_probes.py --runs runs-pbc-probe --out benchmarks/results/pbc-lt-probes [--only NAME ...]
     python benchmarks/pbc_probes.py --set shipped-25 --runs runs --out benchmarks/results/pbc-lt-probes-shipped
+        [--jobs 2]  # two stages at a time, one torch thread each
 
 Writes ``probes.json`` (overrides, metrics, oracle, auxiliary columns) and ``probes.md`` (the table). From an
 empty runs folder the first probe takes about 35 min on 2 CPU cores (base model 1500 steps, LoRA, oracle), a
