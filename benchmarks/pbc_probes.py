@@ -15,14 +15,10 @@ probe that changes only the auxiliary classifier about 10 min per seed.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-from demo_probes import collect, save, table
+from demo_probes import collect, load_probes, probe_parser, run_cli, save, table
 
 # the generator and DiG-IN settings of the probes: 25 synthetic images per tail class (DiG-IN's cost), the
 # images-per-class sweep off, LoRA rank 16 on every attention layer at lr 3e-3, DiG-IN stops at aux confidence 0.9,
@@ -98,36 +94,25 @@ TITLE = ("PBC-LT probes (`python benchmarks/pbc_probes.py`): pbc-lt-cpu at 32 px
 
 
 def run_probe(name: str, overrides: list[str], runs: Path, out: Path, jobs: int = 1) -> dict:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TAILSYNTH_PROGRESS": "0"}
     slug = name.split(" ")[0]
     results = out / "reports" / slug
     # each probe reports under its own experiment name (not part of any fingerprint): the report of a runs folder
     # merges the rows of every run of one name, and a probe's table must hold its own rows only
-    cmd = [sys.executable, "-m", "tailsynth.cli", "run", "pbc-lt-cpu", f"name=pbc-probe-{slug}",
-           *overrides, f"jobs={jobs}", "--runs", str(runs), "--results-dir", str(results)]
-    log = runs.parent / "logs" / f"pbc-probe-{slug}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as fh:
-        rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env).returncode
-    if rc:
-        raise SystemExit(f"probe {name} failed (rc {rc}); see {log}")
+    run_cli(name, ["run", "pbc-lt-cpu", f"name=pbc-probe-{slug}", *overrides, f"jobs={jobs}", "--runs", str(runs),
+                   "--results-dir", str(results)], runs.parent / "logs" / f"pbc-probe-{slug}.log")
     stats = collect(runs, results / "results.json")
     wall = json.loads((results / "results.json").read_text())["meta"]["wall_time_s"]  # every stage it used
     return {"overrides": overrides, "wall_s": wall, **stats}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/pbc-lt-probes"))
-    ap.add_argument("--runs", type=Path, default=Path("runs-pbc-probe"))
-    ap.add_argument("--only", nargs="*", default=None)
+    ap = probe_parser(__doc__, "benchmarks/results/pbc-lt-probes", "runs-pbc-probe")
     ap.add_argument("--jobs", type=int, default=1, help="stages built at a time, each with cores // jobs torch threads")
     ap.add_argument("--set", choices=sorted(SETS), default="lora16",
                     help="lora16: rank-16 LoRA generator, 25 images per class (benchmarks/results/pbc-lt-probes); "
                          "shipped-25: the shipped generator at 25 per class (benchmarks/results/pbc-lt-probes-shipped)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "probes.json"
     probes = SETS[args.set]
     done: dict = {}
     for name, overrides in probes.items():
@@ -136,10 +121,10 @@ def main() -> None:
         print(f"[probe] {name}", flush=True)
         record = run_probe(name, overrides, args.runs, args.out, args.jobs)
         # re-read: another probe process may have saved rows while this probe ran
-        done = {**(json.loads(path.read_text()) if path.is_file() else {}), name: record}
+        done = {**load_probes(args.out), name: record}
         done = {k: done[k] for k in [*probes, *done] if k in done}  # the set's order, then any others
         save(args.out, done, TITLE)
-    print(table(json.loads(path.read_text()) if path.is_file() else done, TITLE))
+    print(table(load_probes(args.out) or done, TITLE))
 
 
 if __name__ == "__main__":
