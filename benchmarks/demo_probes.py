@@ -121,9 +121,9 @@ def aux_validation(runs: Path, results: dict) -> dict:
     import numpy as np
     import torch
 
-    from tailsynth.pipeline.artifacts import load_classifier, read_split, split_data
-    from tailsynth.pipeline.experiment import DataConfig
-    from tailsynth.pipeline.store import Artifact
+    from tailsynth.engine.artifacts import load_classifier, read_split, split_data
+    from tailsynth.data import DataConfig
+    from tailsynth.engine.store import Artifact
     from tailsynth.training import predict
 
     row = json.loads((runs / "evaluate" / Path(results["runs"]["logex"][0]["path"]).name / "manifest.json").read_text())

@@ -31,30 +31,30 @@ def main() -> None:
 
     from tailsynth.methods import METHODS
     from tailsynth.outliers import DecodeConfig
-    from tailsynth.pipeline.artifacts import read_split
+    from tailsynth.engine.artifacts import read_split
     from tailsynth.pipeline.experiment import load_experiment
     from tailsynth.pipeline.graph import StageGraph
-    from tailsynth.pipeline.outlier_stages import read_outliers
-    from tailsynth.pipeline.runner import Runner
-    from tailsynth.pipeline.store import ArtifactStore
-    from tailsynth.report.outliers import outlier_grid, pca_figure
+    from tailsynth.methods.dream_ood.stages import read_outliers
+    from tailsynth.engine.runner import Runner
+    from tailsynth.engine.store import ArtifactStore
+    from tailsynth.methods.dream_ood.report import outlier_grid, pca_figure
+    from tailsynth.methods.dream_ood.stages import outlier_embeddings, outlier_images
     from tailsynth.utils import read_json
 
     started = time.time()
     cfg = load_experiment(args.experiment, list(args.overrides))
     graph = StageGraph(cfg, Runner(ArtifactStore(args.runs)))
     dream, bood = METHODS.get("dream-ood"), METHODS.get("bood")
-    dcfg = dream.config(cfg.method_params.get("dream-ood", {}))
-    bcfg = bood.config(cfg.method_params.get("bood", {}))
+    dcfg, bcfg = cfg.method_config("dream-ood"), cfg.method_config("bood")
     encoder = graph.classifier("vmf-encoder", dcfg.encoder_seed)
-    main_d = graph.outlier_embeddings("dream-ood", encoder, dream.stage2_settings(dcfg))
-    main_b = graph.outlier_embeddings("bood", encoder, bood.stage2_settings(bcfg))
-    img_d = graph.outlier_images("dream-ood", main_d, dcfg.decode)
-    img_b = graph.outlier_images("bood", main_b, bcfg.decode)
+    main_d = outlier_embeddings(graph, "dream-ood", encoder, dream.stage2_settings(dcfg))
+    main_b = outlier_embeddings(graph, "bood", encoder, bood.stage2_settings(bcfg))
+    img_d = outlier_images(graph, "dream-ood", main_d, dcfg.decode)
+    img_b = outlier_images(graph, "bood", main_b, bcfg.decode)
     other = dcfg.outliers.model_copy(update={"sigma": args.sigma, "n_per_class": args.per_class})
-    extra_d = graph.outlier_embeddings("dream-ood", encoder, {"dream_ood": other})
+    extra_d = outlier_embeddings(graph, "dream-ood", encoder, {"dream_ood": other})
     small = DecodeConfig(**{**dcfg.decode.model_dump(), "shard_size": args.per_class})
-    extra_img = graph.outlier_images("dream-ood", extra_d, small)
+    extra_img = outlier_images(graph, "dream-ood", extra_d, small)
     split = read_split(graph.split())
 
     Path(args.grid_dir).mkdir(parents=True, exist_ok=True)

@@ -63,9 +63,9 @@ def main() -> None:
     from scipy.special import logsumexp, softmax
 
     from tailsynth.ood.metrics import auroc, fpr_at_tpr
-    from tailsynth.pipeline.artifacts import load_classifier, read_split, split_data
-    from tailsynth.pipeline.experiment import DataConfig
-    from tailsynth.pipeline.store import Artifact
+    from tailsynth.engine.artifacts import load_classifier, read_split, split_data
+    from tailsynth.data import DataConfig
+    from tailsynth.engine.store import Artifact
     from tailsynth.report.aggregate import seed_stats
     from tailsynth.training import predict
     from tailsynth.utils import read_json

@@ -23,11 +23,13 @@ import torch
 
 from tailsynth.data.features import FeatureSet
 from tailsynth.ood.metrics import balanced_accuracy_on, group_accuracy, top1
-from tailsynth.pipeline.artifacts import load_classifier, read_split
+from tailsynth.engine.artifacts import load_classifier, read_split
 from tailsynth.pipeline.experiment import load_experiment
+from tailsynth.methods.ldmlr.label_shift import label_shift
+from tailsynth.methods.ldmlr.stages import features
 from tailsynth.pipeline.graph import StageGraph
-from tailsynth.pipeline.runner import Runner
-from tailsynth.pipeline.store import ArtifactStore
+from tailsynth.engine.runner import Runner
+from tailsynth.engine.store import ArtifactStore
 
 VARIANTS = {  # name -> overrides of method_params.ldmlr (Table 4, Fig. 2, Table 5)
     "classes=all": {"pseudo.classes": "all"},
@@ -67,16 +69,15 @@ def run(config: str, runs: str, seeds: list[int], variants: list[str], extra: li
         split = read_split(graph.split())
         for seed in seeds:
             started = time.time()
-            from tailsynth.methods.ldmlr import ldmlr_config
-            lcfg = ldmlr_config(cfg)
+            lcfg = cfg.method_config("ldmlr")
             base = graph.classifier(lcfg.encoder, seed)
-            fs = FeatureSet.read(graph.features(base, seed=seed).path, encoder=base.fingerprint)
+            fs = FeatureSet.read(features(graph, base, seed=seed).path, encoder=base.fingerprint)
             if variant in VARIANTS:
                 art = graph.classifier("ldmlr", seed)
-                la = graph.label_shift(art, "la-ldmlr", seed, _la_config(cfg))
+                la = label_shift(graph, art, "la-ldmlr", seed, _la_config(cfg))
             else:
                 art = base
-                la = graph.label_shift(base, "la", seed, _la_config(cfg))
+                la = label_shift(graph, base, "la", seed, _la_config(cfg))
             model, _ = load_classifier(art.path)
             m = head_metrics(model, fs, split)
             la_model, la_card = load_classifier(la.path)
@@ -92,7 +93,7 @@ def run(config: str, runs: str, seeds: list[int], variants: list[str], extra: li
 
 def _la_config(cfg):
     from tailsynth.config import build_config
-    from tailsynth.pipeline.feature_stages import LabelShiftConfig
+    from tailsynth.methods.ldmlr import LabelShiftConfig
     return build_config(LabelShiftConfig, cfg.method_params.get("la", {}), "method_params.la")
 
 

@@ -31,9 +31,9 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="work folder (default: RUNS/probes/...)")
     args = parser.parse_args()
     from tailsynth.minority import MinorityClassifierConfig, quantile_labels, train_minority_classifier
-    from tailsynth.pipeline.artifacts import load_adapted, read_split
-    from tailsynth.pipeline.minority_stages import MinorityScoreStageConfig, condition_ids, read_scores, working_images
-    from tailsynth.pipeline.store import Artifact
+    from tailsynth.engine.artifacts import load_adapted, read_split
+    from tailsynth.methods.minority.stages import MinorityScoreStageConfig, condition_ids, read_scores, working_images
+    from tailsynth.engine.store import Artifact
     folder = Path(args.scores)
     manifest = json.loads((folder / "manifest.json").read_text())
     cfg = MinorityScoreStageConfig(**manifest["config"])

@@ -2,7 +2,7 @@
 
     python benchmarks/minority_figures.py --runs runs --out-dir benchmarks/results/minority --grid-dir runs/figures/minority
 
-Runs the experiment's ``minority_figures`` stage (:mod:`tailsynth.pipeline.minority_figures`; the same stage
+Runs the experiment's ``minority_figures`` stage (:mod:`tailsynth.methods.minority.figures`; the same stage
 ``tailsynth run`` puts in the report when the ``minority`` method and the oracle are in the experiment) and
 whatever it needs (minority scores, classifier, the only-LoRA and minority synthetic sets, the oracle), then writes
 ``minority.json``, ``rarity_hist.png`` and ``README.md`` to ``--out-dir`` and the image grids (real and generated
@@ -30,10 +30,11 @@ def main() -> None:
 
     from tailsynth.pipeline.experiment import load_experiment
     from tailsynth.pipeline.graph import StageGraph, check_experiment
-    from tailsynth.pipeline.runner import Runner
-    from tailsynth.pipeline.store import ArtifactStore
+    from tailsynth.engine.runner import Runner
+    from tailsynth.engine.store import ArtifactStore
     from tailsynth.report.markdown import table_to_markdown
-    from tailsynth.report.minority import correlation_table, generation_table
+    from tailsynth.methods.minority.figures import minority_figures
+    from tailsynth.methods.minority.report import correlation_table, generation_table
 
     started = time.time()
     cfg = load_experiment(args.experiment, list(args.overrides))
@@ -42,7 +43,7 @@ def main() -> None:
     if cfg.oracle is None:
         raise SystemExit(f"{args.experiment} has no oracle (oracle: null): the figures need its features")
     check_experiment(cfg)
-    artifact = StageGraph(cfg, Runner(ArtifactStore(args.runs))).minority_figures()
+    artifact = minority_figures(StageGraph(cfg, Runner(ArtifactStore(args.runs))))
     if artifact is None:
         raise SystemExit("synthesis.params.minority.figures.enabled is false")
     out_dir, grid_dir = Path(args.out_dir), Path(args.grid_dir)

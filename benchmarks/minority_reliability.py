@@ -30,12 +30,12 @@ def main() -> None:
 
     from tailsynth.methods import generator_named
     from tailsynth.minority import minority_scores
-    from tailsynth.pipeline.artifacts import load_adapted, read_split
+    from tailsynth.engine.artifacts import load_adapted, read_split
     from tailsynth.pipeline.experiment import load_experiment
     from tailsynth.pipeline.graph import StageGraph
-    from tailsynth.pipeline.minority_stages import MinorityScoreStageConfig, _perceptual, condition_ids, working_images
-    from tailsynth.pipeline.runner import Runner
-    from tailsynth.pipeline.store import ArtifactStore
+    from tailsynth.methods.minority.stages import MinorityScoreStageConfig, _perceptual, condition_ids, working_images
+    from tailsynth.engine.runner import Runner
+    from tailsynth.engine.store import ArtifactStore
     from tailsynth.utils import resolve_device
 
     cfg = load_experiment(args.experiment, list(args.overrides))

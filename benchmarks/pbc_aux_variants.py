@@ -27,7 +27,7 @@ VARIANTS = {
 
 def evaluate(runs: Path, overrides: list[str]) -> dict:
     from tailsynth.pipeline import ArtifactStore, Runner
-    from tailsynth.pipeline.artifacts import load_classifier, read_split, split_data
+    from tailsynth.engine.artifacts import load_classifier, read_split, split_data
     from tailsynth.pipeline.experiment import load_experiment
     from tailsynth.pipeline.graph import StageGraph
     from tailsynth.training.trainer import predict

@@ -76,7 +76,7 @@ def test_a_rank_makes_exactly_its_share_of_the_shards(tmp_path, monkeypatch):
     from tailsynth.pipeline.diffusion_stages import SynthStageConfig, run_synthesize
     from tailsynth.pipeline.experiment import load_experiment
     from tailsynth.pipeline.experiment_run import run_experiment
-    from tailsynth.pipeline.store import ArtifactStore
+    from tailsynth.engine.store import ArtifactStore
     monkeypatch.setenv("TAILSYNTH_CACHE", str(tmp_path / "cache"))
     run_experiment(load_experiment("demo", OVERRIDES), tmp_path / "runs", log=lambda m: None)
     synth = next(p for p in (tmp_path / "runs" / "synthesize").iterdir() if not p.name.startswith("."))
@@ -263,7 +263,7 @@ def test_a_non_zero_rank_trains_the_base_but_writes_nothing(tmp_path, monkeypatc
     from tailsynth.pipeline.diffusion_stages import DiffusionStageConfig, run_train_diffusion
     from tailsynth.pipeline.experiment import load_experiment
     from tailsynth.pipeline.experiment_run import run_experiment
-    from tailsynth.pipeline.store import ArtifactStore
+    from tailsynth.engine.store import ArtifactStore
     monkeypatch.setenv("TAILSYNTH_CACHE", str(tmp_path / "cache"))
     run_experiment(load_experiment("demo", tiny("methods=[ce]", generator=False)), tmp_path / "runs",
                    log=lambda m: None)

@@ -196,7 +196,7 @@ OUTLIER_PARAMS = [
 @pytest.mark.slow
 def test_dream_ood_and_bood_rows_on_the_tiny_experiment(tmp_path):
     from tailsynth.data.synthetic import SyntheticSet
-    from tailsynth.pipeline.artifacts import load_classifier
+    from tailsynth.engine.artifacts import load_classifier
     from tailsynth.pipeline.experiment import load_experiment
     from tailsynth.pipeline.experiment_run import run_experiment
     cfg = load_experiment("demo", tiny("methods=[ce,dream-ood,bood]", "oracle=null", *OUTLIER_PARAMS))

@@ -18,9 +18,9 @@ from tailsynth.errors import TailsynthError
 from tailsynth.methods.ldmlr import LdmlrObjective
 from tailsynth.pipeline.experiment import load_experiment
 from tailsynth.pipeline.experiment_run import run_experiment
-from tailsynth.pipeline.feature_stages import PseudoFeatureConfig, pseudo_counts
+from tailsynth.methods.ldmlr import PseudoFeatureConfig, pseudo_counts
 from tailsynth.pipeline.stages import TrainStageConfig, run_train
-from tailsynth.pipeline.store import Artifact
+from tailsynth.engine.store import Artifact
 from tailsynth.report.feature_quality import distances, frechet_distance
 from tailsynth.training.augment import random_crop
 from tailsynth.training.checkpoint import load_weights
@@ -166,7 +166,7 @@ def _classifier_dir(evaluation: Artifact):
 
 
 def _state(folder):
-    from tailsynth.pipeline.artifacts import load_classifier
+    from tailsynth.engine.artifacts import load_classifier
     return load_classifier(folder)[0].state_dict()
 
 
@@ -204,7 +204,7 @@ def test_ldmlr_model_selection_never_reads_the_test_split(tiny_run, tmp_path):
     cfg = TrainStageConfig(**manifest["config"])
     (tmp_path / "work").mkdir()
     run_train(cfg, inputs, tmp_path / "work")
-    from tailsynth.pipeline.artifacts import load_classifier
+    from tailsynth.engine.artifacts import load_classifier
     reference = _state(train_dir)
     model, _ = load_classifier(train_dir)
     load_weights(model, tmp_path / "work" / "model.safetensors")

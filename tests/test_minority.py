@@ -237,7 +237,7 @@ def test_minority_row_on_the_tiny_experiment(tmp_path):
     from tailsynth.data.synthetic import SyntheticSet
     from tailsynth.pipeline.experiment import load_experiment
     from tailsynth.pipeline.experiment_run import run_experiment
-    from tailsynth.pipeline.minority_stages import read_scores
+    from tailsynth.methods.minority.stages import read_scores
     runs = tmp_path / "runs"
     # w = 0: the minority synthesis is the only-LoRA synthesis, image for image
     cfg = load_experiment("demo", tiny("methods=[logex-lora,minority]", "oracle=null",
@@ -366,7 +366,7 @@ def test_minority_figures_stage_in_the_report(tmp_path):
 
     from tailsynth.pipeline.experiment import load_experiment
     from tailsynth.pipeline.experiment_run import run_experiment
-    from tailsynth.pipeline.minority_figures import ANCESTRAL, ANCESTRAL_GUIDED, DDIM, DDIM_GUIDED
+    from tailsynth.methods.minority.figures import ANCESTRAL, ANCESTRAL_GUIDED, DDIM, DDIM_GUIDED
     runs = tmp_path / "runs"
     fig = "synthesis.params.minority.figures={n_per_class: 6, batch_size: 4, per_cell: 2, grid_scales: [0.0, 5.0]}"
     cfg = load_experiment("demo", tiny("methods=[minority]", fig, "synthesis.n_per_class=6"))

@@ -1,4 +1,4 @@
-"""Independent stages at the same time (``jobs``, tailsynth.pipeline.parallel): dependency order, the most
+"""Independent stages at the same time (``jobs``, tailsynth.engine.parallel): dependency order, the most
 downstream work first, at most ``jobs`` at once, a failed or killed stage named while the running ones finish,
 and an experiment built with 2 jobs byte-identical to the one built with 1."""
 import hashlib
@@ -12,8 +12,8 @@ import pytest
 from tailsynth.config import StrictConfig
 from tailsynth.errors import TailsynthError
 from tailsynth.pipeline import ArtifactStore, Runner, Stage
-from tailsynth.pipeline.store import Artifact
-from tailsynth.pipeline.parallel import PlannedStage, _downstream_counts, run_concurrently, worker_threads
+from tailsynth.engine.store import Artifact
+from tailsynth.engine.parallel import PlannedStage, _downstream_counts, run_concurrently, worker_threads
 from tiny import tiny
 
 

@@ -48,7 +48,7 @@ def test_threshold_is_calibrated_on_validation_and_stored(trained):
     # the stored value is the one calibrated on the validation split, not the one test would give
     from tailsynth.data import Split
     from tailsynth.ood import p_tail, tail_threshold
-    from tailsynth.pipeline.artifacts import split_data
+    from tailsynth.engine.artifacts import split_data
     from tailsynth.training import predict
     root, evaluation, _ = trained
     split_path = json.loads((evaluation / "manifest.json").read_text())["inputs"]["split"]["path"]

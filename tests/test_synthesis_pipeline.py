@@ -123,7 +123,7 @@ def test_guided_methods_through_the_pipeline(tmp_path):
     # auxiliary vs oracle on the guided images, recomputed from the saved images and both classifiers
     import torch
 
-    from tailsynth.pipeline.artifacts import load_classifier
+    from tailsynth.engine.artifacts import load_classifier
     from tailsynth.training import predict
     runs = tmp_path / "runs"
     synth = next(m.parent for m in (runs / "synthesize").glob("*/manifest.json")
@@ -241,7 +241,7 @@ def test_centred_pixel_backend_takes_the_mean_of_its_training_images(tmp_path):
     run_experiment(cfg, tmp_path / "runs", log=quiet)
     model = next((tmp_path / "runs" / "train_diffusion").glob("*/model/config.json"))
     mean = json.loads(model.read_text())["config"]["data_mean"]
-    from tailsynth.pipeline.artifacts import split_data
+    from tailsynth.engine.artifacts import split_data
     split = Split.read(next((tmp_path / "runs" / "split").glob("*/split.csv")))
     train = split_data(split, cfg.data, "train")
     head = train.images[np.isin(train.labels, split.head_classes)]

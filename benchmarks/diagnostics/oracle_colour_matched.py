@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 import numpy as np, torch
 from tailsynth.data.synthetic import SyntheticSet
-from tailsynth.pipeline.artifacts import load_classifier, read_split, split_data
-from tailsynth.pipeline.store import Artifact
-from tailsynth.pipeline.experiment import DataConfig
+from tailsynth.engine.artifacts import load_classifier, read_split, split_data
+from tailsynth.engine.store import Artifact
+from tailsynth.data import DataConfig
 from tailsynth.training.trainer import predict
 
 data = DataConfig(image_size=32, channels=3)

@@ -111,7 +111,7 @@ def train(benchmark, methods, seeds, profile, config, runs, results_dir, overrid
 @click.argument("runs_dir", default=DEFAULT_RUNS)
 def status(runs_dir) -> None:
     """List the stages in RUNS_DIR with fingerprints, states and wall times."""
-    from .pipeline import ArtifactStore
+    from .engine import ArtifactStore
     rows = ArtifactStore(runs_dir).list()
     if not rows:
         click.echo(f"no artifacts in {runs_dir}")
@@ -215,92 +215,25 @@ def data_show(manifest) -> None:
 
 
 
-@cli.group()
-def minority() -> None:
-    """Minority guidance (Um et al. 2024): score real images, train the minority classifier, sample."""
-
-
-def _minority_cfg(config: str, overrides: tuple[str, ...]):
+def open_graph(config: str, overrides: tuple[str, ...], runs: str, log=click.echo):
+    """The stage graph of experiment CONFIG with OVERRIDES over the artifacts in RUNS (what ``tailsynth run``
+    builds), for a method's own commands."""
+    from .engine import ArtifactStore, Runner
     from .pipeline.experiment import load_experiment
-    return load_experiment(config, list(overrides))
+    from .pipeline.graph import StageGraph, check_experiment
+    cfg = load_experiment(config, list(overrides))
+    check_experiment(cfg)
+    return StageGraph(cfg, Runner(ArtifactStore(runs), log=log))
 
 
-def _experiment_command(group, name: str):
-    """A subcommand of ``group`` taking CONFIG [OVERRIDES]... and --runs (the minority commands)."""
-    def wrap(func):
-        func = click.option("--runs", default=DEFAULT_RUNS, show_default=True, help="artifact directory")(func)
-        func = click.argument("overrides", nargs=-1)(func)
-        func = click.argument("config")(func)
-        return group.command(name)(func)
-    return wrap
+def _add_method_commands() -> None:
+    """Each method package's commands (``tailsynth.methods.COMMANDS``: ``minority``, ``anchors``, ...)."""
+    from .methods import COMMANDS
+    for factory in COMMANDS:
+        cli.add_command(factory(open_graph))
 
 
-@_experiment_command(minority, "score")
-def minority_score_cmd(config: str, overrides: tuple[str, ...], runs: str) -> None:
-    """Minority scores (l2, l1, perceptual) of the real train/val images under the adapted diffusion model."""
-    from .pipeline.minority_run import minority_score
-    artifact = minority_score(_minority_cfg(config, overrides), runs, log=click.echo)
-    click.echo(f"scores: {artifact.path / 'scores.npz'}")
-
-
-@_experiment_command(minority, "train")
-def minority_train_cmd(config: str, overrides: tuple[str, ...], runs: str) -> None:
-    """The noise-conditioned minority classifier on the training images' minority levels."""
-    from .pipeline.minority_run import minority_train
-    from .utils import read_json
-    artifact = minority_train(_minority_cfg(config, overrides), runs, log=click.echo)
-    summary = read_json(artifact.path / "manifest.json").get("result", {})
-    click.echo(f"classifier: {artifact.path}")
-    for key, value in summary.items():
-        if key.startswith("holdout") or key == "chance":
-            click.echo(f"  {key}: {value:.3f}")
-
-
-@_experiment_command(minority, "sample")
-@click.option("--out", required=True, help="folder for the grids and samples.npz")
-@click.option("--levels", default=None, help="target levels, comma-separated (default 0, L/2, L-1)")
-@click.option("--scales", default="0,1,5", show_default=True, help="guidance scales w, comma-separated")
-@click.option("--classes", default=None, help="class names, comma-separated (default: the tail classes)")
-@click.option("-n", "--per-cell", default=8, show_default=True, help="images per grid cell")
-@click.option("--sampler", type=click.Choice(["ddim", "ddpm"]), default="ddim", show_default=True)
-@click.option("--seed", default=0, show_default=True)
-def minority_sample_cmd(config, overrides, runs, out, levels, scales, classes, per_cell, sampler, seed) -> None:
-    """Guided samples for a grid of target levels x scales (the same noise in every cell)."""
-    from .pipeline.minority_run import minority_sample
-    try:
-        lv = [int(v) for v in levels.split(",")] if levels else None
-        sc = [float(v) for v in scales.split(",")]
-    except ValueError as err:
-        raise TailsynthError(f"--levels / --scales must be comma-separated numbers: {err}") from None
-    meta = minority_sample(_minority_cfg(config, overrides), runs, out, lv, sc,
-                           classes.split(",") if classes else None, per_cell, sampler, seed, log=click.echo)
-    click.echo(f"grids for {', '.join(meta['classes'])}: {Path(out).resolve()}")
-
-
-@cli.command()
-@click.argument("sd_path")
-@click.argument("class_names", nargs=-1, required=True)
-@click.option("--out", default="anchors.safetensors", show_default=True,
-              help="safetensors file: 'anchors' (n, D) float32 and 'token_ids' (n, max tokens), -1 padded")
-def anchors(sd_path, class_names, out) -> None:
-    """Dream-OOD / BOOD anchors: the CLIP token-embedding row of each class name of a LOCAL Stable Diffusion
-    folder (a name of several tokens: the mean of their rows); prints the tokens and norms."""
-    import torch
-    from safetensors.torch import save_file
-
-    from .diffusion.sd import SDBackend
-    backend = SDBackend({"path": sd_path, "class_names": list(class_names)})
-    ids = [backend.name_token_ids(name) for name in class_names]
-    rows = backend.anchor_embeddings(torch.arange(len(class_names))).detach().float()
-    width = max(len(t) for t in ids)
-    token_ids = torch.tensor([t + [-1] * (width - len(t)) for t in ids], dtype=torch.long)
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    save_file({"anchors": rows.contiguous(), "token_ids": token_ids}, out,
-              metadata={"class_names": "\t".join(class_names), "sd_path": str(Path(sd_path).resolve())})
-    for name, t, row in zip(class_names, ids, rows):
-        tokens = backend.tokenizer.convert_ids_to_tokens(t)
-        click.echo(f"{name:<24} tokens {tokens}  |anchor| {float(row.norm()):.4f}")
-    click.echo(f"wrote {out}: {rows.shape[0]} anchors of dimension {rows.shape[1]}")
+_add_method_commands()
 
 
 def main() -> None:

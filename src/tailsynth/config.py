@@ -92,3 +92,15 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 def to_dict(cfg: BaseModel) -> dict[str, Any]:
     """The resolved config as plain JSON-able data (written beside every artifact)."""
     return cfg.model_dump(mode="json")
+
+
+def flatten_mapping(data: dict[str, Any], prefix: str = "") -> list[str]:
+    """A nested mapping as dotted ``key.sub=value`` overrides (the inverse of :func:`apply_overrides`)."""
+    items = []
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            items += flatten_mapping(value, name + ".")
+        else:
+            items.append(f"{name}={value!r}" if isinstance(value, str) else f"{name}={value}")
+    return items

@@ -77,14 +77,13 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=json_default) + "\n")
 
 
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating,)):
-        return float(obj)
+def json_default(obj: Any) -> Any:
+    """``json.dumps``'s ``default`` for numpy scalars and arrays and paths."""
+    if isinstance(obj, np.generic):
+        return obj.item()
     if isinstance(obj, np.ndarray):
         return obj.tolist()
     if isinstance(obj, Path):
@@ -104,7 +103,7 @@ def read_json(path: str | Path) -> Any:
 
 def stable_hash(obj: Any, length: int = 16) -> str:
     """sha256 of the canonical JSON of ``obj`` (sorted keys), truncated to ``length`` hex digits."""
-    blob = json.dumps(obj, sort_keys=True, default=_json_default, separators=(",", ":")).encode()
+    blob = json.dumps(obj, sort_keys=True, default=json_default, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()[:length]
 
 

@@ -12,6 +12,7 @@ from .benchmark import BenchmarkConfig, find_benchmark, load_benchmark_config, p
 from .builder import build_split
 from .builtin import BUILTINS
 from .cache import cache_path, cache_root
+from .config import DataConfig
 from .decode import IMAGE_SUFFIXES, convert_array, decode_file
 from .images import ImageArrays, load_images
 from .index import SourceIndex, index_source
@@ -20,7 +21,7 @@ from .sources import (BuiltinSource, CsvSource, FolderSource, IdxSource, NpzSour
 from .split import Split, split_arrays
 
 __all__ = [
-    "BUILTINS", "BenchmarkConfig", "BuiltinSource", "CsvSource", "FolderSource", "IMAGE_SUFFIXES",
+    "BUILTINS", "BenchmarkConfig", "BuiltinSource", "CsvSource", "DataConfig", "FolderSource", "IMAGE_SUFFIXES",
     "IdxSource", "ImageArrays", "NpzSource", "SourceConfig", "SourceIndex", "Split", "build_split", "cache_path",
     "cache_root", "convert_array", "decode_file", "describe_source", "find_benchmark", "index_source",
     "load_benchmark_config", "load_images", "preset_names", "resolve_data_path", "split_arrays",

@@ -1,6 +1,7 @@
 """Diffusion layer: backends behind one denoiser protocol, schedules, explicit-loop samplers, the denoiser
 training loop and LoRA adaptation on the tail (LoGex §2-3)."""
 from .backend import BACKENDS, DiffusionBackend
+from .config import DiffusionConfig
 from .lora import (LoraAdaptConfig, LoraResult, LoraTrainConfig, adapt_lora, adapter_parameters, attach_lora, load_lora,
                    merge_and_unload, save_lora)
 from .pixel import PixelBackend, PixelBackendConfig
@@ -18,7 +19,7 @@ def build_backend(name: str, cfg: dict, seed: int = 0):
 
 
 __all__ = [
-    "BACKENDS", "DiffusionBackend", "build_backend",
+    "BACKENDS", "DiffusionBackend", "DiffusionConfig", "build_backend",
     "PixelBackend", "PixelBackendConfig", "SDBackend", "SDBackendConfig", "build_tiny_sd_pipeline",
     "make_alphas_cumprod", "ddim_timesteps", "prev_timestep", "alpha_at", "predict_x0", "add_noise",
     "SampleOutput", "ddim_sample", "ddim_update", "ddpm_sample", "guided_eps", "initial_noise", "sample_images",

@@ -1,13 +1,18 @@
-"""Methods, one file per paper, in one registry (``METHODS``); see docs/adding-a-method.md.
+"""Methods, one module or package per paper, in one registry (``METHODS``); see docs/adding-a-method.md.
+
+Each owns its typed ``Config``, the stages it adds (with their ``--plan`` cost and report section) and its
+commands, and reaches the stage graph only through the object it is handed.
 
 - ``baselines``: ce, ce-rw, hod, crt, focal, focal-rw, ldam, ldam-rw, ldam-rw-drw (LoGex Table 2)
 - ``logex``: logex-lora (only LoRA), logex (DiG-IN guidance)
 - ``fg_entropy``: fg-entropy (Hemmat et al. 2023)
-- ``dream_ood``: vmf-encoder (stage 1), dream-ood (Du et al. 2023); ``bood``: bood (Liao et al. 2025)
-- ``ldmlr``: ldmlr (Han et al. 2024, feature-space diffusion); ``label_shift``: la, la-ldmlr (Tian et al. 2020)
+- ``dream_ood/``: vmf-encoder (stage 1), dream-ood (Du et al. 2023), bood (Liao et al. 2025) + their stages
+- ``ldmlr/``: ldmlr (Han et al. 2024, feature-space diffusion), la, la-ldmlr (Tian et al. 2020) + their stages
+- ``minority/``: minority (Um et al. 2024) + its stages, figures and ``tailsynth minority`` commands
 """
-from . import baselines, bood, dream_ood, fg_entropy, label_shift, ldmlr, logex, minority  # noqa: F401  (registers the methods)
-from .base import Method, NoParams, SynthesisConfig, SyntheticGenerator
-from .registry import METHODS, generator_named, register
+from .base import CriterionParams, Method, NoParams, SynthesisConfig, SyntheticGenerator
+from .registry import COMMANDS, METHODS, generator_named, register, register_command
+from . import baselines, dream_ood, fg_entropy, ldmlr, logex, minority  # noqa: E402,F401  (registers the methods)
 
-__all__ = ["METHODS", "Method", "NoParams", "SynthesisConfig", "SyntheticGenerator", "generator_named", "register"]
+__all__ = ["COMMANDS", "METHODS", "CriterionParams", "Method", "NoParams", "SynthesisConfig", "SyntheticGenerator",
+           "generator_named", "register", "register_command"]

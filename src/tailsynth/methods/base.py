@@ -2,18 +2,21 @@
 
 A :class:`Method` is one row family of the results table (LoGex Table 2): how its classifier is trained
 (objective, batch source, which parameters train) and which artifacts it needs first. It asks for them
-through the *graph* the pipeline hands it (:class:`tailsynth.pipeline.graph.StageGraph`); each request
-is a cached, fingerprinted stage, so an artifact two methods share (the base diffusion model, the LoRA,
-an auxiliary classifier) is built once:
+through the *graph* the pipeline hands it (:class:`tailsynth.pipeline.graph.StageGraph`; a method never
+imports the pipeline); each request is a cached, fingerprinted stage, so an artifact two methods share (the
+base diffusion model, the LoRA, an auxiliary classifier) is built once:
 
 - ``graph.classifier(name, seed)``      -- the trained classifier of another method (cRT's base, an aux);
 - ``graph.synthetic(generator)``       -- synthetic tail images of a :class:`SyntheticGenerator` made by
   the LoRA-adapted diffusion model (base diffusion -> LoRA -> auxiliary classifier -> synthesis);
 - ``graph.train(method, seed, inputs)`` -- the method's own classifier-training stage over those inputs;
-- ``graph.features(classifier)``, ``graph.feature_diffusion(features)``, ``graph.pseudo_features(...)``,
-  ``graph.label_shift(base, ...)`` -- feature-space stages (LDMLR, label shift).
+- ``graph.split()``, ``graph.base_diffusion()``, ``graph.lora()``, ``graph.oracle()`` -- shared stages;
+- ``graph.run(stage, cfg, inputs, seed, label)`` -- a stage of the method's own (an :class:`~tailsynth.engine.Stage`
+  defined in its package, with its own ``--plan`` cost and report section).
 
-A method's own settings are validated when the experiment loads (``check_config``), before any stage runs.
+A method's settings (``method_params.<name>``) are parsed once into its ``Config`` when the experiment loads
+(``parse_config``), cross-checked against the rest of the experiment (``check_config``), and handed to its
+stages and training hooks as that typed object.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from ..config import StrictConfig, build_config
 from ..errors import TailsynthError
@@ -110,14 +113,24 @@ class SyntheticGenerator:
         raise NotImplementedError
 
 
+class CriterionParams(StrictConfig):
+    """``method_params.<name>`` of a method defined by its loss: keyword arguments of its criterion (LDAM's
+    ``max_m``, DRW's ``drw_epoch``, ...), checked against the criterion's signature by :meth:`Method.parse_config`;
+    only the keys given are kept."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
 class Method:
     """A classifier-training recipe: criterion + batch source + trainable parameters (+ artifacts it needs).
 
     The defaults train every parameter of a fresh network on the real training split (plus the synthetic
-    images of ``generator``, when it has one) with ``criterion`` and instance-balanced batches."""
+    images of ``generator``, when it has one) with ``criterion`` and instance-balanced batches. ``Config``: the
+    method's typed settings (``method_params.<name>``); the default holds its criterion's keyword arguments."""
 
     name: ClassVar[str] = ""
     reference: ClassVar[str] = ""
+    Config: ClassVar[type[StrictConfig]] = CriterionParams
     criterion: ClassVar[str] = "ce"
     criterion_params: ClassVar[dict[str, Any]] = {}
     sampler: ClassVar[str] = "instance"
@@ -125,14 +138,25 @@ class Method:
     # the test score of this row's FPR@95 / AUROC; None: the experiment's ``primary_score`` (LoGex: P(tail))
     primary_score: ClassVar[str | None] = None
 
-    # --- configuration, checked when the experiment loads -------------------------------------------------
+    # --- configuration, parsed and checked when the experiment loads ---------------------------------------
+    def parse_config(self, params: dict[str, Any], where: str) -> StrictConfig:
+        """``method_params.<name>`` as this method's typed ``Config`` (an error names each bad key)."""
+        if self.Config is CriterionParams:
+            accepted = criterion_parameters(self.criterion)
+            unknown = sorted(set(params) - set(accepted))
+            if unknown:
+                raise TailsynthError(f"{where}: unknown parameters {unknown} for loss {self.criterion!r}; "
+                                     f"valid: {sorted(accepted)}")
+        return build_config(self.Config, dict(params), where)
+
     def check_config(self, exp) -> None:
-        """Validate this method's settings in the experiment (``method_params.<name>``: criterion parameters)."""
-        accepted = criterion_parameters(self.criterion)
-        unknown = sorted(set(exp.method_params.get(self.name, {})) - set(accepted))
-        if unknown:
-            raise TailsynthError(f"method_params.{self.name}: unknown parameters {unknown} for loss "
-                                 f"{self.criterion!r}; valid: {sorted(accepted)}")
+        """Check this method's settings against the rest of the experiment (another method it names, the
+        benchmark's class groups, ...), before any stage runs; ``exp.method_config(name)`` is the typed config."""
+        exp.method_config(self.name)
+
+    def extra_stages(self, graph) -> None:
+        """Request stages the method adds once per experiment, after every row's classifier and evaluation
+        (report-only figures, say); called for each method of the experiment."""
 
     # --- the stage graph ------------------------------------------------------------------------------------
     def classifier(self, graph, seed: int, per_class: int | None = None):
@@ -143,9 +167,9 @@ class Method:
 
     # --- training (inside the train stage) ------------------------------------------------------------------
     def training_data(self, split, real: ArrayData, inputs: dict, data_cfg, per_class: int | None,
-                      params: dict[str, Any] | None = None) -> ArrayData:
+                      params: StrictConfig) -> ArrayData:
         """Real training images, plus the synthetic ones (training split only, never val or test); ``params``:
-        the method's ``method_params`` entry."""
+        the method's typed ``Config``."""
         if "synthetic" not in inputs:
             return real
         from ..data.synthetic import SyntheticSet
@@ -163,7 +187,7 @@ class Method:
         in-distribution head for a method that treats the tail as out-of-distribution (Dream-OOD, BOOD)."""
         return list(range(len(split.class_names)))
 
-    def head_spec(self, split, inputs: dict, params: dict[str, Any]) -> dict[str, Any] | None:
+    def head_spec(self, split, inputs: dict, params: StrictConfig) -> dict[str, Any] | None:
         """A classifier head other than the plain linear layer (:func:`tailsynth.models.heads.install_head`),
         stored in the model card; None: the plain linear layer."""
         return None
@@ -178,9 +202,9 @@ class Method:
         """Prepare the fresh network; returns which parameters train: "all" or "head"."""
         return "all"
 
-    def objective(self, class_counts: list[int], split, params: dict[str, Any]) -> Objective:
+    def objective(self, class_counts: list[int], split, params: StrictConfig) -> Objective:
         crit = build_criterion(self.criterion, class_counts, tail_classes=split.tail_classes,
-                               **{**self.criterion_params, **params})
+                               **{**self.criterion_params, **params.model_dump()})
         return CriterionObjective(crit)
 
     def batches(self, train: ArrayData, cfg: TrainConfig):

@@ -15,7 +15,7 @@ from scipy.stats import spearmanr
 from sklearn.neighbors import LocalOutlierFactor, NearestNeighbors
 
 from ..ood.rarity import avg_knn_distance, lof_scores, precision_recall, rarity_score
-from ..report.feature_quality import frechet_distance
+from ..ood.feature_distance import frechet_distance
 
 
 def real_rarity(features: np.ndarray, labels: np.ndarray, k_knn: int = 5, k_lof: int = 20) -> dict[str, np.ndarray]:

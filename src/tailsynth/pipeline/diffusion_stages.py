@@ -10,56 +10,24 @@
 """
 from __future__ import annotations
 
-import io
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
-from pydantic import field_validator
-from tqdm.auto import tqdm
 
 from .. import distributed
 from ..config import StrictConfig, to_dict
-from ..data.synthetic import SyntheticSet
-from ..diffusion import BACKENDS, DenoiserTrainConfig, LoraAdaptConfig, PixelBackend, adapt_lora, train_denoiser
+from ..data import DataConfig
+from ..diffusion import BACKENDS, DiffusionConfig, PixelBackend, adapt_lora, train_denoiser
 from ..diffusion.guidance import ClassifierGuide
+from ..data.synthetic import SyntheticSet
+from ..engine import Artifact, Built, Stage
+from ..engine.artifacts import images_of, load_adapted, load_base, load_classifier, read_split
+from ..engine.shards import shard_size_of, write_shards
 from ..errors import TailsynthError
 from ..methods import SynthesisConfig, generator_named
-from ..utils import (atomic_write_bytes, atomic_write_json, derive_seed, progress_enabled, read_json, resolve_device,
-                     safe_file_name)
-from .artifacts import images_of, load_adapted, load_base, load_classifier, read_split
-from .experiment import DataConfig
-from .runner import Stage
-from .store import Artifact
-
-
-class DiffusionConfig(StrictConfig):
-    """The generator: a registered backend -- ``pixel`` (offline, trained here) or ``sd`` (a local Stable
-    Diffusion 1.x folder)."""
-
-    backend: str = "pixel"
-    # PixelBackendConfig fields (size/channels/classes come from the data); data_mean: auto centres the data
-    # on the per-channel mean of the base model's training images (see diffusion/pixel.py)
-    pixel: dict[str, Any] = {}
-    sd_path: str | None = None
-    sd_resolution: int = 512  # SD generates (and LoRA trains) at this size; images are resized to the classifier's
-    prompt_template: str = "A histopathological slide from a patient with {class_name}"
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-    base: DenoiserTrainConfig = DenoiserTrainConfig()
-    lora: LoraAdaptConfig = LoraAdaptConfig()
-    seed: int = 0
-
-    @field_validator("backend")
-    @classmethod
-    def _known_backend(cls, name: str) -> str:
-        BACKENDS.get(name)  # an unknown name lists the registered backends
-        return name
-
-    def working_size(self, image_size: int) -> int:
-        """Side of the images the backend generates and adapts on."""
-        return BACKENDS.get(self.backend).working_size(image_size, self.sd_resolution)
+from ..utils import atomic_write_json, read_json, resolve_device
 
 
 class DiffusionStageConfig(StrictConfig):
@@ -126,14 +94,6 @@ def run_adapt_lora(cfg: DiffusionStageConfig, inputs: dict[str, Artifact], workd
             "n_images": int(len(images)), "lora_dir": "train/lora"}
 
 
-def _png(image01: torch.Tensor) -> bytes:
-    arr = (image01.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
-    img = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr, "L" if arr.shape[2] == 1 else "RGB")
-    buffer = io.BytesIO()
-    img.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def aux_keys(inputs: dict) -> list[str]:
     """The auxiliary classifiers among a synthesis stage's inputs, in ensemble order: aux, aux_1, aux_2, ..."""
     extra = sorted((k for k in inputs if k.startswith("aux_") and k[4:].isdigit()), key=lambda k: int(k[4:]))
@@ -186,59 +146,6 @@ def run_synthesize(cfg: SynthStageConfig, inputs: dict[str, Artifact], workdir: 
             "reused_shards": reused}
 
 
-def write_shards(workdir: Path, jobs, make, latent: tuple[int, ...], shard_size: int, seed: int, method: str,
-                 role: str, device: torch.device, desc: str, score_name: str = "score") -> list[dict] | None:
-    """The synthesis shard protocol, shared by every generating stage: ``jobs`` = [(class index, class name,
-    images of that class)]; each class's images come in shards of ``shard_size``, shard k of class c from its own
-    generator seeded by (seed, c, k) that first draws x_T, then is handed to ``make(c, k, x_T, generator) ->
-    (images in [0, 1], per-image scores)``. A shard writes its PNGs, then a marker ``shards/CCCC_KKKK.json``
-    (its rows); a marked shard is never redone, so an interrupted stage resumes with exactly the files an
-    uninterrupted one writes. With several processes the shards are dealt round-robin over the ranks; rank 0
-    writes ``synthetic.csv`` (a :class:`SyntheticSet`) once every rank is done and returns its rows (other ranks:
-    None)."""
-    shard_dir = workdir / "shards"
-    shard_dir.mkdir(exist_ok=True)
-    rank, world_size = distributed.world()
-    done = sum(len(read_json(m)) for m in shard_dir.glob("*.json"))
-    bar = tqdm(total=sum(n for _, _, n in jobs), initial=done, desc=desc, unit="img", disable=not progress_enabled())
-    position = 0
-    for c, name, n_class in jobs:
-        for k in range(-(-n_class // shard_size)):
-            marker = shard_dir / f"{c:04d}_{k:04d}.json"
-            mine = position % world_size == rank
-            position += 1
-            if marker.is_file() or not mine:  # done, or another rank's
-                continue
-            n = _shard_size(n_class, shard_size, k)
-            shard_seed = derive_seed(seed, c, k)
-            generator = torch.Generator().manual_seed(shard_seed)
-            x_T = torch.randn((n, *latent), generator=generator).to(device)
-            images, scores = make(c, k, x_T, generator)
-            rows = []
-            for i in range(n):
-                index = k * shard_size + i
-                rel = f"images/{safe_file_name(name)}/{index:05d}.png"
-                atomic_write_bytes(workdir / rel, _png(images[i]))
-                rows.append({"file": rel, "class": name, "role": role, "method": method, "seed": shard_seed,
-                             "score": round(float(scores[i]), 6)})
-            atomic_write_json(marker, rows)
-            bar.update(n)
-            bar.set_postfix({score_name: f"{float(scores.float().mean()):.3f}"})
-    bar.close()
-    distributed.barrier()  # every rank's shards are written
-    if rank != 0:
-        return None
-    rows = []
-    for marker in sorted(shard_dir.glob("*.json")):
-        rows += read_json(marker)
-    SyntheticSet(workdir, rows).write()
-    return rows
-
-
-def _shard_size(n_per_class: int, shard_size: int, k: int) -> int:
-    return min(shard_size, n_per_class - k * shard_size)
-
-
 def reuse_shards(cfg: SynthStageConfig, inputs: dict[str, Artifact], workdir: Path) -> int:
     """Copy into ``workdir`` the shards of finished sibling syntheses that differ from this one only in
     ``n_per_class`` (a 100-image run made before a 25/50/100/200 sweep, say); returns how many were copied.
@@ -262,7 +169,7 @@ def reuse_shards(cfg: SynthStageConfig, inputs: dict[str, Artifact], workdir: Pa
         for marker in sorted((manifest.parent / "shards").glob("*.json")):
             k = int(marker.stem.split("_")[1])
             target = workdir / "shards" / marker.name
-            if target.exists() or _shard_size(their_n, s.shard_size, k) != _shard_size(s.n_per_class, s.shard_size, k):
+            if target.exists() or shard_size_of(their_n, s.shard_size, k) != shard_size_of(s.n_per_class, s.shard_size, k):
                 continue
             rows = read_json(marker)
             for row in rows:
@@ -272,8 +179,40 @@ def reuse_shards(cfg: SynthStageConfig, inputs: dict[str, Artifact], workdir: Pa
     return copied
 
 
+def _base_cost(cfg: DiffusionStageConfig) -> str:
+    d = cfg.diffusion
+    return (f"{d.base.steps} steps x batch {d.base.batch_size}" if BACKENDS.get(d.backend).trains_base
+            else f"none (pretrained {d.backend})")
+
+
+def _lora_cost(cfg: DiffusionStageConfig) -> str:
+    return f"{cfg.diffusion.lora.train.steps} steps x batch {cfg.diffusion.lora.train.batch_size}"
+
+
+def _synthesis_cost(cfg: SynthStageConfig) -> str:
+    steps = generator_named(cfg.method).settings(cfg.synthesis)["DDIM steps"]
+    return f"{cfg.synthesis.n_per_class} images/tail class x {steps} DDIM steps ({cfg.method})"
+
+
+def synthesis_report(built: list[Built], context) -> tuple[list, dict[str, Any]]:
+    """The settings each synthetic set was made with and, per tail class, its images' auxiliary confidence (the
+    main rows' images: the first ``synthesis.n_per_class`` per class)."""
+    from ..report.quality import settings_table, synthetic_summary, synthetic_table
+    n_default = context.config.synthesis.n_per_class
+    settings, summary = {}, {}
+    for b in built:
+        name = b.config.method
+        settings[name] = generator_named(name).settings(b.config.synthesis)
+        rows = SyntheticSet.read(b.artifact.path).select(n_default).rows
+        summary[name] = synthetic_summary(rows, settings[name].get("threshold"))
+    return [settings_table(settings), synthetic_table(summary)], {"synthetic_sets": {"settings": settings,
+                                                                                     "per_class": summary}}
+
+
 # sharded: with several processes every rank trains its slice of each batch (data-parallel, tailsynth.diffusion.train)
 TRAIN_DIFFUSION = Stage("train_diffusion", "1", run_train_diffusion, "base denoiser on the head classes",
-                        sharded=True)
-ADAPT_LORA = Stage("adapt_lora", "1", run_adapt_lora, "LoRA (+ tail tokens) on the tail images", sharded=True)
-SYNTHESIZE = Stage("synthesize", "3", run_synthesize, "synthetic tail images (a SyntheticSet)", sharded=True)
+                        sharded=True, cost=_base_cost)
+ADAPT_LORA = Stage("adapt_lora", "1", run_adapt_lora, "LoRA (+ tail tokens) on the tail images", sharded=True,
+                   cost=_lora_cost)
+SYNTHESIZE = Stage("synthesize", "3", run_synthesize, "synthetic tail images (a SyntheticSet)", sharded=True,
+                   cost=_synthesis_cost, report=synthesis_report)

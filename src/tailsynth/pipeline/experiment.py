@@ -4,23 +4,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import Field
+from pydantic import Field, PrivateAttr, model_validator
 
 from ..config import StrictConfig, apply_overrides, build_config, read_yaml
+from ..data import DataConfig
+from ..diffusion import DiffusionConfig
 from ..errors import TailsynthError
-from ..training.config import TrainConfig
-
-
-class DataConfig(StrictConfig):
-    """How images are decoded for the classifier: square ``image_size`` px, 1 or 3 channels."""
-
-    image_size: int = 32
-    channels: int = 3
-    skip_corrupt: bool = False
+from ..methods import METHODS, SynthesisConfig
+from ..training import TrainConfig
 
 
 class ExperimentConfig(StrictConfig):
-    """One experiment: a benchmark split, a training profile, methods x seeds, scores and a report."""
+    """One experiment: a benchmark split, a training profile, methods x seeds, scores and a report.
+
+    Parsed once: ``diffusion``, ``synthesis`` and ``oracle`` are typed here, and each method's
+    ``method_params.<name>`` is parsed by the method into its own ``Config`` (:meth:`method_config`), which is
+    what its stages are handed."""
 
     fingerprint_neutral: ClassVar[tuple[str, ...]] = ("threads", "jobs")
 
@@ -33,7 +32,8 @@ class ExperimentConfig(StrictConfig):
     data: DataConfig = DataConfig()
     classifier: TrainConfig = TrainConfig()
     crt_epochs: int = 10
-    method_params: dict[str, dict[str, Any]] = {}  # extra criterion parameters per method, e.g. drw_epoch
+    # each method's own settings as written (its typed Config: method_config(name)), e.g. ldam-rw-drw: {drw_epoch: 1}
+    method_params: dict[str, dict[str, Any]] = {}
     methods: list[str] = ["ce"]
     scores: list[str] | None = None  # None: every registered score
     primary_score: str = "p_tail"
@@ -46,14 +46,35 @@ class ExperimentConfig(StrictConfig):
     # independent stages built at the same time, each in its own process (pipeline.parallel); with threads None
     # each process gets cpu_count // jobs torch threads. Under torchrun / accelerate launch it is ignored.
     jobs: int = Field(default=1, ge=1)
-    diffusion: dict[str, Any] = {}  # DiffusionConfig (pipeline.diffusion_stages), used by synthesis methods
-    synthesis: dict[str, Any] = {}  # SynthesisConfig (tailsynth.methods.base); params.<generator>: its own config
-    oracle: dict[str, Any] | None = None  # TrainConfig of the oracle (LoGex §4.4); None: no oracle
+    diffusion: DiffusionConfig = DiffusionConfig()  # the generator of the synthesis methods
+    synthesis: SynthesisConfig = SynthesisConfig()  # params.<generator>: that generator's own config
+    # the oracle's training settings over the classifier's (LoGex §4.4; the YAML names only what differs);
+    # None: no oracle
+    oracle: TrainConfig | None = None
     # LoGex Fig. 3: extra rows of a synthesis method trained with N synthetic images per tail class, e.g.
     # {logex: [25, 50, 200]} gives rows logex@25, logex@50, logex@200 (the synthesis runs once, for the
     # largest N; smaller sets are its per-class prefixes). sweep_seeds None: the experiment's seeds.
     synthetic_sweep: dict[str, list[int]] = {}
     sweep_seeds: list[int] | None = None
+    _method_configs: dict[str, StrictConfig] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _oracle_over_classifier(cls, data: Any) -> Any:
+        """``oracle`` in a YAML file names only what differs from ``classifier``."""
+        if isinstance(data, dict) and isinstance(data.get("oracle"), dict):
+            classifier = data.get("classifier") or {}
+            base = classifier.model_dump() if isinstance(classifier, StrictConfig) else dict(classifier)
+            data = {**data, "oracle": {**base, **data["oracle"]}}
+        return data
+
+    def method_config(self, name: str) -> StrictConfig:
+        """Method ``name``'s typed settings (``method_params.<name>`` parsed by the method; parsed once)."""
+        if name not in self._method_configs:
+            method = METHODS.get(name)
+            self._method_configs[name] = method.parse_config(self.method_params.get(name, {}),
+                                                             f"method_params.{name}")
+        return self._method_configs[name]
 
 
 def find_experiment(name_or_path: str) -> Path:

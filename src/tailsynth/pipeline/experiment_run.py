@@ -13,15 +13,17 @@ from typing import Any, Callable
 
 from .. import __version__, distributed
 from ..config import to_dict
-from ..utils import file_lock, torch_threads
 from ..methods import METHODS
+from ..utils import file_lock, torch_threads
 from ..report.sweep import row_label
 from .experiment import ExperimentConfig
 from .graph import StageGraph, check_experiment
-from .parallel import run_concurrently, worker_threads
-from .runner import Runner
+from ..engine import Artifact, ArtifactStore, Runner
+from ..engine.artifacts import read_split
+from ..engine.parallel import run_concurrently, worker_threads
+from .diffusion_stages import SYNTHESIZE
+from .report_walk import ReportContext, stage_sections
 from .stages import EVALUATE, EvalStageConfig, all_scores
-from .store import Artifact, ArtifactStore
 
 
 @dataclass
@@ -79,19 +81,16 @@ def run_experiment(cfg: ExperimentConfig, runs_dir: str | Path, *, force: set[st
                                                   worker_threads(cfg.threads, result.jobs), log)
         runner = Runner(store, force=set(force or ()), log=log if main else (lambda _msg: None))
         graph = StageGraph(cfg, runner, plan_only)
-        split, quality, minority_figures = _walk(graph, cfg, result)
+        _walk(graph, cfg, result)
         runner.timings = [built_concurrently.get((t["stage"], t["fingerprint"]), t) for t in runner.timings]
         result.plan = graph.plan
-        n_default = graph.synthesis.n_per_class
         result.wall_time_s = time.time() - started
         if not plan_only and main:
             report_dir = Path(runs_dir) / "reports" / cfg.name
             # several runs of one experiment may share a runs folder (each stage has its own lock): the report is
             # merged with the one on disk, so the read-merge-write and the copy must not interleave with another run's
             with report_lock(report_dir):
-                result.report_dir = _write_report(cfg, report_dir, runner, result, quality, n_default, command,
-                                                  graph.synthetic_sets, graph.pseudo_sets, graph.outlier_sets, split,
-                                                  minority_figures)
+                result.report_dir = _write_report(cfg, report_dir, runner, result, graph, command)
                 if results_dir is not None:
                     out = Path(results_dir)
                     out.mkdir(parents=True, exist_ok=True)
@@ -100,11 +99,10 @@ def run_experiment(cfg: ExperimentConfig, runs_dir: str | Path, *, force: set[st
         return result
 
 
-def _walk(graph: StageGraph, cfg: ExperimentConfig, result: ExperimentResult | None = None
-          ) -> tuple[Artifact, Artifact | None, Artifact | None]:
+def _walk(graph: StageGraph, cfg: ExperimentConfig, result: ExperimentResult | None = None) -> None:
     """Request every stage of the experiment from ``graph`` in order: the split, each (method, seed, sweep
-    count) row's classifier and evaluation, the minority figures, the synthetic images' quality. Fills
-    ``result``'s evaluations and labels; returns (split, quality, minority figures)."""
+    count) row's classifier and evaluation, each method's extra stages (report figures), the oracle's verdict
+    on the synthetic images. Fills ``result``'s evaluations and labels."""
     result = result if result is not None else ExperimentResult()
     split = graph.split()
     eval_cfg = EvalStageConfig(data=cfg.data, scores=all_scores(cfg.scores), primary_score=cfg.primary_score,
@@ -122,9 +120,10 @@ def _walk(graph: StageGraph, cfg: ExperimentConfig, result: ExperimentResult | N
         row_eval = eval_cfg if own is None else eval_cfg.model_copy(update={"primary_score": own})
         result.evaluations.append(graph.run(EVALUATE, row_eval, {"split": split, "classifier": classifier},
                                             seed, f"{label} seed {seed}"))
-    minority_figures = graph.minority_figures()  # before quality: it may add the only-LoRA set
-    quality = graph.quality() if graph.synthetic_sets and cfg.oracle is not None else None
-    return split, quality, minority_figures
+    for method in dict.fromkeys(cfg.methods):  # before quality: they may add synthetic sets (minority: only LoRA)
+        METHODS.get(method).extra_stages(graph)
+    if graph.built(SYNTHESIZE.name) and cfg.oracle is not None:
+        graph.quality()
 
 
 REPORT_FILES = ("report.md", "results.json", "report.html")
@@ -149,14 +148,9 @@ def settings_digest(cfg: ExperimentConfig) -> str:
 
 
 def _write_report(cfg: ExperimentConfig, report_dir: Path, runner: Runner, result: ExperimentResult,
-                  quality: Artifact | None, n_default: int, command: str,
-                  graph_sets: dict[str, Artifact], pseudo_sets: dict[str, Artifact] | None = None,
-                  outlier_sets: dict[str, tuple[Artifact, Artifact]] | None = None,
-                  split_artifact: Artifact | None = None, minority_figures: Artifact | None = None) -> Path:
+                  graph: StageGraph, command: str) -> Path:
     from ..report import write_report
-    from ..report.quality import quality_table, settings_table, synthetic_summary, synthetic_table
     from ..report.sweep import sweep_points, sweep_sections
-    from ..utils import read_json
     meta = {"command": command, "experiment": cfg.name, "profile": cfg.profile,
             "machine": machine_description(),
             "package_version": __version__, "seeds": list(cfg.seeds), "methods": list(cfg.methods),
@@ -166,45 +160,11 @@ def _write_report(cfg: ExperimentConfig, report_dir: Path, runner: Runner, resul
             "wall_time_s": round(sum({(t["stage"], t["fingerprint"]): t["wall_time_s"] or 0.0
                                       for t in runner.timings}.values()), 1),
             "this_invocation_s": round(result.wall_time_s, 1), "jobs": result.jobs}
-    sections: list = []
-    results: dict = {}
-    if graph_sets:
-        from ..data.synthetic import SyntheticSet
-        from ..methods import SynthesisConfig, generator_named
-        settings, summary = {}, {}
-        for name, artifact in graph_sets.items():
-            synthesis = SynthesisConfig(**read_json(artifact.path / "manifest.json")["config"]["synthesis"])
-            settings[name] = generator_named(name).settings(synthesis)
-            rows = SyntheticSet.read(artifact.path).select(n_default).rows  # the main rows' images
-            summary[name] = synthetic_summary(rows, settings[name].get("threshold"))
-        sections += [settings_table(settings), synthetic_table(summary)]
-        results["synthetic_sets"] = {"settings": settings, "per_class": summary}
-    for label, artifact in (pseudo_sets or {}).items():
-        from ..report.feature_quality import finite_or_none
-        from ..report.feature_quality import quality_table as pseudo_table
-        pq = finite_or_none(read_json(artifact.file("quality.json")))
-        results.setdefault("pseudo_features", {})[label] = pq
-        sections += [pseudo_table(label, pq),
-                     (f"Pseudo-features of {label}: real (blue) vs generated (orange) training features, first two "
-                      "principal components of the real features", artifact.file("pca.png").read_bytes())]
-    if outlier_sets:
-        from ..report.outliers import outlier_sections
-        from .artifacts import read_split
-        extra, found = outlier_sections(outlier_sets, read_split(split_artifact), cfg.data)
-        sections += extra
-        results.update(found)
-    if minority_figures is not None:
-        from ..report.minority import minority_sections
-        extra, results["minority"] = minority_sections(minority_figures.path)
-        sections += extra
-    if quality is not None:
-        results["oracle_accuracy"] = read_json(quality.file("quality.json"))
-        sections += [quality_table(results["oracle_accuracy"]),
-                     ("Samples: train images | synthetic images (oracle prediction below each)",
-                      quality.file("samples.png").read_bytes())]
+    sections, results = stage_sections(graph, ReportContext(cfg, read_split(graph.split())))
     if cfg.synthetic_sweep:
         seeds = cfg.sweep_seeds if cfg.sweep_seeds is not None else cfg.seeds
-        points = sweep_points(cfg.synthetic_sweep, n_default, list(seeds), [a.path for a in result.evaluations])
+        points = sweep_points(cfg.synthetic_sweep, graph.synthesis.n_per_class, list(seeds),
+                              [a.path for a in result.evaluations])
         sections += sweep_sections(points)
     digest = settings_digest(cfg)
     write_report([a.path for a in result.evaluations], report_dir, command=command, meta=meta,

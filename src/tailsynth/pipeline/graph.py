@@ -1,59 +1,45 @@
 """The stage graph of one experiment, built from the methods' requests (see ``tailsynth.methods.base``).
 
 :class:`StageGraph` answers a method's requests -- a split, another method's classifier, a synthetic set,
-its own training stage -- with fingerprinted stages. Each distinct stage runs (or, in plan mode, is only
-fingerprinted) once per experiment, however many methods ask for it. :func:`check_experiment` validates
-every method's own settings before anything runs.
+its own training stage, or any stage of the method's own package through :meth:`StageGraph.run` -- with
+fingerprinted stages. Each distinct stage runs (or, in plan mode, is only fingerprinted) once per experiment,
+however many methods ask for it; every stage requested is recorded (:meth:`StageGraph.built`), which is what
+the report walk and the stages that summarise others (the oracle's verdict on every synthetic set) read.
+The graph knows the shared stages only; :func:`check_experiment` validates every method's own settings
+before anything runs.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from ..config import StrictConfig, build_config
+from ..config import StrictConfig, flatten_mapping
 from ..data import index_source, load_benchmark_config
+from ..data.content_hash import file_sha256
 from ..diffusion import BACKENDS, LoraAdaptConfig
+from ..engine import Artifact, Built, Runner, Stage
+from ..engine.parallel import PlannedStage
 from ..errors import TailsynthError
-from ..methods import METHODS, Method, SynthesisConfig, SyntheticGenerator, generator_named
+from ..methods import METHODS, Method, SyntheticGenerator, generator_named
 from ..report.sweep import row_label
 from ..training import TrainConfig
-from .diffusion_stages import (ADAPT_LORA, SYNTHESIZE, TRAIN_DIFFUSION, DiffusionConfig, DiffusionStageConfig,
-                               SynthStageConfig)
+from .diffusion_stages import ADAPT_LORA, SYNTHESIZE, TRAIN_DIFFUSION, DiffusionStageConfig, SynthStageConfig
 from .experiment import ExperimentConfig
-from .parallel import PlannedStage
 from .quality_stages import QUALITY, TRAIN_ORACLE, OracleStageConfig, QualityStageConfig
-from .runner import Runner, Stage
 from .stages import SPLIT, TRAIN, SplitStageConfig, TrainStageConfig
-from .store import Artifact
-
-
-def _flatten(prefix: str, data: dict[str, Any]) -> list[str]:
-    items = []
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            items += _flatten(name + ".", value)
-        else:
-            items.append(f"{name}={value!r}" if isinstance(value, str) else f"{name}={value}")
-    return items
-
-
-def diffusion_configs(cfg: ExperimentConfig) -> tuple[DiffusionConfig, SynthesisConfig]:
-    return (build_config(DiffusionConfig, cfg.diffusion, "experiment key 'diffusion'"),
-            build_config(SynthesisConfig, cfg.synthesis, "experiment key 'synthesis'"))
 
 
 def check_experiment(cfg: ExperimentConfig) -> None:
-    """Every method named anywhere exists and its settings validate; the generator configs validate; a
+    """Every method named anywhere exists and its settings parse and check; the generator configs validate; a
     sweep names a method with synthetic images. Raises before any stage runs."""
     for name in list(cfg.methods) + list(cfg.method_params) + list(cfg.synthetic_sweep):
         METHODS.get(name).check_config(cfg)
     for name in cfg.synthetic_sweep:
         if METHODS.get(name).generator is None:
             raise TailsynthError(f"synthetic_sweep: {name!r} uses no synthetic images")
-    diffusion, synthesis = diffusion_configs(cfg)
-    BACKENDS.get(diffusion.backend).check_options(diffusion.pixel, "experiment key 'diffusion.pixel'",
-                                                  cfg.data.image_size, cfg.data.channels)
+    synthesis = cfg.synthesis
+    BACKENDS.get(cfg.diffusion.backend).check_options(cfg.diffusion.pixel, "experiment key 'diffusion.pixel'",
+                                                      cfg.data.image_size, cfg.data.channels)
     for name in list(synthesis.params):
         generator = generator_named(name)
         generator.params(synthesis)
@@ -62,7 +48,7 @@ def check_experiment(cfg: ExperimentConfig) -> None:
             raise TailsynthError(f"synthesis.params.{name}.aux_method: {aux.name!r} trains on synthetic images "
                                  f"itself; the auxiliary classifier must be trained on real images")
     if synthesis.aux_train:
-        aux_train_config(cfg, synthesis)
+        aux_train_config(cfg)
     if cfg.classifier.pretrained:
         check_pretrained(cfg)
     for name in cfg.methods:
@@ -72,9 +58,10 @@ def check_experiment(cfg: ExperimentConfig) -> None:
             METHODS.get(generator.aux_method(synthesis))
 
 
-def aux_train_config(cfg: ExperimentConfig, synthesis: SynthesisConfig) -> TrainConfig:
+def aux_train_config(cfg: ExperimentConfig) -> TrainConfig:
     """The experiment's classifier settings with ``synthesis.aux_train`` over them."""
-    return build_config(TrainConfig, {**cfg.classifier.model_dump(), **synthesis.aux_train},
+    from ..config import build_config
+    return build_config(TrainConfig, {**cfg.classifier.model_dump(), **cfg.synthesis.aux_train},
                         "experiment key 'synthesis.aux_train'")
 
 
@@ -93,74 +80,51 @@ def check_pretrained(cfg: ExperimentConfig) -> None:
                              ) from None
 
 
-def describe_cost(stage: str, cfg: StrictConfig) -> str:
-    """A rough size of a stage's work for ``--plan`` (epochs, optimisation steps, images)."""
-    if stage == "train_feature_diffusion":
-        return f"{cfg.diffusion.steps} steps x batch {cfg.diffusion.batch_size} (feature vectors)"
-    if stage == "sample_pseudo_features":
-        return f"ratio {cfg.pseudo.ratio} ({cfg.pseudo.classes}), {cfg.pseudo.sampling.sampler} {cfg.pseudo.sampling.num_steps} steps"
-    if stage in ("train_classifier", "train_oracle"):
-        return f"{cfg.train.epochs} epochs x batch {cfg.train.batch_size}"
-    if stage == "train_diffusion":
-        d = cfg.diffusion
-        return (f"{d.base.steps} steps x batch {d.base.batch_size}" if BACKENDS.get(d.backend).trains_base
-                else f"none (pretrained {d.backend})")
-    if stage == "adapt_lora":
-        return f"{cfg.diffusion.lora.train.steps} steps x batch {cfg.diffusion.lora.train.batch_size}"
-    if stage == "minority_score":
-        return f"{cfg.score.num_draws} denoiser calls per image ({'+'.join(cfg.splits)})"
-    if stage == "train_minority_classifier":
-        return f"{cfg.classifier.steps} steps x batch {cfg.classifier.batch_size} ({cfg.classifier.encoder} UNet encoder + head)"
-    if stage == "minority_figures":
-        f = cfg.minority.figures
-        n = cfg.n_per_class if f.n_per_class is None else f.n_per_class
-        return (f"{2 * n if f.ancestral else 0} ancestral images/tail class + {f.grid_classes} level grids x "
-                f"{cfg.minority.num_steps} steps")
-    if stage == "synthesize":
-        steps = generator_named(cfg.method).settings(cfg.synthesis)["DDIM steps"]
-        return f"{cfg.synthesis.n_per_class} images/tail class x {steps} DDIM steps ({cfg.method})"
-    return "small"
-
-
 class StageGraph:
     """Runs (or, in plan mode, only fingerprints) each requested stage once; see the module docstring."""
 
     def __init__(self, cfg: ExperimentConfig, runner: Runner, plan_only: bool = False):
         self.config, self.runner, self.plan_only = cfg, runner, plan_only
-        self.planned: list[PlannedStage] = []  # plan mode: each stage with its config and inputs (pipeline.parallel)
-        self.diffusion, self.synthesis = diffusion_configs(cfg)
-        self.synthetic_sets: dict[str, Artifact] = {}  # generator name -> its synthetic set
-        self._done: dict[tuple[str, str], Artifact] = {}
+        self.planned: list[PlannedStage] = []  # plan mode: each stage with its config and inputs (engine.parallel)
+        self.diffusion, self.synthesis = cfg.diffusion, cfg.synthesis
+        self._built: dict[tuple[str, str], Built] = {}  # every stage requested, in request order
         self._split: Artifact | None = None
         self._weights_sha: dict[str, str] = {}
-        self.pseudo_sets: dict[str, Artifact] = {}  # report label -> its pseudo-feature set (LDMLR)
-        self.outlier_sets: dict[str, tuple[Artifact, Artifact]] = {}  # dream-ood / bood -> (embeddings, images)
 
     @property
     def plan(self) -> list[dict[str, Any]]:
-        """The plan-mode rows for ``--plan``: stage, fingerprint, label, state and a rough cost."""
+        """The plan-mode rows for ``--plan``: stage, fingerprint, label, state and the stage's own cost line."""
         return [{"stage": p.stage.name, "fingerprint": p.fingerprint, "label": p.label, "state": p.state,
-                 "cost": describe_cost(p.stage.name, p.config)} for p in self.planned]
+                 "cost": p.stage.cost(p.config)} for p in self.planned]
+
+    def built(self, stage: str | None = None) -> list[Built]:
+        """Every stage requested so far (in request order), or those of the stage named ``stage``."""
+        return [b for b in self._built.values() if stage is None or b.stage.name == stage]
+
+    def method_config(self, method: Method | str) -> StrictConfig:
+        """A method's typed settings (``method_params.<name>``, parsed once by the experiment)."""
+        return self.config.method_config(method if isinstance(method, str) else method.name)
 
     def run(self, stage: Stage, cfg: StrictConfig, inputs: dict[str, Artifact], seed: int | None,
             label: str) -> Artifact:
+        """The artifact of ``stage`` with ``cfg`` over ``inputs`` (built now, cached, or planned)."""
         fp = self.runner.fingerprint(stage, cfg, inputs)
-        if (stage.name, fp) in self._done:
-            return self._done[(stage.name, fp)]
+        if (stage.name, fp) in self._built:
+            return self._built[(stage.name, fp)].artifact
         if self.plan_only:
             fp, state = self.runner.plan(stage, cfg, inputs)
             self.planned.append(PlannedStage(stage, cfg, dict(inputs), seed, label, fp, state))
             artifact = Artifact(stage.name, fp, self.runner.store.final_dir(stage.name, fp))
         else:
             artifact = self.runner.run(stage, cfg, inputs, seed=seed, label=label)
-        self._done[(stage.name, fp)] = artifact
+        self._built[(stage.name, fp)] = Built(stage, cfg, dict(inputs), label, artifact)
         return artifact
 
-    # --- requests --------------------------------------------------------------------------------------------
+    # --- the shared stages --------------------------------------------------------------------------------
     def split(self) -> Artifact:
         if self._split is None:
             cfg = self.config
-            bench = load_benchmark_config(cfg.benchmark, _flatten("", cfg.benchmark_overrides))
+            bench = load_benchmark_config(cfg.benchmark, flatten_mapping(cfg.benchmark_overrides))
             split_cfg = SplitStageConfig(benchmark=bench, seed=cfg.split_seed,
                                          source_fingerprint=index_source(bench.source).fingerprint)
             self._split = self.run(SPLIT, split_cfg, {}, cfg.split_seed, bench.name)
@@ -187,8 +151,8 @@ class StageGraph:
             extra = {"synthetic_per_class": per_class or n_default}
             if label != method.name:
                 extra["label"] = label
-        stage_cfg = TrainStageConfig(method=method.name, criterion_params=cfg.method_params.get(method.name, {}),
-                                     seed=seed, data=cfg.data, train=train_cfg, device=cfg.device,
+        stage_cfg = TrainStageConfig(method=method.name, method_config=self.method_config(method), seed=seed,
+                                     data=cfg.data, train=train_cfg, device=cfg.device,
                                      weights_sha256=self.weights_sha256(train_cfg), **extra)
         return self.run(TRAIN, stage_cfg, {"split": self.split(), **inputs}, seed, f"{prefix}{label} seed {seed}")
 
@@ -197,7 +161,6 @@ class StageGraph:
         if not train.pretrained:
             return None
         if train.pretrained not in self._weights_sha:
-            from ..data.content_hash import file_sha256
             self._weights_sha[train.pretrained] = file_sha256(Path(train.pretrained))
         return self._weights_sha[train.pretrained]
 
@@ -221,7 +184,7 @@ class StageGraph:
         ``name`` trained on real images with seeds ``aux_seed + i`` (i < ``aux_ensemble``) and
         ``synthesis.aux_train`` over the experiment's classifier settings (none: the table row's classifier)."""
         s = self.synthesis
-        train = aux_train_config(self.config, s) if s.aux_train else None
+        train = aux_train_config(self.config) if s.aux_train else None
 
         def member(seed: int) -> Artifact:
             if train is None:
@@ -246,112 +209,20 @@ class StageGraph:
                                                                    "aux_method": aux_method}),
             diffusion=self.diffusion, data=self.config.data, device=self.config.device)
         inputs = {"split": self.split(), "base": base, "lora": lora, **aux, **generator.inputs(self, s)}
-        artifact = self.run(SYNTHESIZE, synth_cfg, inputs, s.seed, f"synthesis {generator.name}")
-        self.synthetic_sets[generator.name] = artifact
-        return artifact
-
-    # --- feature space (LDMLR, label shift; pipeline.feature_stages) -----------------------------------------------
-    def features(self, classifier: Artifact, train_augment=None, seed: int = 0) -> Artifact:
-        """Penultimate features of ``classifier`` on train / val / test."""
-        from .feature_stages import ENCODE, EncodeStageConfig
-        cfg = EncodeStageConfig(data=self.config.data, train_augment=train_augment, seed=seed, device=self.config.device)
-        return self.run(ENCODE, cfg, {"split": self.split(), "classifier": classifier}, seed,
-                        f"features of {classifier.fingerprint[:8]}")
-
-    def feature_diffusion(self, features: Artifact, diffusion) -> Artifact:
-        """A class-conditional diffusion model on the training features (``diffusion``: FeatureDiffusionConfig)."""
-        from .feature_stages import TRAIN_FEATURE_DIFFUSION, FeatureDiffusionStageConfig
-        cfg = FeatureDiffusionStageConfig(diffusion=diffusion, device=self.config.device)
-        return self.run(TRAIN_FEATURE_DIFFUSION, cfg, {"split": self.split(), "features": features}, diffusion.seed,
-                        f"feature diffusion on {features.fingerprint[:8]}")
-
-    def pseudo_features(self, features: Artifact, diffusion: Artifact, pseudo, label: str) -> Artifact:
-        """Pseudo-features per class from ``diffusion`` (``pseudo``: PseudoFeatureConfig); shown in the report."""
-        from .feature_stages import SAMPLE_PSEUDO, PseudoStageConfig
-        cfg = PseudoStageConfig(pseudo=pseudo, device=self.config.device)
-        artifact = self.run(SAMPLE_PSEUDO, cfg, {"split": self.split(), "features": features, "diffusion": diffusion},
-                            pseudo.seed, f"pseudo-features for {label}")
-        self.pseudo_sets.setdefault(label, artifact)
-        return artifact
-
-    def label_shift(self, base: Artifact, method: str, seed: int, label_shift) -> Artifact:
-        """``base`` re-calibrated by the training prior (``label_shift``: LabelShiftConfig); a classifier artifact."""
-        from .feature_stages import LABEL_SHIFT, LabelShiftStageConfig
-        cfg = LabelShiftStageConfig(label_shift=label_shift, method=method, data=self.config.data,
-                                    device=self.config.device)
-        return self.run(LABEL_SHIFT, cfg, {"split": self.split(), "base": base}, seed, f"{method} seed {seed}")
-
-    # --- outliers in the conditioning space (Dream-OOD, BOOD; pipeline.outlier_stages) -------------------------
-    def outlier_embeddings(self, kind: str, encoder: Artifact, settings: dict) -> Artifact:
-        """Stage 2 of Dream-OOD / BOOD on ``encoder``'s embeddings (``settings``: dream_ood= or bood= configs)."""
-        from .outlier_stages import IMAGINE_OUTLIERS, OutlierStageConfig
-        cfg = OutlierStageConfig(kind=kind, data=self.config.data, device=self.config.device, **settings)
-        return self.run(IMAGINE_OUTLIERS, cfg, {"split": self.split(), "encoder": encoder}, None,
-                        f"{kind} outlier embeddings")
-
-    def outlier_images(self, kind: str, embeddings: Artifact, decode) -> Artifact:
-        """Stage 3: the outlier vectors decoded by the base diffusion model (``decode``: DecodeConfig)."""
-        from .outlier_stages import DECODE_OUTLIERS, DecodeStageConfig
-        cfg = DecodeStageConfig(kind=kind, decode=decode, diffusion=self.diffusion, data=self.config.data,
-                                device=self.config.device)
-        artifact = self.run(DECODE_OUTLIERS, cfg, {"split": self.split(), "base": self.base_diffusion(),
-                                                   "outliers": embeddings}, decode.seed, f"{kind} outlier images")
-        self.outlier_sets[kind] = (embeddings, artifact)
-        return artifact
-
-    # --- minority guidance (pipeline.minority_stages) ---------------------------------------------------------
-    def minority_scores(self, settings, splits: list[str] | None = None) -> Artifact:
-        """Minority scores of the real images of ``splits`` (default ``settings.score_splits``) under the
-        LoRA-adapted model (``settings``: methods.minority.MinoritySettings)."""
-        from .minority_stages import MINORITY_SCORE, MinorityScoreStageConfig
-        inputs = {"split": self.split(), "base": self.base_diffusion(), "lora": self.lora()}
-        if settings.perceptual == "classifier":
-            inputs["perceptual"] = self.classifier(settings.perceptual_method, 0)
-        cfg = MinorityScoreStageConfig(
-            score=settings.score, splits=list(splits or settings.score_splits), perceptual=settings.perceptual,
-            classifier=self.config.classifier.model_dump() if settings.perceptual == "random" else {},
-            diffusion=self.diffusion, data=self.config.data, device=self.config.device)
-        return self.run(MINORITY_SCORE, cfg, inputs, settings.score.seed, "minority scores")
-
-    def minority_classifier(self, settings) -> Artifact:
-        """The noise-conditioned minority classifier on the training images' minority levels."""
-        from .minority_stages import TRAIN_MINORITY, MinorityTrainStageConfig
-        cfg = MinorityTrainStageConfig(classifier=settings.classifier, distance=settings.distance,
-                                       diffusion=self.diffusion, data=self.config.data, device=self.config.device)
-        inputs = {"split": self.split(), "base": self.base_diffusion(), "lora": self.lora(),
-                  "scores": self.minority_scores(settings)}
-        return self.run(TRAIN_MINORITY, cfg, inputs, settings.classifier.seed, "minority classifier")
-
-    def minority_figures(self) -> Artifact | None:
-        """The minority-guidance report figures (``pipeline.minority_figures``), when the experiment has the
-        ``minority`` method, an oracle and ``figures.enabled``; else None."""
-        from .minority_figures import MINORITY_FIGURES, MinorityFiguresStageConfig
-        if "minority" not in self.config.methods or self.config.oracle is None:
-            return None
-        generator = generator_named("minority")
-        settings = generator.params(self.synthesis)
-        if not settings.figures.enabled:
-            return None
-        inputs = {"split": self.split(), "base": self.base_diffusion(), "lora": self.lora(),
-                  "scores": self.minority_scores(settings), "minority": self.minority_classifier(settings),
-                  "oracle": self.oracle(), "synthetic:lora": self.synthetic(generator_named("lora")),
-                  "synthetic:minority": self.synthetic(generator)}
-        cfg = MinorityFiguresStageConfig(minority=settings, n_per_class=self.synthesis.n_per_class,
-                                         diffusion=self.diffusion, data=self.config.data, device=self.config.device)
-        return self.run(MINORITY_FIGURES, cfg, inputs, settings.figures.seed, "minority figures")
+        return self.run(SYNTHESIZE, synth_cfg, inputs, s.seed, f"synthesis {generator.name}")
 
     def oracle(self) -> Artifact:
         """The oracle classifier on every non-test image (report only, never used for a choice)."""
         cfg = self.config
-        train = build_config(TrainConfig, {**cfg.classifier.model_dump(), **(cfg.oracle or {})}, "experiment key 'oracle'")
-        return self.run(TRAIN_ORACLE, OracleStageConfig(data=cfg.data, train=train, device=cfg.device,
-                                                        weights_sha256=self.weights_sha256(train)),
+        if cfg.oracle is None:
+            raise TailsynthError("this experiment has no oracle (experiment key 'oracle')")
+        return self.run(TRAIN_ORACLE, OracleStageConfig(data=cfg.data, train=cfg.oracle, device=cfg.device,
+                                                        weights_sha256=self.weights_sha256(cfg.oracle)),
                         {"split": self.split()}, 0, "oracle")
 
     def quality(self) -> Artifact:
-        """Oracle on the full pool (report only) and its verdict on every synthetic set (LoGex §4.4)."""
+        """Oracle on the full pool (report only) and its verdict on every synthetic set made so far (LoGex §4.4)."""
         cfg = self.config
-        oracle = self.oracle()
-        inputs = {"split": self.split(), "oracle": oracle,
-                  **{f"synthetic:{k}": v for k, v in self.synthetic_sets.items()}}
+        inputs = {"split": self.split(), "oracle": self.oracle(),
+                  **{f"synthetic:{b.config.method}": b.artifact for b in self.built(SYNTHESIZE.name)}}
         return self.run(QUALITY, QualityStageConfig(data=cfg.data, device=cfg.device), inputs, None, "synthetic quality")

@@ -15,18 +15,17 @@ import torch
 
 from .. import distributed
 from ..config import StrictConfig
-from ..data import load_images
+from ..data import DataConfig
 from ..data.synthetic import SyntheticSet
 from ..report.grids import sample_grid
-from ..training import ArrayData, TrainConfig, fit, predict
+from ..training import TrainConfig, fit, predict
 from ..training.augment import to_float
 from ..training.batches import ImageBatches
 from ..training.objectives import CriterionObjective
 from ..utils import atomic_write_bytes, atomic_write_json, resolve_device
-from .artifacts import drop_checkpoints, load_classifier, new_classifier, read_split, split_data
-from .experiment import DataConfig
-from .runner import Stage
-from .store import Artifact
+from ..engine import Artifact, Built, Stage
+from ..engine.artifacts import (drop_checkpoints, load_classifier, new_classifier, oracle_pool, read_split,
+                                split_data)
 
 
 class OracleStageConfig(StrictConfig):
@@ -41,20 +40,6 @@ class QualityStageConfig(StrictConfig):
     data: DataConfig
     grid_per_class: int = 4
     device: str = "auto"
-
-
-def oracle_pool(split, data: DataConfig) -> ArrayData:
-    """Every source image of the benchmark's classes that is not in the test split."""
-    arrays = load_images(split.source, data.image_size, data.channels, skip_corrupt=data.skip_corrupt)
-    test_ids = set(split.ids("test"))
-    index = {name: i for i, name in enumerate(split.class_names)}
-    keep, labels = [], []
-    for row, (sid, y) in enumerate(zip(arrays.ids, arrays.labels.tolist())):
-        name = arrays.class_names[y]
-        if name in index and sid not in test_ids:
-            keep.append(row)
-            labels.append(index[name])
-    return ArrayData(arrays.images[keep], np.array(labels, dtype=np.int64))
 
 
 def run_train_oracle(cfg: OracleStageConfig, inputs: dict[str, Artifact], workdir: Path) -> dict[str, Any]:
@@ -137,8 +122,23 @@ def _accuracy(pred: np.ndarray, labels: np.ndarray, split) -> dict[str, Any]:
             "n": int(len(labels)), "predicted": predicted}
 
 
+def _oracle_cost(cfg: OracleStageConfig) -> str:
+    return f"{cfg.train.epochs} epochs x batch {cfg.train.batch_size}"
+
+
+def quality_report(built: list[Built], context) -> tuple[list, dict[str, Any]]:
+    """The oracle's accuracy on every synthetic set and on the real tail test images, and the sample grid."""
+    from ..report.quality import quality_table
+    from ..utils import read_json
+    artifact = built[-1].artifact
+    accuracy = read_json(artifact.file("quality.json"))
+    return [quality_table(accuracy), ("Samples: train images | synthetic images (oracle prediction below each)",
+                                      artifact.file("samples.png").read_bytes())], {"oracle_accuracy": accuracy}
+
+
 # sharded: its training is data-parallel under torchrun, so every rank must run it (rank 0 alone would wait forever
 # for the other ranks' gradients)
 TRAIN_ORACLE = Stage("train_oracle", "1", run_train_oracle, "oracle classifier on the full pool (report only)",
-                     sharded=True)
-QUALITY = Stage("synthetic_quality", "4", run_quality, "oracle accuracy on synthetic images and sample grid")
+                     sharded=True, cost=_oracle_cost)
+QUALITY = Stage("synthetic_quality", "4", run_quality, "oracle accuracy on synthetic images and sample grid",
+                report=quality_report)

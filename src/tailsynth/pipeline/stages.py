@@ -7,20 +7,20 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import SerializeAsAny, model_validator
 
 from .. import distributed
 from ..config import StrictConfig
-from ..data import BenchmarkConfig, Split, build_split
+from ..data import BenchmarkConfig, DataConfig, Split, build_split
 from ..errors import TailsynthError
 from ..methods import METHODS
-from ..ood import SCORES, evaluate, evaluate_scores, logit_score, tail_threshold
-from ..training import ArrayData, TrainConfig, fit, predict
+from ..ood import SCORES, evaluate, evaluate_scores
+from ..training import TrainConfig, fit, predict
 from ..training.checkpoint import save_weights
 from ..utils import atomic_write_bytes, atomic_write_json, read_json, resolve_device
-from .artifacts import SPLIT_FILE, drop_checkpoints, load_classifier, new_classifier, read_split, split_data
-from .experiment import DataConfig
-from .runner import Stage
-from .store import Artifact
+from ..engine import Artifact, Stage
+from ..engine.artifacts import (SPLIT_FILE, calibrate_tail_threshold, drop_checkpoints, load_classifier, new_classifier,
+                                read_split, split_data)
 
 
 class SplitStageConfig(StrictConfig):
@@ -31,7 +31,8 @@ class SplitStageConfig(StrictConfig):
 
 class TrainStageConfig(StrictConfig):
     method: str
-    criterion_params: dict[str, Any] = {}
+    # the method's typed settings (method_params.<name>, parsed once; a mapping is parsed by the method)
+    method_config: SerializeAsAny[StrictConfig]
     seed: int
     data: DataConfig
     train: TrainConfig
@@ -39,6 +40,15 @@ class TrainStageConfig(StrictConfig):
     weights_sha256: str | None = None  # of train.pretrained: new weights at the same path are a new stage
     synthetic_per_class: int | None = None  # synthesis methods: first N synthetic images per tail class
     label: str | None = None  # the row name in reports (default: method), e.g. "logex@25" in a sweep
+
+    @model_validator(mode="before")
+    @classmethod
+    def _typed_method_config(cls, data: Any) -> Any:
+        """A mapping (a manifest read back) becomes the method's typed Config."""
+        if isinstance(data, dict) and isinstance(data.get("method_config", {}), dict) and "method" in data:
+            method = METHODS.get(data["method"])
+            data = {**data, "method_config": method.parse_config(data.get("method_config", {}), "method_config")}
+        return data
 
 
 class EvalStageConfig(StrictConfig):
@@ -63,7 +73,7 @@ def run_train(cfg: TrainStageConfig, inputs: dict[str, Artifact], workdir: Path)
         return {"best_epoch": summary["best_epoch"], "best_score": summary["best_score"]}
     split = read_split(inputs["split"])
     train = method.training_data(split, split_data(split, cfg.data, "train"), inputs, cfg.data,
-                                 cfg.synthetic_per_class, cfg.criterion_params)
+                                 cfg.synthetic_per_class, cfg.method_config)
     val_images = split_data(split, cfg.data, "val")
     val = method.validation_data(split, val_images, inputs)
     labels = np.asarray(train.labels)
@@ -74,9 +84,9 @@ def run_train(cfg: TrainStageConfig, inputs: dict[str, Artifact], workdir: Path)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)  # weight initialisation
     model, card = new_classifier(cfg.train, cfg.data, split, cfg.label or cfg.method, cfg.seed,
-                                 head=method.head_spec(split, inputs, cfg.criterion_params))
+                                 head=method.head_spec(split, inputs, cfg.method_config))
     trainable = method.init_model(model, inputs, cfg.seed)
-    objective = method.objective(counts.tolist(), split, cfg.criterion_params)
+    objective = method.objective(counts.tolist(), split, cfg.method_config)
     select = method.selector(split, cfg.train)
     summary = fit(model, objective, method.batches(train, cfg.train), val, cfg.train, workdir, seed=cfg.seed,
                   device=device, select=select, trainable=trainable)
@@ -91,19 +101,6 @@ def run_train(cfg: TrainStageConfig, inputs: dict[str, Artifact], workdir: Path)
     drop_checkpoints(workdir)
     return {"best_epoch": summary["best_epoch"], "best_score": summary["best_score"],
             "train_counts": counts.tolist()}
-
-
-def calibrate_tail_threshold(model: torch.nn.Module, val: ArrayData, split: Split, device: torch.device,
-                             tpr: float = 0.95, score: str = "p_tail") -> dict[str, Any]:
-    """Threshold of a logit score (P(tail); a head-only row: its own, the head energy) that keeps ``tpr`` of the
-    VALIDATION head images as head (stored with the model; ``predict`` flags an image as rare above it)."""
-    logits, _ = predict(model, val.images, device)
-    scores = logit_score(score, logits, split.head_classes, split.tail_classes)
-    head = ~np.isin(val.labels, split.tail_classes)
-    value = tail_threshold(scores, head, tpr)
-    return {"score": score, "value": float(value), "target_head_tpr": tpr,
-            "val_head_tpr": float(np.mean(scores[head] <= value)),
-            "val_tail_tpr": float(np.mean(scores[~head] > value)) if (~head).any() else None}
 
 
 def validation_metrics(val, train, split: Split, primary: str) -> dict[str, float]:
@@ -152,8 +149,13 @@ def run_evaluate(cfg: EvalStageConfig, inputs: dict[str, Artifact], workdir: Pat
     return {"metrics": result["metrics"]}
 
 
+def _epochs(cfg: TrainStageConfig) -> str:
+    return f"{cfg.train.epochs} epochs x batch {cfg.train.batch_size}"
+
+
 SPLIT = Stage("split", "1", run_split, "long-tailed benchmark split manifest")
-TRAIN = Stage("train_classifier", "1", run_train, "classifier training (one method, one seed)", sharded=True)
+TRAIN = Stage("train_classifier", "1", run_train, "classifier training (one method, one seed)", sharded=True,
+              cost=_epochs)
 EVALUATE = Stage("evaluate", "2", run_evaluate, "test metrics, OOD scores and validation metrics")
 
 

@@ -21,7 +21,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from ..errors import TailsynthError
-from ..utils import atomic_write_text
+from ..utils import atomic_write_text, json_default
 from .runs import REQUIRED_METRICS, RunResult
 
 METRIC_ORDER = (*REQUIRED_METRICS, "acc", "acc_many", "acc_medium", "acc_few")
@@ -158,18 +158,8 @@ def write_results_json(path: str | Path, runs: Iterable[RunResult], command: str
     if path.exists():
         results = merge_results(read_results(path), results, str(path))
     try:
-        text = json.dumps(results, indent=2, allow_nan=False, default=_json_default)
+        text = json.dumps(results, indent=2, allow_nan=False, default=json_default)
     except (ValueError, TypeError) as err:  # NaN / inf or an odd object in ``extra``
         raise TailsynthError(f"cannot write {path}: {err}") from None
     atomic_write_text(path, text + "\n")
     return results
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

@@ -17,7 +17,8 @@ from ..diffusion import BACKENDS, load_lora
 from ..models import create_model
 from ..models.heads import install_head
 from ..models.pretrained import IMAGENET_NORM, load_backbone
-from ..training import ArrayData, TrainConfig
+from ..ood import logit_score, tail_threshold
+from ..training import ArrayData, TrainConfig, predict
 from ..training.checkpoint import load_weights
 from ..utils import read_json
 from .store import Artifact
@@ -112,3 +113,30 @@ def images_of(split: Split, data, classes: list[int]) -> tuple[np.ndarray, np.nd
     keep = np.isin(train.labels, classes)
     index = {c: i for i, c in enumerate(classes)}
     return train.images[keep], np.array([index[int(y)] for y in train.labels[keep]], dtype=np.int64)
+
+
+def oracle_pool(split: Split, data) -> ArrayData:
+    """Every source image of the benchmark's classes that is not in the test split."""
+    arrays = load_images(split.source, data.image_size, data.channels, skip_corrupt=data.skip_corrupt)
+    test_ids = set(split.ids("test"))
+    index = {name: i for i, name in enumerate(split.class_names)}
+    keep, labels = [], []
+    for row, (sid, y) in enumerate(zip(arrays.ids, arrays.labels.tolist())):
+        name = arrays.class_names[y]
+        if name in index and sid not in test_ids:
+            keep.append(row)
+            labels.append(index[name])
+    return ArrayData(arrays.images[keep], np.array(labels, dtype=np.int64))
+
+
+def calibrate_tail_threshold(model: torch.nn.Module, val: ArrayData, split: Split, device: torch.device,
+                             tpr: float = 0.95, score: str = "p_tail") -> dict[str, Any]:
+    """Threshold of a logit score (P(tail); a head-only row: its own, the head energy) that keeps ``tpr`` of the
+    VALIDATION head images as head (stored with the model; ``predict`` flags an image as rare above it)."""
+    logits, _ = predict(model, val.images, device)
+    scores = logit_score(score, logits, split.head_classes, split.tail_classes)
+    head = ~np.isin(val.labels, split.tail_classes)
+    value = tail_threshold(scores, head, tpr)
+    return {"score": score, "value": float(value), "target_head_tpr": tpr,
+            "val_head_tpr": float(np.mean(scores[head] <= value)),
+            "val_tail_tpr": float(np.mean(scores[~head] > value)) if (~head).any() else None}

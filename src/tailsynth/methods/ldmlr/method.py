@@ -10,7 +10,7 @@
    concatenation; ``only_generated: true`` trains on pseudo-features only (Table 5). Model selection on the
    validation split's features, never the test split.
 The final classifier is f(x) = G(E(x)): an ordinary classifier artifact, evaluated and scored (P(tail), ...)
-as every other row. ``la-ldmlr`` adds label shift (``methods/label_shift.py``) on top, as the paper's
+as every other row. ``la-ldmlr`` adds label shift (``methods/ldmlr/label_shift.py``) on top, as the paper's
 "Label shift + LDMLR" row. Paper vs code choices: docs/ldmlr.md.
 """
 from __future__ import annotations
@@ -21,16 +21,17 @@ import numpy as np
 import torch.nn.functional as F
 from pydantic import Field
 
-from ..config import StrictConfig, build_config
-from ..data.features import FeatureSet
-from ..diffusion.feature_diffusion import FeatureDiffusionConfig
-from ..errors import TailsynthError
-from ..pipeline.feature_stages import PseudoFeatureConfig
-from ..training import FeatureBatches, FeatureData
-from ..training.checkpoint import load_weights
-from ..training.objectives import Objective
-from .base import Method
-from .registry import METHODS, register
+from ...config import StrictConfig, flatten_mapping
+from ...data import load_benchmark_config
+from ...data.features import FeatureSet
+from ...diffusion.feature_diffusion import FeatureDiffusionConfig
+from ...errors import TailsynthError
+from ...training import FeatureBatches, FeatureData
+from ...training.checkpoint import load_weights
+from ...training.objectives import Objective
+from ..base import Method
+from ..registry import METHODS, register
+from .stages import PseudoFeatureConfig, feature_diffusion, features, pseudo_features
 
 
 class LdmlrHeadConfig(StrictConfig):
@@ -57,10 +58,6 @@ class LdmlrConfig(StrictConfig):
     head: LdmlrHeadConfig = LdmlrHeadConfig()
 
 
-def ldmlr_config(exp, name: str = "ldmlr") -> LdmlrConfig:
-    return build_config(LdmlrConfig, exp.method_params.get(name, {}), f"method_params.{name}")
-
-
 class LdmlrObjective(Objective):
     """LDMLR Eq. 13 on a feature batch {"z", "y", "pseudo"}: mean CE over the real vectors + gamma x mean CE over
     the pseudo vectors (a batch without one kind contributes 0 for it); gamma None: mean CE over the batch."""
@@ -84,38 +81,37 @@ class LdmlrObjective(Objective):
 class Ldmlr(Method):
     name = "ldmlr"
     reference = "LDMLR (Han et al. 2024): CE encoder + classifier layer fine-tuned on real + diffusion pseudo-features"
+    Config = LdmlrConfig
 
     def check_config(self, exp) -> None:
-        cfg = ldmlr_config(exp)
+        cfg = exp.method_config(self.name)
         encoder = METHODS.get(cfg.encoder)
         if encoder.name in ("ldmlr", "la-ldmlr"):
             raise TailsynthError(f"method_params.ldmlr.encoder: {cfg.encoder!r} cannot encode for LDMLR itself")
         if cfg.only_generated and cfg.pseudo.classes != "all":
             raise TailsynthError("method_params.ldmlr: only_generated needs pseudo.classes = all (a class without "
                                  f"pseudo-features would have no training data), got {cfg.pseudo.classes!r}")
-        from ..data import load_benchmark_config
-        from ..pipeline.graph import _flatten
-        bench = load_benchmark_config(exp.benchmark, _flatten("", exp.benchmark_overrides))
+        bench = load_benchmark_config(exp.benchmark, flatten_mapping(exp.benchmark_overrides))
         valid = {"all", "head", "tail", *(bench.groups or {})}
         if cfg.pseudo.classes not in valid:
             raise TailsynthError(f"method_params.ldmlr.pseudo.classes: {cfg.pseudo.classes!r} is not one of "
                                  f"{sorted(valid)} (benchmark {bench.name})")
 
     def classifier(self, graph, seed, per_class=None):
-        cfg = ldmlr_config(graph.config)
+        cfg = graph.method_config(self)
         base = graph.classifier(cfg.encoder, seed)
         augment = graph.config.classifier.augment if cfg.encode_augment else None
-        features = graph.features(base, train_augment=augment, seed=seed)
-        diffusion = graph.feature_diffusion(features, cfg.diffusion)
-        pseudo = graph.pseudo_features(features, diffusion, cfg.pseudo, self.name)
+        feats = features(graph, base, train_augment=augment, seed=seed)
+        diffusion = feature_diffusion(graph, feats, cfg.diffusion)
+        pseudo = pseudo_features(graph, feats, diffusion, cfg.pseudo, self.name)
         h = cfg.head
         head = graph.config.classifier.model_copy(update={
             "epochs": h.epochs, "lr": h.lr, "min_lr": h.min_lr, "batch_size": h.batch_size, "optimizer": "adamw",
             "weight_decay": h.weight_decay, "lr_schedule": h.lr_schedule, "warmup_epochs": 0, "channels_last": False})
-        return graph.train(self, seed, {"base": base, "features": features, "pseudo": pseudo}, train=head)
+        return graph.train(self, seed, {"base": base, "features": feats, "pseudo": pseudo}, train=head)
 
-    def training_data(self, split, real, inputs, data_cfg, per_class, params=None):
-        cfg = build_config(LdmlrConfig, params or {}, "method_params.ldmlr")
+    def training_data(self, split, real, inputs, data_cfg, per_class, params):
+        cfg = params
         encoder = inputs["base"].fingerprint
         z, y = FeatureSet.read(inputs["features"].path, encoder=encoder).subset("train")
         pseudo = FeatureSet.read(inputs["pseudo"].path, encoder=encoder)
@@ -133,8 +129,7 @@ class Ldmlr(Method):
         return "head"
 
     def objective(self, class_counts, split, params):
-        cfg = build_config(LdmlrConfig, params or {}, "method_params.ldmlr")
-        return LdmlrObjective(None if cfg.only_generated else cfg.gamma)
+        return LdmlrObjective(None if params.only_generated else params.gamma)
 
     def batches(self, train, cfg):
         return FeatureBatches(train.features, train.labels, "instance", pseudo=train.pseudo)

@@ -1,10 +1,9 @@
-"""Feature-space stages (LDMLR, Han et al. 2024, Fig. 1; label shift, Tian et al. 2020):
+"""LDMLR's feature-space stages (Han et al. 2024, Fig. 1), and the requests that build them:
 
 encode (a trained classifier's penultimate features of train / val / test) -> train_feature_diffusion
 (class-conditional denoiser on the training features) -> sample_pseudo_features (per class
-max(round(ratio n_c), min_per_class) pseudo-features, their quality against the real features) ->
-the method's head fine-tune (an ordinary ``train_classifier`` stage on cached features);
-label_shift: post-hoc re-calibration of any classifier by the training prior, tau chosen on val.
+max(round(ratio n_c), min_per_class) pseudo-features, their quality against the real features, shown in the
+report) -> the method's head fine-tune (an ordinary ``train_classifier`` stage on cached features).
 """
 from __future__ import annotations
 
@@ -15,20 +14,17 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from ..config import StrictConfig
-from ..data.features import FeatureSet
-from ..diffusion.feature_diffusion import (FeatureDiffusionConfig, FeatureSamplingConfig, load_feature_diffusion,
-                                           sample_features, train_feature_diffusion)
-from ..errors import TailsynthError
-from ..training import AugmentConfig, predict
-from ..training.augment import augment, to_float
-from ..training.checkpoint import save_weights
-from ..training.selection import make_selector
-from ..utils import atomic_write_bytes, atomic_write_json, derive_seed, read_json, resolve_device
-from .artifacts import load_classifier, read_split, split_data
-from .experiment import DataConfig
-from .runner import Stage
-from .store import Artifact
+from ...config import StrictConfig
+from ...data import DataConfig
+from ...data.features import FeatureSet
+from ...diffusion.feature_diffusion import (FeatureDiffusionConfig, FeatureSamplingConfig, load_feature_diffusion,
+                                            sample_features, train_feature_diffusion)
+from ...engine import Artifact, Built, Stage
+from ...engine.artifacts import load_classifier, read_split, split_data
+from ...errors import TailsynthError
+from ...training import AugmentConfig, predict
+from ...training.augment import augment, to_float
+from ...utils import atomic_write_bytes, atomic_write_json, derive_seed, read_json, resolve_device
 
 
 class EncodeStageConfig(StrictConfig):
@@ -58,22 +54,6 @@ class FeatureDiffusionStageConfig(StrictConfig):
 
 class PseudoStageConfig(StrictConfig):
     pseudo: PseudoFeatureConfig
-    device: str = "auto"
-
-
-class LabelShiftConfig(StrictConfig):
-    """Post-hoc label-shift re-calibration (Tian et al. 2020, with a uniform target prior; the post-hoc logit
-    adjustment of Menon et al. 2021): logits_y - tau log pi_y, pi = the real training class frequencies, tau
-    from ``taus`` maximising ``selection`` on the validation split (ties: the smaller tau)."""
-
-    taus: list[float] = [round(0.1 * i, 1) for i in range(21)]
-    selection: Literal["val_bacc", "val_acc", "bacc_head_minus_fpr"] = "val_bacc"
-
-
-class LabelShiftStageConfig(StrictConfig):
-    label_shift: LabelShiftConfig
-    method: str
-    data: DataConfig
     device: str = "auto"
 
 
@@ -160,7 +140,7 @@ def chosen_classes(split, which: str) -> list[int]:
 def run_sample_pseudo(cfg: PseudoStageConfig, inputs: dict[str, Artifact], workdir: Path) -> dict[str, Any]:
     """LDMLR Eq. 11-12: pseudo-features per class, plus their distance to the real features (quality.json)
     and a PCA plot of real vs generated features per class (pca.png)."""
-    from ..report.feature_quality import feature_quality, finite_or_none, pca_plot
+    from ...report.feature_quality import feature_quality, finite_or_none, pca_plot
     split = read_split(inputs["split"])
     fs = FeatureSet.read(inputs["features"].path)
     record = read_json(inputs["diffusion"].file("feature_diffusion.json"))
@@ -187,42 +167,55 @@ def run_sample_pseudo(cfg: PseudoStageConfig, inputs: dict[str, Artifact], workd
     return {"n_pseudo": n}
 
 
-def run_label_shift(cfg: LabelShiftStageConfig, inputs: dict[str, Artifact], workdir: Path) -> dict[str, Any]:
-    """Choose tau on val, fold -tau log pi into the classifier layer's bias (an ordinary classifier artifact)."""
-    from .stages import calibrate_tail_threshold
-    split = read_split(inputs["split"])
-    model, card = load_classifier(inputs["base"].path)
-    device = resolve_device(cfg.device)
-    model.to(device)
-    train = split_data(split, cfg.data, "train")
-    val = split_data(split, cfg.data, "val")
-    counts = np.bincount(train.labels, minlength=len(split.class_names)).astype(np.float64)
-    log_prior = np.log(np.maximum(counts, 1) / counts.sum())
-    logits, _ = predict(model, val.images, device)
-    select = make_selector(cfg.label_shift.selection, split.head_classes, split.tail_classes)
-    scores = {tau: float(select(logits - tau * log_prior[None], val.labels)) for tau in cfg.label_shift.taus}
-    best = max(scores.values())
-    tau = min(t for t, s in scores.items() if s == best)
-    with torch.no_grad():
-        model.head.bias -= torch.as_tensor(tau * log_prior, dtype=model.head.bias.dtype, device=model.head.bias.device)
-    save_weights(model, workdir / "model.safetensors")
-    card = {**card, "method": cfg.method, "label_shift": {"tau": tau, "log_prior": log_prior.tolist(),
-                                                          "val_selection": {str(t): s for t, s in scores.items()},
-                                                          "selection": cfg.label_shift.selection,
-                                                          "base": inputs["base"].fingerprint}}
-    if split.tail_classes:
-        card["tail_threshold"] = calibrate_tail_threshold(model, val, split, device)
-    atomic_write_json(workdir / "history.json", {"best_epoch": 0, "best_score": best, "tau": tau})
-    atomic_write_json(workdir / "model.json", card)
-    return {"tau": tau, "val_selection": best}
+def pseudo_report(built: list[Built], context) -> tuple[list, dict[str, Any]]:
+    """Per pseudo-feature set: its distance to the real features (table) and the PCA plot."""
+    from ...report.feature_quality import finite_or_none, quality_table
+    sections, found = [], {}
+    for b in built:
+        label = b.label.removeprefix("pseudo-features for ")
+        quality = finite_or_none(read_json(b.artifact.file("quality.json")))
+        found[label] = quality
+        sections += [quality_table(label, quality),
+                     (f"Pseudo-features of {label}: real (blue) vs generated (orange) training features, first two "
+                      "principal components of the real features", b.artifact.file("pca.png").read_bytes())]
+    return sections, {"pseudo_features": found}
+
+
+def _feature_diffusion_cost(cfg: FeatureDiffusionStageConfig) -> str:
+    return f"{cfg.diffusion.steps} steps x batch {cfg.diffusion.batch_size} (feature vectors)"
+
+
+def _pseudo_cost(cfg: PseudoStageConfig) -> str:
+    p = cfg.pseudo
+    return f"ratio {p.ratio} ({p.classes}), {p.sampling.sampler} {p.sampling.num_steps} steps"
 
 
 ENCODE = Stage("encode_features", "1", run_encode, "penultimate features of a classifier (train/val/test)")
 TRAIN_FEATURE_DIFFUSION = Stage("train_feature_diffusion", "1", run_train_feature_diffusion,
-                                "class-conditional diffusion on training features (LDMLR stage 2)")
-SAMPLE_PSEUDO = Stage("sample_pseudo_features", "1", run_sample_pseudo, "pseudo-features per class + their quality")
-LABEL_SHIFT = Stage("label_shift", "1", run_label_shift, "post-hoc label-shift re-calibration, tau on val")
+                                "class-conditional diffusion on training features (LDMLR stage 2)",
+                                cost=_feature_diffusion_cost)
+SAMPLE_PSEUDO = Stage("sample_pseudo_features", "1", run_sample_pseudo, "pseudo-features per class + their quality",
+                      cost=_pseudo_cost, report=pseudo_report)
 
-__all__ = ["ENCODE", "TRAIN_FEATURE_DIFFUSION", "SAMPLE_PSEUDO", "LABEL_SHIFT", "EncodeStageConfig",
-           "FeatureDiffusionStageConfig", "PseudoStageConfig", "PseudoFeatureConfig", "LabelShiftConfig",
-           "LabelShiftStageConfig", "pseudo_counts", "chosen_classes"]
+
+# --- requests (the graph is the one the pipeline hands the method) ------------------------------------------------
+def features(graph, classifier: Artifact, train_augment: AugmentConfig | None = None, seed: int = 0) -> Artifact:
+    """Penultimate features of ``classifier`` on train / val / test."""
+    cfg = EncodeStageConfig(data=graph.config.data, train_augment=train_augment, seed=seed, device=graph.config.device)
+    return graph.run(ENCODE, cfg, {"split": graph.split(), "classifier": classifier}, seed,
+                     f"features of {classifier.fingerprint[:8]}")
+
+
+def feature_diffusion(graph, features: Artifact, diffusion: FeatureDiffusionConfig) -> Artifact:
+    """A class-conditional diffusion model on the training features."""
+    cfg = FeatureDiffusionStageConfig(diffusion=diffusion, device=graph.config.device)
+    return graph.run(TRAIN_FEATURE_DIFFUSION, cfg, {"split": graph.split(), "features": features}, diffusion.seed,
+                     f"feature diffusion on {features.fingerprint[:8]}")
+
+
+def pseudo_features(graph, features: Artifact, diffusion: Artifact, pseudo: PseudoFeatureConfig,
+                    label: str) -> Artifact:
+    """Pseudo-features per class from ``diffusion``; shown in the report under ``label``."""
+    cfg = PseudoStageConfig(pseudo=pseudo, device=graph.config.device)
+    return graph.run(SAMPLE_PSEUDO, cfg, {"split": graph.split(), "features": features, "diffusion": diffusion},
+                     pseudo.seed, f"pseudo-features for {label}")

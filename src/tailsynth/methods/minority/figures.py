@@ -25,25 +25,24 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import StrictConfig
-from ..data import convert_array
-from ..data.synthetic import SyntheticSet
-from ..errors import TailsynthError
-from ..methods.minority import MinoritySettings, class_hook
-from ..minority import MinorityClassifier, MinorityGuidanceConfig, resolve_target
-from ..minority.analysis import generation_table, real_rarity, score_correlations
-from ..minority.guidance import guided_sample
-from ..report.grids import labelled_rows
-from ..training import predict
-from ..utils import atomic_write_bytes, atomic_write_json, read_json, resolve_device, safe_file_name
-from .artifacts import load_adapted, load_classifier, read_split, split_data
-from .diffusion_stages import DiffusionConfig
-from .experiment import DataConfig
-from .minority_run import level_scale_rows, to_uint8
-from .minority_stages import condition_ids, read_scores
-from .quality_stages import oracle_pool
-from .runner import Stage
-from .store import Artifact
+from ...config import StrictConfig
+from ...data import DataConfig, convert_array
+from ...data.synthetic import SyntheticSet
+from ...diffusion import DiffusionConfig
+from ...engine import Artifact, Built, Stage
+from ...engine.artifacts import load_adapted, load_classifier, oracle_pool, read_split, split_data
+from ...errors import TailsynthError
+from ...minority import MinorityClassifier, MinorityGuidanceConfig, resolve_target
+from ...minority.analysis import generation_table, real_rarity, score_correlations
+from ...minority.guidance import guided_sample
+from ...report.grids import labelled_rows
+from ...training import predict
+from ...utils import atomic_write_bytes, atomic_write_json, read_json, resolve_device, safe_file_name
+from ..registry import generator_named
+from .config import MinoritySettings, class_hook
+from .report import minority_sections
+from .sampling import level_scale_rows, to_uint8
+from .stages import condition_ids, minority_classifier, minority_scores_of, read_scores
 
 ANCESTRAL, ANCESTRAL_GUIDED = "ancestral (w = 0)", "ancestral + minority"
 DDIM, DDIM_GUIDED = "DDIM (w = 0, only LoRA)", "DDIM + minority"
@@ -196,7 +195,7 @@ def rarity_histograms(pool_f: np.ndarray, pool_y: np.ndarray, generated: dict[st
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from ..ood.rarity import avg_knn_distance, lof_scores, rarity_score
+    from ...ood.rarity import avg_knn_distance, lof_scores, rarity_score
     pairs = [p for p in ((ANCESTRAL, ANCESTRAL_GUIDED), (DDIM, DDIM_GUIDED)) if all(k in generated for k in p)]
     fig = Figure(figsize=(12, 3.2 * len(pairs)))
     FigureCanvasAgg(fig)
@@ -229,5 +228,36 @@ def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
 
 
+def _figures_cost(cfg: MinorityFiguresStageConfig) -> str:
+    f = cfg.minority.figures
+    n = cfg.n_per_class if f.n_per_class is None else f.n_per_class
+    return (f"{2 * n if f.ancestral else 0} ancestral images/tail class + {f.grid_classes} level grids x "
+            f"{cfg.minority.num_steps} steps")
+
+
+def figures_report(built: list[Built], context) -> tuple[list, dict[str, Any]]:
+    sections, result = minority_sections(built[-1].artifact.path)
+    return sections, {"minority": result}
+
+
 MINORITY_FIGURES = Stage("minority_figures", "1", run_minority_figures,
-                         "minority guidance figures: score vs rarity, level grids, ancestral vs guided (report only)")
+                         "minority guidance figures: score vs rarity, level grids, ancestral vs guided (report only)",
+                         cost=_figures_cost, report=figures_report)
+
+
+def minority_figures(graph) -> Artifact | None:
+    """The figures stage, when the experiment has an oracle and ``synthesis.params.minority.figures.enabled``
+    (else None); it needs the only-LoRA and the minority-guided synthetic sets."""
+    if graph.config.oracle is None:
+        return None
+    generator = generator_named("minority")
+    settings = generator.params(graph.synthesis)
+    if not settings.figures.enabled:
+        return None
+    inputs = {"split": graph.split(), "base": graph.base_diffusion(), "lora": graph.lora(),
+              "scores": minority_scores_of(graph, settings), "minority": minority_classifier(graph, settings),
+              "oracle": graph.oracle(), "synthetic:lora": graph.synthetic(generator_named("lora")),
+              "synthetic:minority": graph.synthetic(generator)}
+    cfg = MinorityFiguresStageConfig(minority=settings, n_per_class=graph.synthesis.n_per_class,
+                                     diffusion=graph.diffusion, data=graph.config.data, device=graph.config.device)
+    return graph.run(MINORITY_FIGURES, cfg, inputs, settings.figures.seed, "minority figures")

@@ -18,19 +18,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import StrictConfig
-from ..diffusion import sample_images
-from ..errors import TailsynthError
-from ..models.heads import AnchorCosineHead
-from ..outliers import BoodConfig, DecodeConfig, DreamOodSamplingConfig, boundary_outliers, low_likelihood_outliers
-from ..report.outliers import pca_figure
-from ..training.augment import to_float
-from ..utils import atomic_write_bytes, atomic_write_json, derive_seed, resolve_device
-from .artifacts import load_base, load_classifier, read_split, split_data
-from .diffusion_stages import DiffusionConfig, write_shards
-from .experiment import DataConfig
-from .runner import Stage
-from .store import Artifact
+from ...config import StrictConfig
+from ...data import DataConfig
+from ...diffusion import DiffusionConfig, sample_images
+from ...engine import Artifact, Built, Stage
+from ...engine.artifacts import load_base, load_classifier, read_split, split_data
+from ...engine.shards import write_shards
+from ...errors import TailsynthError
+from ...models.heads import AnchorCosineHead
+from ...outliers import BoodConfig, DecodeConfig, DreamOodSamplingConfig, boundary_outliers, low_likelihood_outliers
+from ...training.augment import to_float
+from ...utils import atomic_write_bytes, atomic_write_json, derive_seed, resolve_device
+from .report import outlier_sections, pca_figure
 
 OUTLIERS_FILE = "outliers.npz"
 
@@ -125,7 +124,7 @@ def run_decode_outliers(cfg: DecodeStageConfig, inputs: dict[str, Artifact], wor
     device = resolve_device(cfg.device)
     backend = load_base(inputs["base"].path, cfg.diffusion, device)
     head = list(split.head_classes)
-    if not getattr(backend, "trains_base", True):  # Stable Diffusion: the ID classes are names in the prompt
+    if not backend.trains_base:  # Stable Diffusion: the ID classes are names in the prompt
         backend.add_classes([split.class_names[c] for c in head])
     backend.eval()
     cond_of = {c: i for i, c in enumerate(head)}  # base condition ids: positions in the head list
@@ -154,7 +153,30 @@ def run_decode_outliers(cfg: DecodeStageConfig, inputs: dict[str, Artifact], wor
     return {"n_images": int(sum(len(v) for v in by_class.values()))}
 
 
+def decoded_report(built: list[Built], context) -> tuple[list, dict[str, Any]]:
+    """Per outlier set (Dream-OOD, BOOD): the embeddings' statistics and PCA plot, and the decoded images."""
+    sets = {b.config.kind: (b.inputs["outliers"], b.artifact) for b in built}
+    return outlier_sections(sets, context.split, context.config.data)
+
+
 IMAGINE_OUTLIERS = Stage("imagine_outliers", "1", run_imagine_outliers,
                          "outlier embeddings in the conditioning space (Dream-OOD / BOOD stage 2)")
 DECODE_OUTLIERS = Stage("decode_outliers", "1", run_decode_outliers,
-                        "outlier images decoded by the base diffusion model (Dream-OOD / BOOD stage 3)", sharded=True)
+                        "outlier images decoded by the base diffusion model (Dream-OOD / BOOD stage 3)", sharded=True,
+                        report=decoded_report)
+
+
+# --- requests (the graph is the one the pipeline hands the method) ------------------------------------------------
+def outlier_embeddings(graph, kind: str, encoder: Artifact, settings: dict) -> Artifact:
+    """Stage 2 of Dream-OOD / BOOD on ``encoder``'s embeddings (``settings``: dream_ood= or bood= configs)."""
+    cfg = OutlierStageConfig(kind=kind, data=graph.config.data, device=graph.config.device, **settings)
+    return graph.run(IMAGINE_OUTLIERS, cfg, {"split": graph.split(), "encoder": encoder}, None,
+                     f"{kind} outlier embeddings")
+
+
+def outlier_images(graph, kind: str, embeddings: Artifact, decode: DecodeConfig) -> Artifact:
+    """Stage 3: the outlier vectors decoded by the base diffusion model."""
+    cfg = DecodeStageConfig(kind=kind, decode=decode, diffusion=graph.diffusion, data=graph.config.data,
+                            device=graph.config.device)
+    return graph.run(DECODE_OUTLIERS, cfg, {"split": graph.split(), "base": graph.base_diffusion(),
+                                            "outliers": embeddings}, decode.seed, f"{kind} outlier images")

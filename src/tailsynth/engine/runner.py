@@ -3,6 +3,8 @@
 A :class:`Stage` is a function ``func(cfg, inputs, workdir) -> dict | None`` with a typed config and
 named upstream artifacts. Its fingerprint is the hash of (stage name, stage code version, resolved config,
 upstream fingerprints): a rerun with the same fingerprint skips the stage; ``force`` recomputes it.
+A stage carries its own ``--plan`` cost line (``cost``) and, if it shows anything in the experiment report, its
+report section (``report``): the engine knows no method, the stage says what it is.
 """
 from __future__ import annotations
 
@@ -27,14 +29,41 @@ StageFunc = Callable[[Any, dict[str, Artifact], Path], "dict[str, Any] | None"]
 
 
 @dataclass(frozen=True)
+class Built:
+    """One stage an experiment requested: the stage, its config, inputs, label and (finished or, in plan mode,
+    planned) artifact; what a stage's report hook receives."""
+
+    stage: "Stage"
+    config: Any
+    inputs: dict[str, Artifact]
+    label: str
+    artifact: Artifact
+
+
+# report(built, context) -> (sections, results): ``built`` = every artifact of this stage the experiment made (in
+# request order), ``context`` = what the report walk offers (tailsynth.pipeline.report_walk.ReportContext);
+# sections are report.Table or (title, PNG bytes), results a mapping merged into results.json
+ReportHook = Callable[[list[Built], Any], "tuple[list, dict[str, Any]]"]
+
+
+def _small(_cfg: Any) -> str:
+    return "small"
+
+
+@dataclass(frozen=True)
 class Stage:
-    """A named, versioned unit of work. Bump ``version`` when the stage's code changes its output."""
+    """A named, versioned unit of work. Bump ``version`` when the stage's code changes its output.
+
+    ``cost(cfg)``: a rough size of the work for ``--plan`` (epochs, steps, images); ``report``: the stage's
+    section of the experiment report, or None when it shows nothing there."""
 
     name: str
     version: str
     func: StageFunc
     description: str = ""
     sharded: bool = False  # with several processes, every rank runs ``func`` on its share (tailsynth.distributed)
+    cost: Callable[[Any], str] = _small
+    report: ReportHook | None = None
 
 
 @dataclass

@@ -17,7 +17,8 @@ four stages, each a cached artifact; the tail-detection protocol of LoGex §4.1.
    120 real). Test score: the energy over the in-distribution logits (``energy_head``); model selection on
    the validation split by bAcc-head - FPR@95 of that score (LoGex's criterion with this row's score).
 
-BOOD (``methods/bood.py``) shares stages 1, 3 and 4; only stage 2 differs.
+BOOD (``bood.py``) shares stages 1, 3 and 4; only stage 2 differs. The stages 2-3 and their report section:
+``stages.py``.
 """
 from __future__ import annotations
 
@@ -29,14 +30,19 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from ..config import StrictConfig, build_config
-from ..losses import build_criterion
-from ..ood.metrics import balanced_accuracy_on
-from ..outliers import DecodeConfig, DreamOodSamplingConfig
-from ..training import ArrayData
-from ..training.objectives import CriterionObjective, Objective
-from .base import Method
-from .registry import register
+from ...config import StrictConfig, build_config
+from ...data.synthetic import SyntheticSet
+from ...diffusion import DiffusionConfig
+from ...engine.artifacts import load_base, read_split
+from ...losses import build_criterion
+from ...ood.metrics import balanced_accuracy_on
+from ...outliers import DecodeConfig, DreamOodSamplingConfig
+from ...training import ArrayData
+from ...training.objectives import CriterionObjective, Objective
+from ...utils import read_json
+from ..base import Method
+from ..registry import register
+from .stages import outlier_embeddings, outlier_images
 
 OUTLIER_LABEL = -1  # training label of an out-of-distribution image (generated outlier or real tail image)
 
@@ -65,9 +71,7 @@ class VmfEncoder(Method):
     name = "vmf-encoder"
     reference = "Dream-OOD stage 1: cos(W f(x), a_c) / tau with fixed conditioning-space anchors, CE on the head"
     primary_score = "energy_head"  # a head-only classifier: P(tail) is 0 for every image
-
-    def check_config(self, exp) -> None:
-        build_config(VmfEncoderConfig, exp.method_params.get(self.name, {}), f"method_params.{self.name}")
+    Config = VmfEncoderConfig
 
     def classifier(self, graph, seed, per_class=None):
         return graph.train(self, seed, {"base": graph.base_diffusion()})
@@ -75,14 +79,14 @@ class VmfEncoder(Method):
     def trained_classes(self, split):
         return list(split.head_classes)
 
-    def training_data(self, split, real, inputs, data_cfg, per_class, params=None):
+    def training_data(self, split, real, inputs, data_cfg, per_class, params):
         keep = np.isin(real.labels, split.head_classes)
         return ArrayData(real.images[keep], real.labels[keep])
 
     def head_spec(self, split, inputs, params):
         anchors = self.anchors(split, inputs)
-        tau = build_config(VmfEncoderConfig, params or {}, f"method_params.{self.name}").tau
-        return {"kind": "anchor_cosine", "dim": int(anchors.shape[1]), "tau": tau, "classes": list(split.head_classes)}
+        return {"kind": "anchor_cosine", "dim": int(anchors.shape[1]), "tau": params.tau,
+                "classes": list(split.head_classes)}
 
     def anchors(self, split, inputs) -> torch.Tensor:
         """(K, D) anchors: row c = the base diffusion model's conditioning embedding of head class c, zeros for
@@ -97,14 +101,11 @@ class VmfEncoder(Method):
 
     @staticmethod
     def _load_anchors(split, inputs) -> torch.Tensor:
-        from ..pipeline.artifacts import load_base
-        from ..pipeline.diffusion_stages import DiffusionConfig
-        from ..utils import read_json
         record = read_json(inputs["base"].path / "manifest.json")["config"]["diffusion"]
         diffusion = build_config(DiffusionConfig, record, "base diffusion manifest")
         backend = load_base(inputs["base"].path, diffusion, torch.device("cpu"))
         head = list(split.head_classes)
-        if not getattr(backend, "trains_base", True):
+        if not backend.trains_base:
             backend.add_classes([split.class_names[c] for c in head])
         with torch.no_grad():
             rows = backend.anchor_embeddings(torch.arange(len(head))).float()
@@ -113,7 +114,6 @@ class VmfEncoder(Method):
         return anchors
 
     def init_model(self, model, inputs, seed):
-        from ..pipeline.artifacts import read_split
         model.head.set_anchors(self.anchors(read_split(inputs["split"]), inputs))
         return "all"
 
@@ -172,28 +172,21 @@ class DreamOod(Method):
     Config: ClassVar[type[OutlierExposureConfig]] = DreamOodConfig
     primary_score = "energy_head"
 
-    def config(self, params: dict[str, Any] | None) -> OutlierExposureConfig:
-        return build_config(self.Config, params or {}, f"method_params.{self.name}")
-
-    def check_config(self, exp) -> None:
-        self.config(exp.method_params.get(self.name, {}))
-
     def stage2_settings(self, cfg) -> dict[str, Any]:
         return {"dream_ood": cfg.outliers}
 
     def classifier(self, graph, seed, per_class=None):
-        cfg = self.config(graph.config.method_params.get(self.name, {}))
+        cfg = graph.method_config(self)
         encoder = graph.classifier("vmf-encoder", cfg.encoder_seed)
-        embeddings = graph.outlier_embeddings(self.kind, encoder, self.stage2_settings(cfg))
-        images = graph.outlier_images(self.kind, embeddings, cfg.decode)
+        embeddings = outlier_embeddings(graph, self.kind, encoder, self.stage2_settings(cfg))
+        images = outlier_images(graph, self.kind, embeddings, cfg.decode)
         return graph.train(self, seed, {"outliers": images})
 
     def trained_classes(self, split):
         return list(split.head_classes)
 
-    def training_data(self, split, real, inputs, data_cfg, per_class, params=None):
-        from ..data.synthetic import SyntheticSet
-        cfg = self.config(params)
+    def training_data(self, split, real, inputs, data_cfg, per_class, params):
+        cfg = params
         outliers = SyntheticSet.read(inputs["outliers"].path).select(role="outlier")
         images, _ = outliers.load_images(split.class_names, data_cfg.image_size, data_cfg.channels)
         is_tail = np.isin(real.labels, split.tail_classes)
@@ -206,5 +199,4 @@ class DreamOod(Method):
         return {"kind": "linear", "classes": list(split.head_classes)}
 
     def objective(self, class_counts, split, params):
-        cfg = self.config(params)
-        return EnergyRegularizedObjective(list(split.head_classes), cfg.weight, cfg.mlp_hidden)
+        return EnergyRegularizedObjective(list(split.head_classes), params.weight, params.mlp_hidden)

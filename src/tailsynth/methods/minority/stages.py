@@ -8,7 +8,7 @@
   classifier, App. B.2), then the noise-conditioned classifier on the training images
   (:mod:`tailsynth.minority.classifier`); ``levels.json`` holds the thresholds and the level means (tau).
 
-The synthesis method ``minority`` (``methods/minority.py``) samples with the classifier's guidance.
+The synthesis method ``minority`` (``method.py``) samples with the classifier's guidance.
 """
 from __future__ import annotations
 
@@ -19,17 +19,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..config import StrictConfig
-from ..data import convert_array, load_images, split_arrays
-from ..errors import TailsynthError
-from ..minority import (MinorityClassifierConfig, MinorityScoreConfig, PerceptualDistance, level_means,
-                        minority_scores, quantile_labels, train_minority_classifier)
-from ..utils import atomic_write_bytes, atomic_write_json, progress_enabled, resolve_device
-from .artifacts import load_adapted, load_classifier, new_classifier, read_split
-from .diffusion_stages import DiffusionConfig
-from .experiment import DataConfig
-from .runner import Stage
-from .store import Artifact
+from ...config import StrictConfig, build_config
+from ...data import DataConfig, convert_array, load_images, split_arrays
+from ...diffusion import DiffusionConfig
+from ...engine import Artifact, Stage
+from ...engine.artifacts import load_adapted, load_classifier, new_classifier, read_split
+from ...errors import TailsynthError
+from ...minority import (MinorityClassifierConfig, MinorityScoreConfig, PerceptualDistance, level_means,
+                         minority_scores, quantile_labels, train_minority_classifier)
+from ...training import TrainConfig
+from ...utils import atomic_write_bytes, atomic_write_json, progress_enabled, resolve_device
 
 SCORES_FILE = "scores.npz"
 
@@ -88,8 +87,6 @@ def _perceptual(cfg: MinorityScoreStageConfig, inputs: dict[str, Artifact], spli
             raise TailsynthError("minority score: perceptual 'classifier' needs a classifier artifact (input 'perceptual')")
         model, card = load_classifier(inputs["perceptual"].path)
     else:
-        from ..training import TrainConfig
-        from ..config import build_config
         train = build_config(TrainConfig, cfg.classifier, "minority score classifier recipe")
         torch.manual_seed(cfg.perceptual_seed)
         model, card = new_classifier(train, cfg.data, split, "random-features", cfg.perceptual_seed)
@@ -166,5 +163,39 @@ def run_train_minority(cfg: MinorityTrainStageConfig, inputs: dict[str, Artifact
     return summary
 
 
-MINORITY_SCORE = Stage("minority_score", "1", run_minority_score, "minority scores of real images (chunked)")
-TRAIN_MINORITY = Stage("train_minority_classifier", "1", run_train_minority, "noise-conditioned minority classifier")
+def _score_cost(cfg: MinorityScoreStageConfig) -> str:
+    return f"{cfg.score.num_draws} denoiser calls per image ({'+'.join(cfg.splits)})"
+
+
+def _classifier_cost(cfg: MinorityTrainStageConfig) -> str:
+    c = cfg.classifier
+    return f"{c.steps} steps x batch {c.batch_size} ({c.encoder} UNet encoder + head)"
+
+
+MINORITY_SCORE = Stage("minority_score", "1", run_minority_score, "minority scores of real images (chunked)",
+                       cost=_score_cost)
+TRAIN_MINORITY = Stage("train_minority_classifier", "1", run_train_minority, "noise-conditioned minority classifier",
+                       cost=_classifier_cost)
+
+
+# --- requests (the graph is the one the pipeline hands the method; settings: MinoritySettings) ---------------------
+def minority_scores_of(graph, settings, splits: list[str] | None = None) -> Artifact:
+    """Minority scores of the real images of ``splits`` (default ``settings.score_splits``) under the
+    LoRA-adapted model."""
+    inputs = {"split": graph.split(), "base": graph.base_diffusion(), "lora": graph.lora()}
+    if settings.perceptual == "classifier":
+        inputs["perceptual"] = graph.classifier(settings.perceptual_method, 0)
+    cfg = MinorityScoreStageConfig(
+        score=settings.score, splits=list(splits or settings.score_splits), perceptual=settings.perceptual,
+        classifier=graph.config.classifier.model_dump() if settings.perceptual == "random" else {},
+        diffusion=graph.diffusion, data=graph.config.data, device=graph.config.device)
+    return graph.run(MINORITY_SCORE, cfg, inputs, settings.score.seed, "minority scores")
+
+
+def minority_classifier(graph, settings) -> Artifact:
+    """The noise-conditioned minority classifier on the training images' minority levels."""
+    cfg = MinorityTrainStageConfig(classifier=settings.classifier, distance=settings.distance,
+                                   diffusion=graph.diffusion, data=graph.config.data, device=graph.config.device)
+    inputs = {"split": graph.split(), "base": graph.base_diffusion(), "lora": graph.lora(),
+              "scores": minority_scores_of(graph, settings)}
+    return graph.run(TRAIN_MINORITY, cfg, inputs, settings.classifier.seed, "minority classifier")

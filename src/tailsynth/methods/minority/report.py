@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..utils import read_json
-from .html import Section
-from .tables import Table
+from ...report.html import Section
+from ...report.tables import Table
+from ...utils import read_json
 
 _METRICS = (("avgknn", "AvgkNN ↑", 3), ("lof", "LOF ↑", 3), ("rarity", "Rarity ↑", 3), ("rarity_scored", "in manifold", 2),
             ("precision", "precision ↑", 3), ("recall", "recall ↑", 3), ("frechet", "Fréchet ↓", 1))

@@ -1,15 +1,15 @@
 """BOOD (Liao et al., ICML 2025, "BOOD: Boundary-based Out-Of-Distribution Data Generation").
 
 The same text-conditioned latent space (``vmf-encoder``), decoder (``decode_outliers``) and outlier-regularised
-training as Dream-OOD (``methods/dream_ood.py``); only stage 2 differs: instead of sampling around the
+training as Dream-OOD (``method.py``); only stage 2 differs: instead of sampling around the
 low-density boundary points, BOOD takes the ID features that the fewest adversarial steps push into another
 class, and perturbs them across the decision boundary and a few steps beyond (:mod:`tailsynth.outliers.bood`).
 """
 from __future__ import annotations
 
-from ..outliers import BoodConfig
-from .dream_ood import DreamOod, OutlierExposureConfig
-from .registry import register
+from ...outliers import BoodConfig
+from ..registry import register
+from .method import DreamOod, OutlierExposureConfig
 
 
 class BoodMethodConfig(OutlierExposureConfig):

@@ -6,7 +6,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .tables import Table
+from ...engine.artifacts import split_data
+from ...report.tables import Table
 
 
 def pca_figure(id_vectors: np.ndarray, id_classes: np.ndarray, sets: Mapping[str, tuple[np.ndarray, np.ndarray]],
@@ -61,9 +62,8 @@ def outlier_table(summaries: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> T
 
 def outlier_grid(sets: Mapping[str, Any], split, data_cfg, per_class: int = 6) -> bytes:
     """Rows: head classes; blocks: real training images, then each method's decoded outliers."""
-    from ..data.synthetic import SyntheticSet
-    from ..pipeline.artifacts import split_data
-    from .grids import sample_grid
+    from ...data.synthetic import SyntheticSet
+    from ...report.grids import sample_grid
     train = split_data(split, data_cfg, "train")
     columns = [("train", train.images, train.labels, None)]
     for method, artifact in sets.items():
@@ -74,7 +74,7 @@ def outlier_grid(sets: Mapping[str, Any], split, data_cfg, per_class: int = 6) -
 
 
 def outlier_sections(outlier_sets: Mapping[str, tuple], split, data_cfg) -> tuple[list, dict]:
-    from ..utils import read_json
+    from ...utils import read_json
     summaries = {kind: read_json(emb.file("summary.json")) for kind, (emb, _) in outlier_sets.items()}
     sections: list = [outlier_table(summaries)]
     for kind, (emb, _) in outlier_sets.items():
