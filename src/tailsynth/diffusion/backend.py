@@ -9,6 +9,10 @@ Shapes: images (B, 3, H, W) in [0, 1]; diffusion space z (B, C, h, w) = ``latent
 conditions (B, L, D) -- a sequence of L embedding vectors of width D that the UNet attends to by
 cross-attention. ``null_condition(B)`` is the unconditional condition used for classifier-free guidance
 (Ho & Salimans 2022).
+
+Besides these methods, a backend declares what backends differ in as plain attributes (class attributes or
+properties): ``prediction``, ``clip_x0``, ``trains_base``, ``extra_tokens`` and ``schedule``; callers read them
+directly instead of probing with defaults.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from ..registry import Registry
+from .samplers import ClipX0
 
 
 @runtime_checkable
@@ -25,6 +30,21 @@ class DiffusionBackend(Protocol):
 
     alphas_cumprod: torch.Tensor  # (T,) float32, on CPU
     class_names: list[str]  # index = condition id
+    prediction: str
+    """What the denoiser outputs and is trained against: ``"epsilon"`` (the noise) or ``"v"`` (Salimans & Ho 2022;
+    ``eps`` still returns the noise, ``model_output`` the raw v)."""
+    clip_x0: ClipX0
+    """How samplers clip the Tweedie x0-hat: ``False`` (latent space, unbounded), ``True`` ([-1, 1]) or a (low, high)
+    pair of tensors broadcastable to z (per-channel bounds of a centred pixel backend)."""
+    trains_base: bool
+    """``True``: the base denoiser is trained here (stage train_diffusion); ``False``: a pretrained folder on disk."""
+    extra_tokens: torch.nn.Parameter | None
+    """The learned condition-token table (K_new, T, D) of classes added by :meth:`add_classes`, which LoRA
+    adaptation trains and saves with the adapter; ``None`` when there is none (no classes added yet, or a backend
+    whose new classes need no learned tokens, e.g. Stable Diffusion's prompt words)."""
+    schedule: str
+    """The name of the training noise schedule behind ``alphas_cumprod``: ``"linear"``, ``"scaled_linear"`` or
+    ``"cosine"`` (the minority score picks its perturbation timestep by it)."""
 
     def encode_condition(self, class_ids: torch.Tensor | None = None,
                          prompts: list[str] | None = None) -> torch.Tensor:

@@ -96,7 +96,7 @@ def attach_lora(backend, cfg: LoraAdaptConfig, seed: int = 0) -> dict[str, torch
 def adapter_parameters(backend, cfg: LoraAdaptConfig) -> dict[str, torch.nn.Parameter]:
     """LoRA A/B matrices plus, for the pixel backend, the new class tokens."""
     params = {k: p for k, p in backend.named_parameters() if "lora_" in k}
-    tokens = getattr(backend, "extra_tokens", None)
+    tokens = backend.extra_tokens
     if cfg.train_tokens and tokens is not None:
         tokens.requires_grad_(True)
         params["extra_tokens"] = tokens
@@ -135,7 +135,7 @@ def save_lora(backend, directory: str | Path, class_names: list[str], cfg: LoraA
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = dict(get_peft_model_state_dict(backend.denoiser))
-    tokens = getattr(backend, "extra_tokens", None)
+    tokens = backend.extra_tokens
     if tokens is not None:
         state[TOKENS_KEY] = tokens
     save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(directory / "adapter.safetensors"))
@@ -161,7 +161,7 @@ def load_lora(backend, directory: str | Path) -> list[int]:
     if unexpected:
         raise TailsynthError(f"{directory}: adapter keys do not fit the UNet: {unexpected[:5]}")
     if tokens is not None:
-        if getattr(backend, "extra_tokens", None) is None or backend.extra_tokens.shape != tokens.shape:
+        if backend.extra_tokens is None or backend.extra_tokens.shape != tokens.shape:
             raise TailsynthError(f"{directory}: saved class tokens {tuple(tokens.shape)} do not fit the backend")
         with torch.no_grad():
             backend.extra_tokens.copy_(tokens.to(backend.extra_tokens.device))

@@ -98,7 +98,8 @@ class PixelBackend(torch.nn.Module):
             self.unet = _unet(c)
             tokens = torch.randn(c.num_classes + 1, c.tokens_per_class, c.cross_attention_dim) * c.token_init_std
         self.class_tokens = torch.nn.Parameter(tokens)  # (K+1, T, D); row 0 = null condition
-        self.register_parameter("extra_tokens", None)  # (K_new, T, D) after add_classes
+        # protocol attribute extra_tokens: None until add_classes, then the (K_new, T, D) table LoRA trains
+        self.register_parameter("extra_tokens", None)
         self.class_names = list(c.class_names or [f"class_{k}" for k in range(c.num_classes)])
         self.alphas_cumprod = make_alphas_cumprod(c.schedule, c.num_train_timesteps)
         mean = torch.tensor(c.data_mean if c.data_mean is not None else [0.5] * c.in_channels, dtype=torch.float32)
@@ -148,6 +149,11 @@ class PixelBackend(torch.nn.Module):
     def prediction(self) -> str:
         """``epsilon`` or ``v``: what :meth:`model_output` predicts (and the denoiser is trained against)."""
         return self.cfg.prediction
+
+    @property
+    def schedule(self) -> str:
+        """The training noise schedule's name (``linear`` or ``cosine``), from the config."""
+        return self.cfg.schedule
 
     def model_output(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """The UNet's raw output (float32): the noise, or v with ``prediction: v``."""

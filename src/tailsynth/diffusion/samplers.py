@@ -242,5 +242,5 @@ def sample_images(backend, x_T: torch.Tensor, cond, uncond, num_steps: int = 20,
     """Plain (unguided) generation through a backend: DDIM eta 0 with CFG from x_T, decoded to images in [0, 1]
     (LoGex "only LoRA"; Dream-OOD / BOOD's outlier decoding)."""
     out = ddim_sample(backend.eps, x_T, cond, uncond, backend.alphas_cumprod, num_steps=num_steps,
-                      guidance_scale=guidance_scale, clip_x0=getattr(backend, "clip_x0", False))
+                      guidance_scale=guidance_scale, clip_x0=backend.clip_x0)
     return backend.decode(out.sample).clamp(0, 1)

@@ -32,13 +32,14 @@ class SDBackendConfig(StrictConfig):
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
 
 
-def _schedule_from_folder(root: Path) -> torch.Tensor:
+def _schedule_from_folder(root: Path) -> tuple[str, torch.Tensor]:
+    """The schedule's name (``squaredcos_cap_v2`` read as ``cosine``) and its alphas_cumprod."""
     cfg_path = root / "scheduler" / "scheduler_config.json"
     sched = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
     kind = sched.get("beta_schedule", "scaled_linear")
     kind = "cosine" if kind == "squaredcos_cap_v2" else kind
-    return make_alphas_cumprod(kind, int(sched.get("num_train_timesteps", 1000)),
-                               float(sched.get("beta_start", 0.00085)), float(sched.get("beta_end", 0.012)))
+    return kind, make_alphas_cumprod(kind, int(sched.get("num_train_timesteps", 1000)),
+                                     float(sched.get("beta_start", 0.00085)), float(sched.get("beta_end", 0.012)))
 
 
 @BACKENDS.register("sd")
@@ -48,6 +49,10 @@ class SDBackend(torch.nn.Module):
     clip_x0 = False  # VAE latents are not bounded: no clipping (as SD's DDIM scheduler, clip_sample=False)
 
     trains_base = False  # the base is a pretrained Stable Diffusion folder on disk
+
+    prediction = "epsilon"  # SD-1.x UNets predict the noise
+
+    extra_tokens = None  # new classes are words in the prompt template: no learned token table
 
     @classmethod
     def working_size(cls, image_size: int, resolution: int) -> int:
@@ -85,7 +90,7 @@ class SDBackend(torch.nn.Module):
         self.dtype = dtype
         self.scaling_factor = float(self.vae.config.scaling_factor)
         self.class_names = list(self.cfg.class_names)
-        self.alphas_cumprod = _schedule_from_folder(root)
+        self.schedule, self.alphas_cumprod = _schedule_from_folder(root)  # SD-1.x: scaled_linear
 
     @property
     def denoiser(self) -> torch.nn.Module:

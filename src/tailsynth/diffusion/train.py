@@ -224,7 +224,7 @@ def prediction_and_target(backend, z0: torch.Tensor, noise: torch.Tensor, t: tor
     (DDPM, Ho et al. 2020 eq. 14) or, for a backend with ``prediction == "v"``, v = sqrt(acp_t) noise -
     sqrt(1 - acp_t) z0 (Salimans & Ho 2022)."""
     x_t = add_noise(z0, noise, t, acp)
-    if getattr(backend, "prediction", "epsilon") == "v":
+    if backend.prediction == "v":
         a = acp[t].view(-1, 1, 1, 1)
         return backend.model_output(x_t, t, cond), a.sqrt() * noise - (1.0 - a).sqrt() * z0
     return backend.eps(x_t, t, cond), noise

@@ -67,7 +67,7 @@ def guided_sample(backend, x_T: torch.Tensor, cond: torch.Tensor, uncond: torch.
     """Images in [0, 1] from x_T by DDIM (eta 0) or ancestral DDPM (``generator`` for its noise) with CFG and the
     minority ``hook`` (the hook computes its gradient with grad enabled itself)."""
     from ..diffusion.samplers import ddim_sample, ddpm_sample
-    clip = getattr(backend, "clip_x0", False)
+    clip = backend.clip_x0
     if sampler == "ddim":
         out = ddim_sample(backend.eps, x_T, cond, uncond, backend.alphas_cumprod, num_steps=num_steps,
                           guidance_scale=guidance_scale, clip_x0=clip, hook=hook)

@@ -68,9 +68,9 @@ def score_timestep(schedule: str, num_train_timesteps: int, t: int | None = None
 
 
 def backend_schedule(backend) -> str:
-    """The schedule name of a backend (pixel: its config; SD: scaled_linear)."""
-    cfg = getattr(backend, "cfg", None)
-    return getattr(cfg, "schedule", "scaled_linear")
+    """The schedule name of a backend (pixel: its config's ``schedule``; SD: its scheduler folder's, scaled_linear
+    for SD-1.x)."""
+    return backend.schedule
 
 
 def draw_distances(backend, z0: torch.Tensor, cond: torch.Tensor, t: int, noise: torch.Tensor,
@@ -85,7 +85,7 @@ def draw_distances(backend, z0: torch.Tensor, cond: torch.Tensor, t: int, noise:
     eps = backend.eps(x_t, tt, cond)
     x0_hat = predict_x0(x_t, eps, acp[t])
     if clip_x0:
-        x0_hat = clip_x0_hat(x0_hat, getattr(backend, "clip_x0", True))
+        x0_hat = clip_x0_hat(x0_hat, backend.clip_x0)
     diff = (x0_hat - z0).double().flatten(1)
     out = {"l2": diff.pow(2).sum(1), "l1": diff.abs().sum(1),
            "eps_sq": (eps - noise).double().flatten(1).pow(2).sum(1)}

@@ -121,7 +121,7 @@ def evaluate(backend, guide: ClassifierGuide, x: torch.Tensor, conds: list[torch
     with autocast_for(x.device, bf16, cpu=cfg.cpu_bf16):
         out = ddim_sample(backend.eps, x, conds, unconds, backend.alphas_cumprod, num_steps=cfg.num_steps,
                           guidance_scale=cfg.guidance_scale, eta=0.0, checkpoint=checkpoint, return_x0_hats=True,
-                          clip_x0=getattr(backend, "clip_x0", False))
+                          clip_x0=backend.clip_x0)
         conf = torch.zeros(x.shape[0], device=x.device)
         for j, (w, x0) in enumerate(zip(last_k_weights(cfg.last_k), out.x0_hats[-cfg.last_k:])):
             p = torch_checkpoint(score, x0, j, use_reentrant=False) if checkpoint else score(x0, j)

@@ -144,7 +144,7 @@ def fg_entropy_sample(backend, guide: ClassifierGuide, cond: torch.Tensor, uncon
     with frozen(backend, guide):
         with torch.no_grad(), autocast_for(x_T.device, cfg.bf16):
             out = ddim_sample(backend.eps, x_T.detach(), cond, uncond, backend.alphas_cumprod, cfg.num_steps,
-                              cfg.guidance_scale, cfg.eta, generator, clip_x0=getattr(backend, "clip_x0", False),
+                              cfg.guidance_scale, cfg.eta, generator, clip_x0=backend.clip_x0,
                               hook=FgEntropyFeedback(backend, guide, cond, cfg))
         with torch.no_grad():
             images = backend.decode(out.sample.float()).float()
