@@ -4,9 +4,16 @@ import json
 
 import pytest
 import torch
+from pydantic import Field
 
+from tailsynth.config import StrictConfig
+from tailsynth.engine import Stage
+from tailsynth.engine.artifacts import load_classifier
 from tailsynth.errors import TailsynthError, UnknownNameError
 from tailsynth.methods import METHODS, Method, generator_named, register
+from tailsynth.report.tables import Table
+from tailsynth.training.checkpoint import save_weights
+from tailsynth.utils import atomic_write_json
 from tailsynth.pipeline.experiment import load_experiment
 from tailsynth.pipeline.experiment_run import run_experiment
 from tailsynth.training import CriterionObjective
@@ -82,6 +89,8 @@ class SmoothedCE(Method):
 
     def objective(self, class_counts, split, params):
         return CriterionObjective(torch.nn.CrossEntropyLoss(label_smoothing=0.2))
+
+
 @pytest.mark.slow
 def test_a_new_method_is_one_class(tmp_path):
     register(SmoothedCE)
@@ -96,3 +105,82 @@ def test_a_new_method_is_one_class(tmp_path):
         assert set(hist) == {"ce", "test-smoothed-ce"} and hist["ce"] != hist["test-smoothed-ce"]
     finally:
         METHODS._items.pop(SmoothedCE.name)
+
+
+# --- the contract of a method with stages of its own: one module (here: this test file), nothing else touched ---
+class TemperedConfig(StrictConfig):
+    """``method_params.test-tempered-ce``: the temperature the CE classifier's logits are divided by."""
+
+    temperature: float = Field(2.0, gt=0)
+
+
+class TemperStageConfig(StrictConfig):
+    temperature: float
+
+
+def run_temper(cfg: TemperStageConfig, inputs: dict, workdir) -> dict:
+    """The CE classifier with its head divided by the temperature: an ordinary classifier artifact."""
+    model, card = load_classifier(inputs["base"].path)
+    with torch.no_grad():
+        model.head.weight /= cfg.temperature
+        model.head.bias /= cfg.temperature
+    save_weights(model, workdir / "model.safetensors")
+    atomic_write_json(workdir / "model.json", {**card, "method": "test-tempered-ce"})
+    return {"temperature": cfg.temperature}
+
+
+def temper_report(built, context):
+    table = Table("Tempered classifiers (test)", ["stage", "temperature"])
+    table.rows += [[(b.artifact.fingerprint[:8], ""), (f"{b.config.temperature:g}", "")] for b in built]
+    return [table], {"tempered": {b.artifact.fingerprint: b.config.temperature for b in built}}
+
+
+TEMPER = Stage("test_temper", "1", run_temper, "the CE classifier's logits / T", report=temper_report,
+               cost=lambda cfg: f"one copy at T = {cfg.temperature:g}")
+
+
+class TemperedCE(Method):
+    """A method with a config, a stage and a report section of its own."""
+
+    name = "test-tempered-ce"
+    reference = "CE logits divided by a temperature (Guo et al. 2017), as a post-hoc stage"
+    Config = TemperedConfig
+
+    def classifier(self, graph, seed, per_class=None):
+        base = graph.classifier("ce", seed)
+        cfg = TemperStageConfig(temperature=graph.method_config(self).temperature)
+        return graph.run(TEMPER, cfg, {"split": graph.split(), "base": base}, seed, f"{self.name} seed {seed}")
+
+
+@pytest.fixture
+def tempered():
+    register(TemperedCE)
+    yield
+    METHODS._items.pop(TemperedCE.name)
+
+
+def test_a_method_with_its_own_stage_config_and_report_plans_and_checks_its_settings(tempered, tmp_path):
+    cfg = load_experiment("demo", tiny("methods=[ce,test-tempered-ce]", "method_params.test-tempered-ce.temperature=4",
+                                       generator=False))
+    assert cfg.method_config("test-tempered-ce") == TemperedConfig(temperature=4.0)
+    plan = run_experiment(cfg, tmp_path / "runs", plan_only=True, log=quiet).plan
+    own = [p for p in plan if p["stage"] == "test_temper"]
+    assert [(p["label"], p["cost"]) for p in own] == [("test-tempered-ce seed 0", "one copy at T = 4")]
+    with pytest.raises(TailsynthError, match=r"(?s)method_params\.test-tempered-ce.*temperature"):
+        load_experiment("demo", tiny("methods=[test-tempered-ce]", "method_params.test-tempered-ce.temperature=-1",
+                                     generator=False))
+
+
+@pytest.mark.slow
+def test_a_method_with_its_own_stage_runs_and_shows_its_report_section(tempered, tmp_path):
+    cfg = load_experiment("demo", tiny("methods=[ce,test-tempered-ce]", generator=False))
+    result = run_experiment(cfg, tmp_path / "runs", log=quiet)
+    metrics = {json.loads((a.path / "metrics.json").read_text())["method"]: json.loads((a.path / "metrics.json")
+               .read_text())["metrics"] for a in result.evaluations}
+    assert set(metrics) == {"ce", "test-tempered-ce"}
+    # dividing the logits by T > 0 keeps every argmax: the balanced accuracies are the CE row's
+    assert metrics["test-tempered-ce"]["bacc_head"] == metrics["ce"]["bacc_head"]
+    results = json.loads((result.report_dir / "results.json").read_text())
+    (fingerprint, temperature), = results["tempered"].items()
+    assert temperature == 2.0 and (tmp_path / "runs" / "test_temper" / fingerprint / "model.json").is_file()
+    assert "Tempered classifiers (test)" in (result.report_dir / "report.md").read_text()

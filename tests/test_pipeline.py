@@ -1,6 +1,5 @@
 """End to end on a tiny benchmark: split -> classifiers -> scores -> report; caching; no test-set leakage."""
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +10,7 @@ from tailsynth.pipeline import stages
 from tailsynth.pipeline.experiment import load_experiment
 from tailsynth.pipeline.experiment_run import machine_description, run_experiment
 
-from tiny import quiet, tiny
+from tiny import benchmark_data_mark, quiet, tiny
 
 TINY = tiny("classifier.epochs=2", "methods=[ce,crt,ldam-rw-drw]", generator=False)
 
@@ -100,12 +99,10 @@ def test_machine_description_names_cpu_kernels_cores_and_torch():
     assert f"torch {torch.__version__}" in text and ("no GPU" in text) != torch.cuda.is_available()
 
 
-@pytest.mark.parametrize("name,stages_min", [("demo", 10), ("pbc-lt-cpu", 100), ("cifar10-lt-cpu", 20),
-                                             ("cifar100-lt-cpu", 10), ("cifar10-tail6-cpu", 20),
-                                             ("pbc-lt-cpu-long", 20),
-                                             pytest.param("fashion-mnist-lt-cpu", 20, marks=pytest.mark.skipif(
-                                                 not Path("/usr/share/datasets/fashion-mnist").is_dir(),
-                                                 reason="Debian package dataset-fashion-mnist not installed"))])
+@pytest.mark.parametrize("name,stages_min", [
+    pytest.param(name, n, marks=[m for m in [benchmark_data_mark(name)] if m is not None])
+    for name, n in [("demo", 10), ("pbc-lt-cpu", 100), ("cifar10-lt-cpu", 20), ("cifar100-lt-cpu", 10),
+                    ("cifar10-tail6-cpu", 20), ("pbc-lt-cpu-long", 20), ("fashion-mnist-lt-cpu", 20)]])
 def test_every_cpu_experiment_config_loads_and_plans(tmp_path, name, stages_min):
     """A shipped experiment config is valid as a whole (keys, method params, auxiliary settings) and plans its
     stages without running any; ``pbc-lt-paper`` needs weights on disk and is checked in test_pretrained."""

@@ -35,3 +35,19 @@ def tiny(*extra: str, generator: bool = True) -> list[str]:
 
 def quiet(_msg: str) -> None:
     pass
+
+
+def benchmark_data_mark(experiment: str):
+    """A skip mark for a test that reads experiment ``experiment``'s benchmark data, when that data is not on disk
+    (a fresh clone has no ``../shared/data``; ``TAILSYNTH_DATA_ROOT`` points elsewhere); it names the data. None
+    when the data is there."""
+    import pytest
+
+    from tailsynth.data import load_benchmark_config, resolve_data_path
+    from tailsynth.pipeline.experiment import find_experiment, read_experiment_yaml
+    source = load_benchmark_config(read_experiment_yaml(find_experiment(experiment))["benchmark"]).source
+    path = getattr(source, "path", None)
+    if path is None or resolve_data_path(path).exists():
+        return None
+    return pytest.mark.skip(reason=f"{experiment} needs its benchmark data at {resolve_data_path(path)} "
+                                   f"(not present; see the README's Data section or set TAILSYNTH_DATA_ROOT)")

@@ -1,5 +1,7 @@
 """tailsynth: long-tailed image recognition with synthetic tail images from adapted, guided diffusion."""
-__version__ = "0.1.0"
+from .version import __version__
+
+__all__ = ["__version__", "load"]
 
 
 def load(run_dir, device: str = "auto"):

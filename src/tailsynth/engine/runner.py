@@ -17,7 +17,8 @@ from typing import Any, Callable
 
 from pydantic import BaseModel
 
-from .. import __version__, distributed
+from .. import distributed
+from ..version import __version__
 from ..config import to_dict
 from ..errors import TailsynthError
 from ..utils import atomic_write_json, stable_hash

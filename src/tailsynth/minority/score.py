@@ -23,7 +23,6 @@ training timesteps); the official code draws 5 noise samples and clips x0_hat, a
 """
 from __future__ import annotations
 
-from typing import Literal
 
 import numpy as np
 import torch

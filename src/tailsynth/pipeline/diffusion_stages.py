@@ -27,7 +27,7 @@ from ..engine.artifacts import images_of, load_adapted, load_base, load_classifi
 from ..engine.shards import shard_size_of, write_shards
 from ..errors import TailsynthError
 from ..methods import SynthesisConfig, generator_named
-from ..utils import atomic_write_json, read_json, resolve_device
+from ..utils import atomic_write_bytes, atomic_write_json, read_json, resolve_device
 
 
 class DiffusionStageConfig(StrictConfig):

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .. import __version__, distributed
+from .. import distributed
+from ..version import __version__
 from ..config import to_dict
 from ..methods import METHODS
 from ..utils import file_lock, torch_threads

@@ -8,7 +8,7 @@ report) -> the method's head fine-tune (an ordinary ``train_classifier`` stage o
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch

@@ -32,7 +32,7 @@ from ...diffusion import DiffusionConfig
 from ...engine import Artifact, Built, Stage
 from ...engine.artifacts import load_adapted, load_classifier, oracle_pool, read_split, split_data
 from ...errors import TailsynthError
-from ...minority import MinorityClassifier, MinorityGuidanceConfig, resolve_target
+from ...minority import MinorityClassifier, resolve_target
 from ...minority.analysis import generation_table, real_rarity, score_correlations
 from ...minority.guidance import guided_sample
 from ...report.grids import labelled_rows
