@@ -43,7 +43,7 @@ class Predictor:
     """A loaded final classifier with its validation-calibrated rare-image threshold."""
 
     def __init__(self, run_dir: str | Path, device: str = "auto"):
-        from .pipeline.artifacts import load_classifier
+        from .engine.artifacts import load_classifier
         self.path = _classifier_dir(Path(run_dir))
         self.device = resolve_device(device)
         self.model, self.card = load_classifier(self.path)

@@ -44,7 +44,7 @@ class FeatureClassifier(nn.Module):
     def set_input_norm(self, mean, std) -> None:
         """Normalise inputs as pretrained weights expect: the pipeline feeds x in [-1, 1]; the network then
         sees ((x + 1) / 2 - mean) / std per channel (ImageNet: mean 0.485/0.456/0.406, std 0.229/0.224/0.225).
-        Non-persistent: the model card stores it and rebuilds it (``pipeline.artifacts.build_model``)."""
+        Non-persistent: the model card stores it and rebuilds it (``engine.artifacts.build_model``)."""
         self.register_buffer("input_mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("input_std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
 

@@ -1,4 +1,4 @@
-"""Stage 3 settings of Dream-OOD and BOOD (the stage itself: :mod:`tailsynth.pipeline.outlier_stages`)."""
+"""Stage 3 settings of Dream-OOD and BOOD (the stage itself: :mod:`tailsynth.methods.dream_ood.stages`)."""
 from __future__ import annotations
 
 from pydantic import Field

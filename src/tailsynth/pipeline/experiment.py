@@ -43,7 +43,7 @@ class ExperimentConfig(StrictConfig):
     # bit-identical only with the same thread count, so a profile that pins it prints the same digits on a
     # 2-core laptop and a 64-core server of one CPU kind; tiny models also run faster on 1 thread.
     threads: int | None = Field(default=None, ge=1)
-    # independent stages built at the same time, each in its own process (pipeline.parallel); with threads None
+    # independent stages built at the same time, each in its own process (engine.parallel); with threads None
     # each process gets cpu_count // jobs torch threads. Under torchrun / accelerate launch it is ignored.
     jobs: int = Field(default=1, ge=1)
     diffusion: DiffusionConfig = DiffusionConfig()  # the generator of the synthesis methods

@@ -74,7 +74,7 @@ def run_experiment(cfg: ExperimentConfig, runs_dir: str | Path, *, force: set[st
         result = ExperimentResult(jobs=cfg.jobs if distributed.world()[1] == 1 else 1)
         built_concurrently: dict = {}
         if result.jobs > 1 and not plan_only:
-            # plan the graph, build its independent stages side by side (pipeline.parallel); the pass below
+            # plan the graph, build its independent stages side by side (engine.parallel); the pass below
             # then finds them built
             planner = StageGraph(cfg, Runner(store, force=set(force or ()), log=lambda _msg: None), plan_only=True)
             _walk(planner, cfg)

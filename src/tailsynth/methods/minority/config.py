@@ -12,7 +12,7 @@ from ...minority import MinorityClassifierConfig, MinorityGuidanceConfig, Minori
 
 class MinorityFiguresConfig(StrictConfig):
     """``synthesis.params.minority.figures``: the paper's figures in the experiment report (``minority_figures``
-    stage, :mod:`tailsynth.pipeline.minority_figures`; needs the oracle). Not part of the synthesis stage: changing
+    stage, :mod:`tailsynth.methods.minority.figures`; needs the oracle). Not part of the synthesis stage: changing
     it redraws the figures only."""
 
     enabled: bool = True
