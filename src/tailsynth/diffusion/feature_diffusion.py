@@ -13,8 +13,8 @@ Sampling goes through the project's samplers (:func:`tailsynth.diffusion.ddim_sa
 Eq. 11 with sigma_t = eta * ..., or ancestral :func:`ddpm_sample`, the code's 1000-step sampler), with
 the class label as condition, so the DDIM path uses the label (the official DDIM path ignores it).
 
-Training reuses the denoiser loop's batch order, learning-rate schedule and checkpoint files
-(:mod:`tailsynth.diffusion.train`): a run killed at any step resumes to the same weights.
+Training runs in the step loop (:class:`tailsynth.training.steps.StepLoop`) with its batch order and checkpoint
+files: a run killed at any step resumes to the same weights.
 """
 from __future__ import annotations
 
@@ -27,14 +27,13 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..config import StrictConfig, to_dict
 from ..errors import TailsynthError
-from ..utils import derive_seed, progress_enabled, read_json, stable_hash
+from ..training.steps import LossFn, StepLoop, batch_indices, copy_into, load_tensors
+from ..utils import derive_seed, read_json, stable_hash
 from .samplers import ddim_sample, ddpm_sample
 from .schedule import add_noise, make_alphas_cumprod
-from .train import _checkpoint, _copy_into, _finish, _load_tensors, batch_indices, resume_from
 
 
 class FeatureDiffusionConfig(StrictConfig):
@@ -206,41 +205,29 @@ def train_feature_diffusion(features, labels, num_classes: int, cfg: FeatureDiff
     x_all = model.encode(z_all.to(device))
     named = dict(sorted(model.denoiser.named_parameters()))
     opt = torch.optim.AdamW(list(named.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    ema = {k: p.detach().float().clone() for k, p in named.items()} if cfg.ema_decay > 0 else {}
     gen = torch.Generator().manual_seed(cfg.seed)
     fingerprint = stable_hash({"cfg": to_dict(cfg), "n": len(y_all), "dim": int(z_all.shape[1]), "k": num_classes})
-    step = resume_from(workdir, fingerprint, named, ema, opt, gen, device,
-                       "a feature-diffusion run with another config or data")
-    if step is None:
-        return model.eval(), []
-    stop = cfg.steps if max_new_steps is None else min(cfg.steps, step + max_new_steps)
-    losses: list[float] = []
-    model.train()
-    for step in tqdm(range(step, stop), desc="feature diffusion", disable=not progress_enabled(), initial=step,
-                     total=cfg.steps, mininterval=1.0):
+    loop = StepLoop(named, opt, gen, workdir, cfg.steps, fingerprint, to_dict(cfg), cfg.checkpoint_every, device,
+                    "a feature-diffusion run with another config or data", ema_decay=cfg.ema_decay,
+                    grad_clip=cfg.grad_clip, lr_at=lambda step: [cfg.lr * _lr_factor(step, cfg)], module=model,
+                    desc="feature diffusion")
+    done = loop.run(feature_loss(model, x_all, y_all, cfg, gen), max_new_steps)
+    return model.eval(), done.losses
+
+
+def feature_loss(model: FeatureDiffusion, x_all: torch.Tensor, y_all: torch.Tensor, cfg: FeatureDiffusionConfig,
+                 gen: torch.Generator) -> LossFn:
+    """The loss of step k: :meth:`FeatureDiffusion.training_loss` on batch k (instance or class-balanced order)."""
+    device = x_all.device
+
+    def loss_at(step: int) -> torch.Tensor:
         if cfg.sampler == "class_balanced":
-            idx = balanced_indices(step, cfg.batch_size, y_all, num_classes, cfg.seed).to(device)
+            idx = balanced_indices(step, cfg.batch_size, y_all, model.denoiser.num_classes, cfg.seed).to(device)
         else:
             idx = batch_indices(step, min(cfg.batch_size, len(y_all)), len(y_all), cfg.seed).to(device)
-        for g in opt.param_groups:
-            g["lr"] = cfg.lr * _lr_factor(step, cfg)
-        loss = model.training_loss(x_all[idx], y_all.to(device)[idx], gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(list(named.values()), cfg.grad_clip)
-        opt.step()
-        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for k, p in named.items() if ema else ():
-                ema[k].lerp_(p.detach().float(), 1.0 - decay)
-        losses.append(float(loss.detach()))
-        done = step + 1
-        if done % cfg.checkpoint_every == 0 or done == stop:
-            _checkpoint(workdir, named, ema, opt, gen, done, fingerprint, cfg)
-    if stop >= cfg.steps:
-        _finish(workdir, named, ema, cfg.steps, fingerprint, cfg)
-    return model.eval(), losses
+        return model.training_loss(x_all[idx], y_all.to(device)[idx], gen)
+
+    return loss_at
 
 
 def balanced_indices(step: int, batch: int, labels: torch.Tensor, num_classes: int, seed: int) -> torch.Tensor:
@@ -300,5 +287,5 @@ def load_feature_diffusion(folder: str | Path, device: torch.device | str = "cpu
     stats = {k: np.asarray(record[k], dtype=np.float32) for k in ("center", "scale", "low", "high")}
     model = FeatureDiffusion(cfg, record["dim"], record["num_classes"], stats)
     named = dict(sorted(model.denoiser.named_parameters()))
-    _copy_into(named, _load_tensors(folder / "train" / "final.safetensors"), folder)
+    copy_into(named, load_tensors(folder / "train" / "final.safetensors"), folder)
     return model.to(device).eval()

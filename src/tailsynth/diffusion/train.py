@@ -14,15 +14,14 @@ batch -- the single-process step on the global batch up to float summation order
 GroupNorm, no batch statistics). Gradient clipping, AdamW and the EMA then run identically on every rank;
 rank 0 alone writes checkpoints, and every rank resumes from them.
 
-Every ``checkpoint_every`` steps the workdir gets the trained parameters and their EMA (safetensors), the
-AdamW state (``torch.save`` of tensors and numbers only, read back with ``weights_only=True``), the
-noise generator state and ``train_state.json`` (written last). A resumed run reproduces the uninterrupted
-run exactly: batch order is a function of (seed, epoch) and all other randomness comes from the saved
-generator.
+The steps run in the step loop (:class:`tailsynth.training.steps.StepLoop`): gradient clipping, the learning
+rate schedule, the EMA, the gradient sum over ranks and a checkpoint every ``checkpoint_every`` steps (trained
+parameters, EMA, AdamW state, noise generator state, ``train_state.json`` last). A resumed run reproduces the
+uninterrupted run exactly: batch order is a function of (seed, epoch) and all other randomness comes from the
+saved generator.
 """
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,17 +30,13 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
-from tqdm.auto import tqdm
 
 from .. import distributed
 from ..config import StrictConfig, to_dict
 from ..errors import TailsynthError
-from ..utils import atomic_write_bytes, atomic_write_json, derive_seed, progress_enabled, read_json, stable_hash
+from ..training.steps import LossFn, StepLoop, batch_indices
+from ..utils import stable_hash
 from .schedule import add_noise
-
-STATE = "train_state.json"
 
 
 class DenoiserTrainConfig(StrictConfig):
@@ -93,36 +88,6 @@ def lr_factor(step: int, cfg: DenoiserTrainConfig) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def batch_indices(step: int, batch: int, n: int, seed: int) -> torch.Tensor:
-    """Indices of batch ``step`` in the stream of per-epoch permutations (permutation e seeded by (seed, e))."""
-    positions = torch.arange(step * batch, (step + 1) * batch)
-    out = torch.empty(batch, dtype=torch.long)
-    for epoch in positions.div(n, rounding_mode="floor").unique().tolist():
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(seed, "order", epoch)))
-        mask = positions.div(n, rounding_mode="floor") == epoch
-        out[mask] = perm[positions[mask] % n]
-    return out
-
-
-def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    atomic_write_bytes(path, st_save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}))
-
-
-def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise TailsynthError(f"checkpoint file missing: {path}")
-    return st_load(path.read_bytes())
-
-
-def _copy_into(params: dict[str, torch.nn.Parameter], tensors: dict[str, torch.Tensor], where: Path) -> None:
-    if set(tensors) != set(params):
-        raise TailsynthError(f"{where} does not hold the trained parameters (differs in "
-                             f"{sorted(set(tensors) ^ set(params))[:5]})")
-    with torch.no_grad():
-        for k, p in params.items():
-            p.copy_(tensors[k].to(p.device, p.dtype))
-
-
 def fit_denoiser(backend, params: dict[str, torch.nn.Parameter], images, cond_ids, cfg: DenoiserTrainConfig,
                  workdir: str | Path, device: torch.device | str, seed: int,
                  max_new_steps: int | None = None, lr_by_param: dict[str, float] | None = None) -> TrainResult:
@@ -147,29 +112,33 @@ def fit_denoiser(backend, params: dict[str, torch.nn.Parameter], images, cond_id
     key = {"cfg": to_dict(cfg), "seed": seed, "params": sorted(params), "n": len(y_all)}
     if lr_by_param:
         key["lr_by_param"] = dict(sorted(lr_by_param.items()))
-    fingerprint = stable_hash(key)
     backend.to(device)
     named = dict(sorted(params.items()))
     groups = [{"params": [p for k, p in named.items() if k not in lr_by_param], "peak_lr": cfg.lr}]
     groups += [{"params": [named[k]], "peak_lr": lr, "weight_decay": 0.0} for k, lr in sorted(lr_by_param.items())]
     groups = [g for g in groups if g["params"]]
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
-    ema = {k: p.detach().float().clone() for k, p in named.items()} if cfg.ema_decay > 0 else {}
     gen = torch.Generator().manual_seed(seed)  # t, noise, dropout and flips
-    step = resume_from(workdir, fingerprint, named, ema, opt, gen, device,
-                       "a run with another config/seed/data; use a fresh workdir")
-    if step is None:
-        return TrainResult(workdir, int(read_json(workdir / STATE)["step"]), True)
     parallel = distributed.active()
-    main = distributed.world()[0] == 0
+    loop = StepLoop(named, opt, gen, workdir, cfg.steps, stable_hash(key), to_dict(cfg), cfg.checkpoint_every, device,
+                    "a run with another config/seed/data; use a fresh workdir", ema_decay=cfg.ema_decay,
+                    grad_clip=cfg.grad_clip,
+                    lr_at=lambda step: [g["peak_lr"] * lr_factor(step, cfg) for g in opt.param_groups],
+                    data_parallel=parallel, write=distributed.world()[0] == 0, module=backend.denoiser,
+                    desc="denoiser", progress=cfg.progress)
+    done = loop.run(denoiser_loss(backend, x_all, y_all, cfg, seed, gen, device, parallel), max_new_steps)
+    return TrainResult(workdir, done.step, done.finished, done.losses)
+
+
+def denoiser_loss(backend, x_all: torch.Tensor, y_all: torch.Tensor, cfg: DenoiserTrainConfig, seed: int,
+                  gen: torch.Generator, device: torch.device, parallel: bool) -> LossFn:
+    """The loss of step k: batch k of the seeded batch order, random flips, t, noise and condition dropout drawn
+    from ``gen``. With ``parallel`` every rank draws the global batch's randomness, trains on its contiguous slice
+    and weights its loss by its share of the batch (the step loop sums the gradients over the ranks)."""
     T = backend.alphas_cumprod.shape[0]
     acp = backend.alphas_cumprod.to(device)
-    stop = cfg.steps if max_new_steps is None else min(cfg.steps, step + max_new_steps)
-    losses: list[float] = []
-    backend.denoiser.train()
-    bar = tqdm(range(step, stop), desc="denoiser", disable=not (cfg.progress and progress_enabled()), initial=step,
-               total=cfg.steps)
-    for step in bar:
+
+    def loss_at(step: int) -> torch.Tensor:
         idx = batch_indices(step, cfg.batch_size, len(y_all), seed)
         n = len(idx)
         mine = distributed.batch_slice(n) if parallel else slice(None)  # this rank's share of the global batch
@@ -181,41 +150,15 @@ def fit_denoiser(backend, params: dict[str, torch.nn.Parameter], images, cond_id
         with torch.no_grad():
             z0 = backend.encode(x0[mine].to(device))
         noise = torch.randn((n, *z0.shape[1:]), generator=gen)[mine].to(device)  # the global batch's draws
-        for g in opt.param_groups:
-            g["lr"] = g["peak_lr"] * lr_factor(step, cfg)
         with torch.autocast(device.type, dtype=torch.bfloat16,
                             enabled=cfg.mixed_precision == "bf16" and device.type == "cuda"):
             cond = backend.encode_condition(y_all[idx][mine].to(device))
             cond = torch.where(drop[mine], backend.null_condition(len(cond)).to(cond.dtype), cond)
             pred, target = prediction_and_target(backend, z0, noise, t[mine].to(device), cond, acp)
         loss = F.mse_loss(pred.float(), target)
-        opt.zero_grad(set_to_none=True)
-        if parallel:  # loss weighted by the rank's share; gradients (and the logged loss) summed over ranks
-            share = len(z0) / n
-            (loss * share).backward()
-            loss = (loss.detach().float() * share).reshape(1)
-            distributed.all_reduce_gradients(list(named.values()), [loss])
-            loss = loss[0]
-        else:
-            loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(list(named.values()), cfg.grad_clip)
-        opt.step()
-        decay = min(cfg.ema_decay, (1 + step) / (10 + step))  # EMA warmup (diffusers' EMAModel)
-        with torch.no_grad():
-            for k, p in named.items() if ema else ():
-                ema[k].lerp_(p.detach().float(), 1.0 - decay)
-        losses.append(float(loss.detach()))
-        bar.set_postfix(loss=f"{losses[-1]:.4f}")
-        done = step + 1
-        if main and (done % cfg.checkpoint_every == 0 or done == stop):
-            _checkpoint(workdir, named, ema, opt, gen, done, fingerprint, cfg)
-    step = stop
-    backend.denoiser.eval()
-    finished = step >= cfg.steps
-    if finished:
-        _finish(workdir, named, ema, step, fingerprint, cfg, write=main)
-    return TrainResult(workdir, step, finished, losses)
+        return loss * (len(z0) / n) if parallel else loss
+
+    return loss_at
 
 
 def prediction_and_target(backend, z0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
@@ -228,56 +171,6 @@ def prediction_and_target(backend, z0: torch.Tensor, noise: torch.Tensor, t: tor
         a = acp[t].view(-1, 1, 1, 1)
         return backend.model_output(x_t, t, cond), a.sqrt() * noise - (1.0 - a).sqrt() * z0
     return backend.eps(x_t, t, cond), noise
-
-
-def _checkpoint(workdir: Path, named, ema, opt, gen, step: int, fingerprint: str, cfg) -> None:
-    _save_tensors(workdir / "ckpt_params.safetensors", dict(named))
-    if ema:
-        _save_tensors(workdir / "ckpt_ema.safetensors", ema)
-    _save_tensors(workdir / "ckpt_rng.safetensors", {"noise_generator": gen.get_state()})
-    buffer = io.BytesIO()
-    torch.save(opt.state_dict(), buffer)
-    atomic_write_bytes(workdir / "ckpt_optimizer.pt", buffer.getvalue())
-    atomic_write_json(workdir / STATE, {"step": step, "finished": False, "fingerprint": fingerprint,
-                                        "config": to_dict(cfg)})
-
-
-def resume_from(workdir: Path, fingerprint: str, named, ema, opt, gen, device, mismatch: str) -> int | None:
-    """Steps already done in ``workdir`` (0 for a fresh one, after loading its checkpoint otherwise), or None when
-    the run there is finished (its final weights are then loaded into ``named``). A run with another
-    ``fingerprint`` is an error: "<workdir> holds <mismatch>"."""
-    if not (workdir / STATE).is_file():
-        return 0
-    state = read_json(workdir / STATE)
-    if state.get("fingerprint") != fingerprint:
-        raise TailsynthError(f"{workdir} holds {mismatch}")
-    if state.get("finished"):
-        _copy_into(named, _load_tensors(workdir / "final.safetensors"), workdir)
-        return None
-    return _resume(workdir, named, ema, opt, gen, device)
-
-
-def _resume(workdir: Path, named, ema, opt, gen, device) -> int:
-    state = read_json(workdir / STATE)
-    _copy_into(named, _load_tensors(workdir / "ckpt_params.safetensors"), workdir)
-    if ema:
-        ema.update({k: v.to(device) for k, v in _load_tensors(workdir / "ckpt_ema.safetensors").items()})
-    gen.set_state(_load_tensors(workdir / "ckpt_rng.safetensors")["noise_generator"])
-    opt.load_state_dict(torch.load(workdir / "ckpt_optimizer.pt", map_location=device, weights_only=True))
-    return int(state["step"])
-
-
-def _finish(workdir: Path, named, ema, step: int, fingerprint: str, cfg, write: bool = True) -> None:
-    """Copy the EMA weights (if any) into the model and (``write``: rank 0) write ``final.safetensors``."""
-    if ema:
-        with torch.no_grad():
-            for k, p in named.items():
-                p.copy_(ema[k].to(p.dtype))
-    if not write:
-        return
-    _save_tensors(workdir / "final.safetensors", dict(named))
-    atomic_write_json(workdir / STATE, {"step": step, "finished": True, "fingerprint": fingerprint,
-                                        "config": to_dict(cfg)})
 
 
 def train_denoiser(backend, images, labels, cfg: DenoiserTrainConfig, workdir: str | Path,

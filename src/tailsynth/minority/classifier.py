@@ -19,14 +19,13 @@ On top sits a small trained head: SiLU + global average pool of the mid-block ma
 embedding, then a 2-hidden-layer MLP to L logits.
 
 Training (as the official code): x_t = q_sample(x0, t) with t ~ U{0..T-1}, CE against the sample's minority
-level, AdamW (lr 3e-4, weight decay 0.05). It runs in the denoiser loop's checkpoint protocol
-(:mod:`tailsynth.diffusion.train`), so a killed run resumes exactly; a stratified 5 % of the samples is held
+level, AdamW (lr 3e-4, weight decay 0.05). It runs in the step loop (:class:`tailsynth.training.steps.StepLoop`)
+with its checkpoints, so a killed run resumes exactly; a stratified 5 % of the samples is held
 out to report the classifier's accuracy (no choice is made on it).
 """
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 from typing import Literal
 
@@ -36,13 +35,12 @@ import torch.nn.functional as F
 from pydantic import field_validator
 from safetensors.torch import load_file, save_file
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..config import StrictConfig, to_dict
 from ..diffusion.schedule import add_noise
-from ..diffusion.train import STATE, _checkpoint, _finish, batch_indices, resume_from
 from ..errors import TailsynthError
-from ..utils import atomic_write_json, progress_enabled, read_json, stable_hash
+from ..training.steps import LossFn, StepLoop, batch_indices
+from ..utils import atomic_write_json, read_json, stable_hash
 
 
 class MinorityClassifierConfig(StrictConfig):
@@ -246,42 +244,41 @@ def train_minority_classifier(backend, images: np.ndarray, cond_ids: np.ndarray,
     opt = torch.optim.AdamW(list(named.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
     fingerprint = stable_hash({"cfg": to_dict(cfg), "n": len(levels), "levels": stable_hash(levels.tolist())})
-    step = resume_from(workdir, fingerprint, named, {}, opt, gen, device, "another minority classifier run")
-    T = backend.alphas_cumprod.shape[0]
-    acp = backend.alphas_cumprod.to(device)
+    loop = StepLoop(named, opt, gen, workdir, cfg.steps, fingerprint, to_dict(cfg), cfg.checkpoint_every, device,
+                    "another minority classifier run", module=model, desc="minority classifier")
     y_all = torch.as_tensor(levels, dtype=torch.long)
     c_all = torch.as_tensor(cond_ids, dtype=torch.long)
-    losses: list[float] = []
-    if step is not None:
-        bar = tqdm(range(step, cfg.steps), desc="minority classifier", initial=step, total=cfg.steps,
-                   disable=not progress_enabled())
-        model.train()
-        for step in bar:
-            idx = torch.as_tensor(train_idx)[batch_indices(step, cfg.batch_size, len(train_idx), cfg.seed)]
-            x0 = x_all[idx]
-            x0 = torch.where((torch.rand(len(idx), generator=gen) < 0.5).view(-1, 1, 1, 1) & cfg.hflip, x0.flip(-1), x0)
-            x0 = torch.where((torch.rand(len(idx), generator=gen) < 0.5).view(-1, 1, 1, 1) & cfg.vflip, x0.flip(-2), x0)
-            t = torch.randint(0, T, (len(idx),), generator=gen).to(device)
-            with torch.no_grad():
-                z0 = backend.encode(x0.to(device))
-                noise = torch.randn(z0.shape, generator=gen).to(device)
-                x_t = add_noise(z0, noise, t, acp)
-                cond = model.condition(c_all[idx].to(device), len(idx))
-            loss = F.cross_entropy(model(x_t, t, cond), y_all[idx].to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
-            if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-                _checkpoint(workdir, named, {}, opt, gen, step + 1, fingerprint, cfg)
-        _finish(workdir, named, {}, cfg.steps, fingerprint, cfg)
+    done = loop.run(minority_loss(model, x_all, c_all, y_all, torch.as_tensor(train_idx), cfg, gen, device))
     model.eval()
-    summary = {"steps": int(read_json(workdir / STATE)["step"]), "n_train": int(len(train_idx)),
-               "n_holdout": int(hold.sum()), "final_loss": float(np.mean(losses[-100:])) if losses else None,
-               "latent": list(latent)}
+    summary = {"steps": done.step, "n_train": int(len(train_idx)), "n_holdout": int(hold.sum()),
+               "final_loss": float(np.mean(done.losses[-100:])) if done.losses else None, "latent": list(latent)}
     summary.update(holdout_accuracy(model, x_all[hold], c_all[hold], y_all[hold], device, cfg.seed))
     return model, summary
+
+
+def minority_loss(model: MinorityClassifier, x_all: torch.Tensor, c_all: torch.Tensor, y_all: torch.Tensor,
+                  train_idx: torch.Tensor, cfg: MinorityClassifierConfig, gen: torch.Generator,
+                  device: torch.device) -> LossFn:
+    """The loss of step k: CE of the minority levels of batch k (of the training samples) from x_t = q_sample(x0, t),
+    with random flips, t and noise drawn from ``gen``."""
+    backend = model.backend
+    T = backend.alphas_cumprod.shape[0]
+    acp = backend.alphas_cumprod.to(device)
+
+    def loss_at(step: int) -> torch.Tensor:
+        idx = train_idx[batch_indices(step, cfg.batch_size, len(train_idx), cfg.seed)]
+        x0 = x_all[idx]
+        x0 = torch.where((torch.rand(len(idx), generator=gen) < 0.5).view(-1, 1, 1, 1) & cfg.hflip, x0.flip(-1), x0)
+        x0 = torch.where((torch.rand(len(idx), generator=gen) < 0.5).view(-1, 1, 1, 1) & cfg.vflip, x0.flip(-2), x0)
+        t = torch.randint(0, T, (len(idx),), generator=gen).to(device)
+        with torch.no_grad():
+            z0 = backend.encode(x0.to(device))
+            noise = torch.randn(z0.shape, generator=gen).to(device)
+            x_t = add_noise(z0, noise, t, acp)
+            cond = model.condition(c_all[idx].to(device), len(idx))
+        return F.cross_entropy(model(x_t, t, cond), y_all[idx].to(device))
+
+    return loss_at
 
 
 @torch.no_grad()
