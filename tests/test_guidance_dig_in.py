@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from tailsynth.diffusion import LoraAdaptConfig, PixelBackend, attach_lora, ddim_sample, initial_noise
 from tailsynth.diffusion.guidance import (ClassifierGuide, DigInConfig, PerSampleAdam, dig_in, dig_in_reference,
                                           last_k_weights)
-from tailsynth.diffusion.guidance.dig_in import _reproject, evaluate
+from tailsynth.diffusion.guidance.dig_in import reproject_to_norm, evaluate
 from tailsynth.config import build_config
 from tailsynth.errors import TailsynthError
 
@@ -80,7 +80,7 @@ def test_per_sample_adam_matches_torch_adam_and_slices_exactly():
 def test_reprojection_keeps_initial_norm():
     x = torch.randn(4, 3, 2, 2)
     norm0 = torch.tensor([1.0, 2.0, 3.0, 4.0])
-    _reproject(x, norm0)
+    reproject_to_norm(x, norm0)
     assert torch.allclose(x.flatten(1).norm(dim=1), norm0, atol=1e-5)
 
 

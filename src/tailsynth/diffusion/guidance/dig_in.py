@@ -132,7 +132,9 @@ def evaluate(backend, guide: ClassifierGuide, x: torch.Tensor, conds: list[torch
     return conf, clean, images
 
 
-def _prepare(backend, guide, target_classes, cond, uncond, x_T, where):
+def prepare_inputs(backend, guide, target_classes, cond, uncond, x_T, where):
+    """Checked (targets (N,), cond (N, L, D), uncond (N, L, D)) for a DiG-IN run on x_T (N, C, h, w); errors name
+    ``where``."""
     n = x_T.shape[0]
     if x_T.dim() != 4 or n < 1:
         raise TailsynthError(f"{where}: x_T must be (N >= 1, C, h, w), got {tuple(x_T.shape)}")
@@ -142,7 +144,7 @@ def _prepare(backend, guide, target_classes, cond, uncond, x_T, where):
 
 
 @torch.no_grad()
-def _reproject(x: torch.Tensor, norm0: torch.Tensor) -> None:
+def reproject_to_norm(x: torch.Tensor, norm0: torch.Tensor) -> None:
     """x <- x * ||x_T^(0)|| / ||x||, per sample."""
     norm = x.flatten(1).norm(dim=1).clamp_min(1e-12)
     x.mul_((norm0 / norm).view(-1, *([1] * (x.dim() - 1))))
@@ -156,7 +158,7 @@ def dig_in_reference(backend, guide: ClassifierGuide, target_classes: torch.Tens
     ``generator`` seeds the augmented views when ``cfg.cutouts > 0`` (DDIM with eta 0 is deterministic; x_T
     carries the seed of the chain).
     """
-    targets, cond, uncond = _prepare(backend, guide, target_classes, cond, uncond, x_T, "dig_in_reference")
+    targets, cond, uncond = prepare_inputs(backend, guide, target_classes, cond, uncond, x_T, "dig_in_reference")
     S, n = cfg.num_steps, x_T.shape[0]
     base = view_base(cfg, generator)
     images, latents, conf = [], [], torch.empty(n)
@@ -184,7 +186,7 @@ def dig_in_reference(backend, guide: ClassifierGuide, target_classes: torch.Tens
                 opt.zero_grad()
                 (-weighted.sum()).backward()
                 opt.step()
-                _reproject(x, norm0)
+                reproject_to_norm(x, norm0)
                 steps[i] = k + 1
             images.append(best_img)
             latents.append(best_x)

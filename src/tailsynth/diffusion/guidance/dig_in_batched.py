@@ -14,7 +14,8 @@ import torch
 from .adam import PerSampleAdam
 from .classifier_guide import ClassifierGuide
 from .common import frozen
-from .dig_in import DigInConfig, GuidanceResult, _prepare, _reproject, evaluate, view_base, view_seeds
+from .dig_in import (DigInConfig, GuidanceResult, evaluate, prepare_inputs, reproject_to_norm, view_base,
+                     view_seeds)
 
 
 class _Batch:
@@ -75,7 +76,7 @@ def dig_in(backend, guide: ClassifierGuide, target_classes: torch.Tensor, cond: 
     counts and acceptance. ``generator`` seeds the augmented views when ``cfg.cutouts > 0`` (each sample's views
     depend only on its index and Adam step, so they equal :func:`dig_in_reference`'s).
     """
-    targets, cond, uncond = _prepare(backend, guide, target_classes, cond, uncond, x_T, "dig_in")
+    targets, cond, uncond = prepare_inputs(backend, guide, target_classes, cond, uncond, x_T, "dig_in")
     n, S, dev = x_T.shape[0], cfg.num_steps, x_T.device
     images: torch.Tensor | None = None
     conf = torch.zeros(n, device=dev)
@@ -122,5 +123,5 @@ def dig_in(backend, guide: ClassifierGuide, target_classes: torch.Tensor, cond: 
             t = batch.steps.float()
             for opt, param, grad, dim in zip(batch.opt, (batch.x, batch.d_c, batch.d_u), grads, (0, 1, 1)):
                 opt.step(param, grad.index_select(dim, stay), t)
-            _reproject(batch.x, batch.norm0)
+            reproject_to_norm(batch.x, batch.norm0)
     return GuidanceResult(images, conf, steps, conf >= cfg.threshold, latents, trace)
