@@ -42,6 +42,13 @@ def test_tiny_experiment_end_to_end_and_cached_rerun(tmp_path, cache):
     # crt reused the ce classifier as its base: 3 trainings for ce, crt, ldam (ce not trained twice)
     trained = [p for p in (tmp_path / "runs" / "train_classifier").iterdir() if not p.name.startswith(".")]
     assert len(trained) == 3
+    from tailsynth.engine.machine import machine_key
+    assert results["meta"]["machine_keys"] == [machine_key()]  # every stage built here, by this process
+    split = next((tmp_path / "runs" / "split").glob("*/manifest.json"))
+    assert results["meta"]["split_fingerprint"] == split.parent.name
+    manifest = json.loads(split.read_text())  # as if the split had been built on another kind of CPU
+    manifest["machine_key"] = "Other CPU | AVX512 | torch 0 | 1 threads"
+    split.write_text(json.dumps(manifest))
 
     logs = []
     again = run_experiment(cfg, tmp_path / "runs", log=logs.append, command="test", results_dir=tmp_path / "out")
@@ -49,6 +56,7 @@ def test_tiny_experiment_end_to_end_and_cached_rerun(tmp_path, cache):
     assert [a.path for a in again.evaluations] == [a.path for a in result.evaluations]
     for name in ("report.md", "results.json", "report.html"):  # --results-dir: copied under the report's lock
         assert (tmp_path / "out" / name).read_bytes() == (report / name).read_bytes()
+    assert "this report mixes stages built on 2 machine kinds" in (report / "report.md").read_text()
 
     plan = run_experiment(cfg, tmp_path / "runs", plan_only=True, log=quiet).plan
     assert {row["state"] for row in plan} == {"cached"}

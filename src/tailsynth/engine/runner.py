@@ -22,6 +22,7 @@ from ..version import __version__
 from ..config import to_dict
 from ..errors import TailsynthError
 from ..utils import atomic_write_json, stable_hash
+from .machine import machine_info, machine_key
 from .store import MANIFEST, Artifact, ArtifactStore
 
 ELAPSED = "elapsed.json"  # in a partial work directory: wall time of the interrupted invocations so far
@@ -163,6 +164,7 @@ class Runner:
                 raise TailsynthError(f"cannot create {workdir}: {err.strerror or err}") from err
             self.log(f"[{'resume' if resuming else 'run'}] {name}")
             earlier = _earlier_wall_time(workdir)
+            earlier_keys = _earlier_machine_keys(workdir)
             started = time.time()
             if on_start is not None:
                 on_start(workdir)  # the other ranks start on their shards
@@ -170,12 +172,15 @@ class Runner:
                 extra = stage.func(cfg, inputs, workdir) or {}
             except BaseException:  # Ctrl-C or an error: keep the time spent, a rerun adds to it
                 try:
-                    atomic_write_json(workdir / ELAPSED, {"wall_time_s": round(earlier + time.time() - started, 3)})
-                except OSError:
-                    pass  # the stage's own error is the one to report
+                    atomic_write_json(workdir / ELAPSED, {
+                        "wall_time_s": round(earlier + time.time() - started, 3),
+                        "machine_keys": list(dict.fromkeys(earlier_keys + [machine_key()]))})
+                except Exception:  # noqa: BLE001 -- the stage's own error is the one to report
+                    pass
                 raise
             wall = time.time() - started
             (workdir / ELAPSED).unlink(missing_ok=True)
+            machine = machine_info()
             atomic_write_json(workdir / MANIFEST, {
                 "stage": stage.name,
                 "version": stage.version,
@@ -186,6 +191,11 @@ class Runner:
                            for k, a in sorted(inputs.items())},
                 "seed": seed,
                 "package_version": __version__,
+                # the process that built it: CPU digits are bit-identical only under one machine key
+                "machine": machine,
+                "machine_key": machine_key(machine),
+                # interrupted invocations of this stage on other machines (its partial work came from them)
+                "resumed_machine_keys": [k for k in earlier_keys if k != machine_key(machine)],
                 "wall_time_s": round(earlier + wall, 3),  # all invocations (a SIGKILLed one's time is lost)
                 "wall_time_this_run_s": round(wall, 3),
                 "resumed": resuming,
@@ -213,6 +223,15 @@ def _summary(result: dict, limit: int = 4) -> str:
         if len(parts) == limit:
             break
     return f": {', '.join(parts)}" if parts else ""
+
+
+def _earlier_machine_keys(workdir: Path) -> list[str]:
+    """Machine keys of earlier, interrupted invocations that recorded theirs (a SIGKILLed one records none)."""
+    try:
+        keys = json.loads((workdir / ELAPSED).read_text()).get("machine_keys") or []
+        return [str(k) for k in keys]
+    except (OSError, ValueError, AttributeError, TypeError):
+        return []
 
 
 def _earlier_wall_time(workdir: Path) -> float:

@@ -18,7 +18,7 @@ from .aggregate import group_by_method
 from .format import score_label
 from .plots import plot_histograms, plot_per_class, plot_roc
 from .runs import RunResult
-from .tables import Table, accuracy_table, meta_rows, method_table, score_table, timings_table
+from .tables import Table, accuracy_table, machine_note, meta_rows, method_table, score_table, timings_table
 
 Section = Union[Table, tuple[str, Union[bytes, str]]]  # a Table, or (title, PNG bytes or an HTML fragment)
 
@@ -33,6 +33,7 @@ td.best { font-weight: bold; }
 td.second { text-decoration: underline; }
 p.caption { color: #555; font-size: 0.85em; margin-bottom: 0.2em; }
 img { max-width: 100%; }
+p.warning { color: #a00; font-weight: bold; }
 pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; font-size: 0.8em; }
 """
 
@@ -104,7 +105,11 @@ def build_html(results: Mapping[str, Any], runs: Sequence[RunResult], meta: Mapp
     order = meta.get("methods")
     title = f"tailsynth report: {meta['experiment']}" if meta.get("experiment") else "tailsynth report"
     rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in meta_rows(results, meta))
-    body = [f"<h1>{html.escape(title)}</h1>", f"<table>{rows}</table>", table_to_html(method_table(results, order))]
+    body = [f"<h1>{html.escape(title)}</h1>"]
+    note = machine_note(meta)
+    if note is not None:
+        body.append(f'<p class="{"warning" if note.startswith("WARNING") else "caption"}">{html.escape(note)}</p>')
+    body += [f"<table>{rows}</table>", table_to_html(method_table(results, order))]
     for table in (accuracy_table(results, order), score_table(results, meta.get("report_method") or "ce")):
         if table is not None:
             body.append(table_to_html(table))

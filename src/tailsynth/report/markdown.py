@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 from .format import fmt_seconds, md_mark
-from .tables import Table, accuracy_table, meta_rows, method_table, score_table, timings_table
+from .tables import Table, accuracy_table, machine_note, meta_rows, method_table, score_table, timings_table
 
 
 def _escape(text: str) -> str:
@@ -35,13 +35,18 @@ def render_markdown(results: Mapping[str, Any], meta: Mapping[str, Any] | None =
 
     ``meta`` keys used (all optional): ``methods`` (row order of the method table), ``report_method``
     (method of the score table, default "ce"), ``experiment``, ``profile``, ``command``, ``machine``,
-    ``wall_time_s``, ``seeds``, ``package_version``, ``timings``. ``extra_tables`` (synthetic-image quality,
-    sweeps) follow the main tables.
+    ``wall_time_s``, ``seeds``, ``package_version``, ``timings``, ``machine_keys`` and ``machine_key_stages``
+    (the header's machine line). ``extra_tables`` (synthetic-image quality, sweeps) follow the main tables.
     """
     meta = dict(meta or {})
     order = meta.get("methods")
     title = f"# tailsynth report: {meta['experiment']}" if meta.get("experiment") else "# tailsynth report"
-    parts = [title + "\n", table_to_markdown(method_table(results, order))]
+    parts = [title + "\n"]
+    note = machine_note(meta)
+    if note is not None:  # which machine kinds built the stages: several kinds are a warning
+        warning = note.startswith("WARNING:")
+        parts.append((f"> **WARNING:**{note[len('WARNING:'):]}" if warning else f"_{note}_") + "\n")
+    parts.append(table_to_markdown(method_table(results, order)))
     acc = accuracy_table(results, order)
     if acc is not None:
         parts.append(table_to_markdown(acc))

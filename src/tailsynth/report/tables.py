@@ -56,6 +56,9 @@ def method_table(results: Mapping[str, Any], order: Sequence[str] | None = None)
                f"{primary} score on the test split" + ("; val columns: the same on the validation split, where "
                                                       "choices are made" if with_val else "")
                + ". Bold: best, underlined: second best per column.")
+    if any(results["methods"][m].get(k, {}).get("ci95") for m in methods for k in ("fpr95", "auroc")):
+        caption += (" [lo, hi]: 95 % interval of the seed mean, bootstrap over the test images within each seed "
+                    "(B = 1000), pooled over seeds.")
     own = {m: results.get("method_primary_score", {}).get(m) for m in methods}
     own = {m: score for m, score in own.items() if score}
     if own:
@@ -135,6 +138,27 @@ def meta_rows(results: Mapping[str, Any], meta: Mapping[str, Any]) -> list[tuple
     rows.append(("primary score", score_label(results.get("primary_score", "p_tail"))))
     rows.append(("package version", str(meta.get("package_version") or "–")))
     return rows
+
+
+def machine_note(meta: Mapping[str, Any], shown: int = 6) -> str | None:
+    """The report header's line on the machines its stages were built on (``meta["machine_keys"]``, per key
+    ``meta["machine_key_stages"]``): CPU digits are bit-identical only under one machine key, so several keys are
+    said plainly, with the stages built under each. None when the meta records no key."""
+    keys = list(meta.get("machine_keys") or [])
+    if not keys:
+        return None
+    if keys == ["unknown"]:
+        return "The machine kind of the stages is unknown (built before manifests recorded machine keys)."
+    if len(keys) == 1:
+        return f"Every stage was built on one machine kind: {keys[0]}."
+    stages = meta.get("machine_key_stages") or {}
+    parts = []
+    for key in keys:
+        names = list(stages.get(key) or [])
+        listed = ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+        parts.append(f"{key} ({len(names)} stage{'s' if len(names) != 1 else ''}: {listed})" if names else key)
+    return (f"WARNING: this report mixes stages built on {len(keys)} machine kinds: " + "; ".join(parts)
+            + ". CPU results are bit-identical only on one kind of CPU with one torch thread count.")
 
 
 def timings_table(meta: Mapping[str, Any]) -> Table | None:
