@@ -123,6 +123,23 @@ def status(runs_dir) -> None:
 
 
 @cli.command()
+@click.option("--merge", "merge", is_flag=True, required=True,
+              help="join the INPUTS' rows into one table (the only mode so far)")
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--out", required=True, help="folder for the merged results.json, report.md and report.html")
+@click.option("--prefer-last", is_flag=True, help="a method in several inputs: keep the later argument's rows")
+def report(merge, inputs, out, prefer_last) -> None:
+    """--merge INPUTS --out DIR: one table from several runs of one experiment; each input is a report folder or
+    a results.json. Refuses rows made with other non-method settings, on another split or on another machine kind,
+    and a method in several inputs unless --prefer-last."""
+    from .report.merge import merge_report_files
+    md_path, html_path, json_path = merge_report_files(inputs, out, prefer_last=prefer_last, command=_command_line())
+    from .utils import read_json
+    methods = list(read_json(json_path)["methods"])
+    click.echo(f"merged {len(inputs)} input(s), {len(methods)} method(s) ({', '.join(methods)}) into {md_path.parent}")
+
+
+@cli.command()
 @click.argument("run_dir")
 @click.argument("images", nargs=-1, required=True)
 @click.option("--out", default=None, help="write the table as CSV (.csv) or JSON (.json)")
@@ -212,6 +229,19 @@ def data_show(manifest) -> None:
     """Print the per-class, per-split count table of a split manifest."""
     from .data import Split
     click.echo(Split.read(manifest).count_table())
+
+
+@cli.command()
+@click.argument("results_dir")
+@click.option("--out", default=None, help="write README.md and leaderboard.csv here instead of RESULTS_DIR")
+def leaderboard(results_dir, out) -> None:
+    """Write RESULTS_DIR/README.md and leaderboard.csv: every row of every RESULTS_DIR/<experiment>/results.json
+    (FPR@95 and AUROC with 95 % intervals, accuracies, oracle accuracy, CPU-hours, machine), one table per
+    benchmark."""
+    from .report.leaderboard import write_leaderboard
+    readme, table, rows = write_leaderboard(results_dir, out)
+    experiments = len({(r.benchmark, r.experiment) for r in rows})
+    click.echo(f"wrote {readme} and {table}: {len(rows)} rows from {experiments} experiment(s)")
 
 
 

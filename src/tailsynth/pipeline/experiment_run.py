@@ -4,7 +4,6 @@ Shared stages run once (fingerprints); ``plan_only`` runs nothing and lists what
 """
 from __future__ import annotations
 
-import platform
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from ..report.sweep import row_label
 from .experiment import ExperimentConfig
 from .graph import StageGraph, check_experiment
 from ..engine import Artifact, ArtifactStore, Runner
+from ..engine import machine as engine_machine
 from ..engine.artifacts import read_split
 from ..engine.parallel import run_concurrently, worker_threads
 from .diffusion_stages import SYNTHESIZE
@@ -40,20 +40,9 @@ class ExperimentResult:
 def machine_description() -> str:
     """Where the numbers were measured: CPU model, cores, the vector ISA torch dispatches to and torch's thread
     count (AVX2 and AVX-512 kernels round differently, and so do 1 and 2 threads, so CPU results are bit-identical
-    only on the same kind of CPU with the same thread count), accelerator, torch version."""
-    import os
-
-    import torch
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return (f"{platform.machine()} {platform.system()}, {cpu}, {os.cpu_count()} CPU cores "
-            f"({torch.backends.cpu.get_cpu_capability()} kernels, {torch.get_num_threads()} torch threads), {gpu}, "
-            f"torch {torch.__version__}, Python {platform.python_version()}")
+    only on the same kind of CPU with the same thread count), accelerator, torch version
+    (:func:`tailsynth.engine.machine.machine_description`; each stage's manifest records its own machine key)."""
+    return engine_machine.machine_description()
 
 
 def run_experiment(cfg: ExperimentConfig, runs_dir: str | Path, *, force: set[str] | None = None,
@@ -139,21 +128,57 @@ METHOD_KEYS = ("name", "profile", "methods", "seeds", "method_params", "syntheti
                "report_method", "scores")
 
 
+def digest_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """The settings :func:`settings_digest` covers, from a resolved experiment config (``to_dict(cfg)``, or the
+    ``meta.settings`` of a results.json): the config without its method lists (``METHOD_KEYS``), ``jobs`` and
+    ``threads`` (the same settings give the same digits with any job count; the thread count is part of the
+    machine key of every stage manifest, which a report and ``tailsynth report --merge`` check instead) and the
+    per-generator synthesis params."""
+    settings = {k: v for k, v in config.items() if k not in METHOD_KEYS and k not in ("jobs", "threads")}
+    if isinstance(settings.get("synthesis"), dict):
+        settings["synthesis"] = {k: v for k, v in settings["synthesis"].items() if k != "params"}  # per generator
+    return settings
+
+
 def settings_digest(cfg: ExperimentConfig) -> str:
     """A digest of the experiment's non-method settings (benchmark, split, data, classifier, generator,
-    synthesis, oracle, ...): rows of one table should share it."""
+    synthesis, oracle, ...): rows of one table should share it. A run made before ``threads`` was left out of
+    the digest has another digest for the same settings (``tailsynth report --merge`` refuses to join them)."""
     from ..utils import stable_hash
-    settings = {k: v for k, v in to_dict(cfg).items() if k not in METHOD_KEYS and k != "jobs"}  # jobs: same digits
-    settings["synthesis"] = {k: v for k, v in settings["synthesis"].items() if k != "params"}  # per generator
-    return stable_hash(settings)
+    return stable_hash(digest_settings(to_dict(cfg)))
+
+
+def _kept_rows_machine_keys(report_dir: Path, labels: set[str], keys: dict[str, list[str]]) -> None:
+    """Add to ``keys`` the machine keys of the rows the report on disk keeps (methods this run did not make): the
+    merged results.json holds them, so its machine keys must too."""
+    from ..errors import TailsynthError
+    from ..report import read_results
+    if not (report_dir / "results.json").is_file():
+        return
+    try:
+        earlier = read_results(report_dir / "results.json")
+    except TailsynthError:
+        return  # write_report names the corrupt file
+    kept = [m for m in earlier["methods"] if m not in labels]
+    if kept:
+        for key in (earlier.get("meta") or {}).get("machine_keys") or [engine_machine.UNKNOWN]:
+            keys.setdefault(key, []).append(f"rows kept from the earlier report ({', '.join(kept)})")
 
 
 def _write_report(cfg: ExperimentConfig, report_dir: Path, runner: Runner, result: ExperimentResult,
                   graph: StageGraph, command: str) -> Path:
     from ..report import write_report
     from ..report.sweep import sweep_points, sweep_sections
-    meta = {"command": command, "experiment": cfg.name, "profile": cfg.profile,
-            "machine": machine_description(),
+    # every stage of the experiment keeps the machine key it was built with (a cached stage: its first build's)
+    built = [(Artifact(t["stage"], t["fingerprint"], runner.store.final_dir(t["stage"], t["fingerprint"])),
+              t.get("label") or "") for t in runner.timings]
+    built += [(b.artifact, b.label) for b in graph.built()]
+    keys = engine_machine.stage_machine_keys(built + [(a, "") for a in result.evaluations])
+    _kept_rows_machine_keys(report_dir, result.labels, keys)
+    meta = {"command": command, "experiment": cfg.name, "benchmark": cfg.benchmark, "profile": cfg.profile,
+            "machine": machine_description(), "machine_keys": list(keys),
+            "machine_key_stages": keys if len(keys) > 1 else None,
+            "split_fingerprint": graph.split().fingerprint, "settings": digest_settings(to_dict(cfg)),
             "package_version": __version__, "seeds": list(cfg.seeds), "methods": list(cfg.methods),
             "report_method": cfg.report_method, "config": to_dict(cfg),
             "timings": runner.timings,

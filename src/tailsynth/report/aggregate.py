@@ -11,6 +11,10 @@ Format (values are fractions in [0, 1]; tables multiply by 100 as LoGex Tables 1
 
 ``std`` is the SAMPLE standard deviation (``ddof=1``) when a method has >= 2 seeds and 0.0 for a single
 seed (the LoGex tables give "mean ± std" over 5 seeds; a one-seed std would be undefined).
+
+``write_results_json`` adds to a row's ``fpr95`` and ``auroc`` a ``"ci95": [lo, hi]`` (95 % bootstrap interval of
+the seed mean over the test images, :mod:`.bootstrap`) and to the row a ``"ci_method"`` string, when the runs'
+``scores.npz`` reproduce the row's values.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ import numpy as np
 
 from ..errors import TailsynthError
 from ..utils import atomic_write_text, json_default
+from .bootstrap import add_intervals
 from .runs import REQUIRED_METRICS, RunResult
 
 METRIC_ORDER = (*REQUIRED_METRICS, "acc", "acc_many", "acc_medium", "acc_few")
@@ -149,7 +154,9 @@ def write_results_json(path: str | Path, runs: Iterable[RunResult], command: str
     rows come from different settings flags them.
     """
     path = Path(path)
+    runs = list(runs)
     results = aggregate(runs, command, primary)
+    add_intervals(results, group_by_method(runs))  # 95 % bootstrap intervals of FPR@95 / AUROC
     results["config_digest"] = {m: (config_digest or {}).get(m) for m in results["methods"]}
     for key, value in (extra or {}).items():
         if key in _PER_METHOD or key in ("seeds", "primary_score"):

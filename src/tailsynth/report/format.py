@@ -47,12 +47,17 @@ def percent(value: float) -> float:
 
 def fmt_cell(stat: Mapping[str, Any] | None) -> str:
     """``{"mean": 0.2505, "std": 0.0123}`` -> ``"25.05 ± 1.23"``; one seed -> ``"25.05"`` (no std to show);
-    a missing metric -> ``"–"``."""
+    a missing metric -> ``"–"``. A stat with a 95 % interval ``ci95`` shows it: ``"25.05 ± 1.23 [22.9, 27.1]"``."""
     if not stat:
         return "–"
     if len(stat.get("values", [None, None])) < 2:
-        return f"{100.0 * stat['mean']:.2f}"
-    return f"{100.0 * stat['mean']:.2f} ± {100.0 * stat['std']:.2f}"
+        text = f"{100.0 * stat['mean']:.2f}"
+    else:
+        text = f"{100.0 * stat['mean']:.2f} ± {100.0 * stat['std']:.2f}"
+    if stat.get("ci95"):
+        lo, hi = stat["ci95"]
+        text += f" [{100.0 * lo:.1f}, {100.0 * hi:.1f}]"
+    return text
 
 
 def rank_marks(stats: Sequence[Mapping[str, Any] | None], higher_is_better: bool) -> list[str]:

@@ -13,7 +13,8 @@ from .runs import RunResult, load_runs
 from .tables import Table
 
 RESULTS_JSON, REPORT_MD, REPORT_HTML = "results.json", "report.md", "report.html"
-_META_KEYS = ("experiment", "profile", "machine", "package_version", "wall_time_s")
+_META_KEYS = ("experiment", "benchmark", "profile", "timings", "machine", "machine_keys", "machine_key_stages",
+              "split_fingerprint", "settings", "package_version", "wall_time_s", "merged_from")
 
 
 def _kept_runs(results: Mapping[str, Any], new_methods: set[str]) -> list[RunResult]:
