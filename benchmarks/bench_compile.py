@@ -5,7 +5,7 @@ CFG 3, forward + backward to x_T (what one DiG-IN step costs), timed best of 2 a
 then with ``backend.unet = torch.compile(backend.unet)`` (inductor, static shapes). Reports both times, the compile
 time (first compiled call) and the largest difference of the samples and of the gradient.
 
-    python benchmarks/bench_compile.py --threads 2 --out benchmarks/results/bench-compile-cpu.json
+    python benchmarks/bench_compile.py --threads 2 --out benchmarks/results/speed/bench-compile-cpu.json
 """
 from __future__ import annotations
 

@@ -8,7 +8,7 @@
    pipeline's augmentation) against a plain PyTorch loop on the same model, data, batches and optimizer ->
    the trainer's overhead (checkpoint writes, per-epoch bookkeeping).
 
-    python benchmarks/bench_cpu_limits.py --out benchmarks/results/cpu-limits.json
+    python benchmarks/bench_cpu_limits.py --out benchmarks/results/speed/cpu-limits.json
 """
 from __future__ import annotations
 
@@ -125,7 +125,7 @@ def trainer(n: int = 2048) -> dict:
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", default="cpu-limits.json")
+    p.add_argument("--out", default="benchmarks/results/speed/cpu-limits.json")
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args(argv)
     if args.threads:
@@ -141,6 +141,7 @@ def main(argv=None) -> dict:
     report["unet_chain"] = unet_chain()
     report["unet_chain"]["share_of_matmul_peak"] = report["unet_chain"]["gflops"] / report["peak"]["matmul_gflops"]
     report["trainer"] = trainer()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     for section in ("peak", "unet_chain", "trainer"):
         print(section, {k: round(v, 3) if isinstance(v, float) else v for k, v in report[section].items()})

@@ -19,7 +19,7 @@ and a section that would start after ``--budget-s`` is skipped):
 
 On a bare GPU machine with this repository:
 
-    pip install torch && pip install -e . && python benchmarks/gpu_check.py --out gpu_check.json
+    pip install torch && pip install -e . && python benchmarks/gpu_check.py   # -> benchmarks/results/speed/gpu-check.json
 
 ``--quick --device cpu`` runs every section at toy sizes (the test suite does, to keep this script working).
 """
@@ -274,11 +274,12 @@ SECTIONS = [("code_paths", check_code_paths), ("dig_in", check_dig_in), ("memory
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cuda")
-    p.add_argument("--out", default="gpu_check.json")
+    p.add_argument("--out", default="benchmarks/results/speed/gpu-check.json")
     p.add_argument("--quick", action="store_true", help="toy sizes (smoke test, any device)")
     p.add_argument("--budget-s", type=float, default=480.0, help="skip sections that would start after this")
     p.add_argument("--only", nargs="*", default=None, help="run only these sections")
     args = p.parse_args(argv)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: run with --device cpu --quick for a smoke test")

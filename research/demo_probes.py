@@ -4,7 +4,7 @@ the table records what the choice was made on -- the validation split (val FPR@9
 and the oracle accuracy of the synthetic tail images (the oracle never sees the test split) -- beside the
 test numbers, which are reported and never used to choose.
 
-    python benchmarks/demo_probes.py --out benchmarks/results/demo-probes [--only NAME ...]
+    python research/demo_probes.py --out research/results/demo-probes [--only NAME ...]
 
 Writes ``probes.json`` (every probe's overrides, metrics and wall time) and ``probes.md`` (the table).
 One probe takes 3 to 4 min on 2 CPU cores; all of them about 20 min.
@@ -144,14 +144,14 @@ def aux_validation(runs: Path, results: dict) -> dict:
             "val_bacc_tail": float(recall[tail].mean())}
 
 
-DEMO_TITLE = ("Demo probes (`python benchmarks/demo_probes.py`): MNIST-5k-LT at 16 px, 1 seed; oracle = accuracy of "
+DEMO_TITLE = ("Demo probes (`python research/demo_probes.py`): MNIST-5k-LT at 16 px, 1 seed; oracle = accuracy of "
               "the oracle on the 60 synthetic tail digits; val = validation split (200 head + 60 tail digits), the "
               "choice; test = reported only. Percentages. Wall time of the whole demo in its own runs folder, on a "
               "machine that may have run other jobs at the same time (the README gives the demo's own timing).")
 
 
-AVX2_TITLE = ("Demo probes on 2 AVX2 cores (AMD EPYC), `jobs: 2` (`python benchmarks/demo_probes.py --out "
-              "benchmarks/results/demo-probes-avx2 --only avx2-... [--reuse PROBE]`): MNIST-5k-LT at 16 px, 1 seed; "
+AVX2_TITLE = ("Demo probes on 2 AVX2 cores (AMD EPYC), `jobs: 2` (`python research/demo_probes.py --out "
+              "research/results/demo-probes-avx2 --only avx2-... [--reuse PROBE]`): MNIST-5k-LT at 16 px, 1 seed; "
               "oracle = accuracy of the oracle on the 60 synthetic tail digits; val = validation split (200 head + 60 "
               "tail digits), the choice (FPR@95, then AUROC); test = reported only. Percentages. Wall: avx2-shipped "
               "214 s is `time tailsynth demo` alone on the machine (its stages were then hard-linked into the probe's "
@@ -215,7 +215,7 @@ def load_probes(out: Path) -> dict:
 
 
 def main() -> None:
-    ap = probe_parser(__doc__, "benchmarks/results/demo-probes", "runs-demo-probes")
+    ap = probe_parser(__doc__, "research/results/demo-probes", "runs-demo-probes")
     ap.add_argument("--refresh", action="store_true",
                     help="rerun the finished probes on their runs folders (every finished stage is reused; a stage "
                          "whose code changed reruns) and re-collect, keeping their wall times")

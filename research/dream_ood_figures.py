@@ -1,8 +1,8 @@
 """Dream-OOD Fig. 8 on PBC-LT: imagined outliers per head class for two sigma values, BOOD's outliers beside them,
 and one PCA plot of the ID embeddings with both methods' outliers, per head class.
 
-    python benchmarks/dream_ood_figures.py --runs runs --grid-dir runs/figures \
-        --out-dir benchmarks/results/dream-ood
+    python research/dream_ood_figures.py --runs runs --grid-dir runs/figures \
+        --out-dir research/results/dream-ood
 
 Uses the stages of the experiment (``pbc-lt-cpu`` by default): the encoder and the main outlier sets are the cached
 artifacts of the dream-ood / bood rows; the second sigma (default 0.07, the paper's CIFAR-100 value) is a small
@@ -25,7 +25,7 @@ def main() -> None:
     parser.add_argument("--sigma", type=float, default=0.07)
     parser.add_argument("--per-class", type=int, default=8)
     parser.add_argument("--grid-dir", default="runs/figures")
-    parser.add_argument("--out-dir", default="benchmarks/results/dream-ood")
+    parser.add_argument("--out-dir", default="research/results/dream-ood")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
 

@@ -3,8 +3,8 @@ distribution = its tail test images (near) and far sets (``--far``: CIFAR-10 tes
 Fashion-MNIST test images; resized to the classifier's input, grey -> RGB). FPR@95 (head TPR 95 %) and AUROC of each row's own primary score
 (P(tail) for ce / logex, the head energy for dream-ood / bood) and of the head energy and MSP for every row.
 
-    python benchmarks/far_ood.py --runs runs --results benchmarks/results/pbc-lt-dream-ood/results.json \
-        --out benchmarks/results/dream-ood/far_ood.json
+    python research/far_ood.py --runs runs --results research/results/pbc-lt-dream-ood/results.json \
+        --out research/results/dream-ood/far_ood.json
 
 Reads the classifier of every (method, seed) run listed in the results file; computes nothing it does not report.
 Inference only: a few seconds per classifier on 2 CPU cores.
@@ -73,7 +73,7 @@ def main() -> None:
     results = json.loads(Path(args.results).read_text())
     own = results.get("method_primary_score", {})
     default = results.get("primary_score", "p_tail")
-    out: dict = {"per_run": {}, "summary": {}, "command": "python benchmarks/far_ood.py " + " ".join(
+    out: dict = {"per_run": {}, "summary": {}, "command": "python research/far_ood.py " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None and not isinstance(v, list)) + " --far " + " ".join(args.far)}
     device = torch.device("cpu")
     cache: dict = {}

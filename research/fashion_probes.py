@@ -5,10 +5,10 @@ table records what the choice was made on -- the validation split and the oracle
 images (the oracle never sees the test split) -- beside the test numbers, which are reported and never used to
 choose.
 
-    python benchmarks/fashion_probes.py --out benchmarks/results/fashion-mnist-probes [--only NAME ...]
+    python research/fashion_probes.py --out research/results/fashion-mnist-probes [--only NAME ...]
 
 Needs Fashion-MNIST's IDX files (Debian: `apt install dataset-fashion-mnist`). Writes ``probes.json`` and
-``probes.md`` (the same columns as benchmarks/demo_probes.py).
+``probes.md`` (the same columns as research/demo_probes.py).
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ PROBES["b2000-l2000-conv-r64-seeds-0-1-2"] = R64 + ["seeds=[0,1,2]"]
 PROBES["b2000-l2000-conv-r64-n50-seeds-0-1-2"] = R64 + ["seeds=[0,1,2]", "synthesis.n_per_class=50"]
 PROBES["b2000-l2000-conv-r64-opt20-seeds-0-1-2"] = R64 + ["seeds=[0,1,2]",
                                                          "synthesis.params.logex.max_opt_steps=20"]
-TITLE = ("Fashion-MNIST-LT probes (`python benchmarks/fashion_probes.py`): the demo profile (16 px, 1 channel) "
+TITLE = ("Fashion-MNIST-LT probes (`python research/fashion_probes.py`): the demo profile (16 px, 1 channel) "
          "on fashion-mnist-lt, 1 seed unless the row says otherwise; oracle = accuracy of the oracle on the "
          "synthetic tail images (60; 300 in the n50 row); val = validation split (400 head + 60 tail images), the "
          "choice; test = the official test set (4000 head + 6000 tail images), reported only. Percentages. Wall: "
@@ -53,7 +53,7 @@ def run_probe(name: str, overrides: list[str], runs: Path) -> dict:
 
 
 def main() -> None:
-    args = probe_parser(__doc__, "benchmarks/results/fashion-mnist-probes", "runs-fm").parse_args()
+    args = probe_parser(__doc__, "research/results/fashion-mnist-probes", "runs-fm").parse_args()
     done = load_probes(args.out)
     for name, overrides in PROBES.items():
         if args.only and name not in args.only:

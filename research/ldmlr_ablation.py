@@ -8,8 +8,8 @@ the cached test features through the tuned classifier layer (f(x) = G(E(x)), E f
 evaluate stage computes from the images). Validation numbers are written beside the test numbers: choices
 are made on them.
 
-    python benchmarks/ldmlr_ablation.py cifar10-lt-cpu --runs runs --seeds 0 1 2 \
-        --out benchmarks/results/ldmlr/cifar10-lt-ablation
+    python research/ldmlr_ablation.py cifar10-lt-cpu --runs runs --seeds 0 1 2 \
+        --out research/results/ldmlr/cifar10-lt-ablation
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 chosen classes from a trained ``train_feature_diffusion`` artifact under several sampler settings and print
 their distance to the real validation features (report/feature_quality.py), next to the train-vs-val floor.
 
-    python benchmarks/ldmlr_probe.py runs/train_feature_diffusion/<fp> runs/encode_features/<fp> \
+    python research/ldmlr_probe.py runs/train_feature_diffusion/<fp> runs/encode_features/<fp> \
         --classes 3 4 6 7 --cfg 1 2 3 5 --steps 100
 """
 from __future__ import annotations

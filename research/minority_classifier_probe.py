@@ -1,7 +1,7 @@
 """Can the minority classifier learn the levels? Trains it on cached minority scores with other settings and prints
 the held-out accuracy (training images only; no val/test involved).
 
-    python benchmarks/minority_classifier_probe.py RUNS/minority_score/<fp> --runs RUNS --lr 3e-3 --steps 600 \
+    python research/minority_classifier_probe.py RUNS/minority_score/<fp> --runs RUNS --lr 3e-3 --steps 600 \
         [--unconditional] [--encoder frozen|finetune] [--holdout 0.2] [--json-out FILE]
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Minority-guidance figures and tables of an experiment (PBC-LT by default), copied out of its report stage.
 
-    python benchmarks/minority_figures.py --runs runs --out-dir benchmarks/results/minority --grid-dir runs/figures/minority
+    python research/minority_figures.py --runs runs --out-dir research/results/minority --grid-dir runs/figures/minority
 
 Runs the experiment's ``minority_figures`` stage (:mod:`tailsynth.methods.minority.figures`; the same stage
 ``tailsynth run`` puts in the report when the ``minority`` method and the oracle are in the experiment) and
@@ -23,7 +23,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--experiment", default="pbc-lt-cpu")
     parser.add_argument("--runs", default="runs")
-    parser.add_argument("--out-dir", default="benchmarks/results/minority")
+    parser.add_argument("--out-dir", default="research/results/minority")
     parser.add_argument("--grid-dir", default="runs/figures/minority")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
@@ -58,7 +58,7 @@ def main() -> None:
         if png.name != "rarity_hist.png":
             shutil.copyfile(png, grid_dir / png.name)
     lines = [f"# Minority guidance on {cfg.name}", "",
-             "Command: `python benchmarks/minority_figures.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]) + "`",
+             "Command: `python research/minority_figures.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]) + "`",
              "", table_to_markdown(correlation_table(result)), table_to_markdown(generation_table(result)),
              "## Wall times (s)", "", "| step | s |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in {**result["stage_wall_time_s"], **result["figure_wall_time_s"],

@@ -1,7 +1,7 @@
 """Test-retest reliability of the minority score: two independent sets of noise draws on the same training images,
 Spearman correlation within each class, for several (draws, t) settings. Training images only (no val/test).
 
-    python benchmarks/minority_reliability.py --experiment demo --runs runs-minority --out benchmarks/results/minority-demo/reliability.json [overrides]
+    python research/minority_reliability.py --experiment demo --runs runs-minority --out research/results/minority-demo/reliability.json [overrides]
 
 A score whose levels are mostly noise-draw variance cannot be learnt by the minority classifier (its held-out
 accuracy stays at chance); this measures how many draws, at which t, make the score a property of the image.

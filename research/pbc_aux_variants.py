@@ -3,7 +3,7 @@
 the table gives the validation recall over all classes and over the tail (argmax over all classes; an ensemble:
 argmax of the mean softmax).
 
-    python benchmarks/pbc_aux_variants.py --runs runs-pbc-probe --out benchmarks/results/pbc-lt-probes/aux_variants.json
+    python research/pbc_aux_variants.py --runs runs-pbc-probe --out research/results/pbc-lt-probes/aux_variants.json
 
 A variant costs its auxiliary training (CE-RW / LDAM-RW-DRW, ResNet-18 x 0.25, 15 epochs: 2.5-4.5 min on 2 cores).
 """
@@ -59,7 +59,7 @@ def evaluate(runs: Path, overrides: list[str]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=Path, default=Path("runs-pbc-probe"))
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/pbc-lt-probes/aux_variants.json"))
+    ap.add_argument("--out", type=Path, default=Path("research/results/pbc-lt-probes/aux_variants.json"))
     args = ap.parse_args()
     results = {name: evaluate(args.runs, overrides) for name, overrides in VARIANTS.items()}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -5,8 +5,8 @@ validation split (val FPR@95, val bAcc-tail), the auxiliary classifier's validat
 accuracy of the synthetic tail images (the oracle never sees the test split) -- beside the test numbers, which
 are reported and never used to choose.
 
-    python benchmarks/pbc_probes.py --runs runs-pbc-probe --out benchmarks/results/pbc-lt-probes [--only NAME ...]
-    python benchmarks/pbc_probes.py --set shipped-25 --runs runs --out benchmarks/results/pbc-lt-probes-shipped
+    python research/pbc_probes.py --runs runs-pbc-probe --out research/results/pbc-lt-probes [--only NAME ...]
+    python research/pbc_probes.py --set shipped-25 --runs runs --out research/results/pbc-lt-probes-shipped
         [--jobs 2]  # two stages at a time, one torch thread each
 
 Writes ``probes.json`` (overrides, metrics, oracle, auxiliary columns) and ``probes.md`` (the table). From an
@@ -85,7 +85,7 @@ SHIPPED_PROBES: dict[str, list[str]] = {
 SETS = {"lora16": PROBES, "shipped-25": SHIPPED_PROBES}
 
 
-TITLE = ("PBC-LT probes (`python benchmarks/pbc_probes.py`): pbc-lt-cpu at 32 px with each probe's overrides, "
+TITLE = ("PBC-LT probes (`python research/pbc_probes.py`): pbc-lt-cpu at 32 px with each probe's overrides, "
          "in one shared runs folder; oracle = accuracy of the oracle on the 100 synthetic tail images (25 per class); "
          "val = validation split (400 head + 40 tail images), the choice; test = reported only (mean ± std over "
          "seeds where there are several). Percentages. Wall: compute time of every stage the probe uses (its stage "
@@ -106,11 +106,11 @@ def run_probe(name: str, overrides: list[str], runs: Path, out: Path, jobs: int 
 
 
 def main() -> None:
-    ap = probe_parser(__doc__, "benchmarks/results/pbc-lt-probes", "runs-pbc-probe")
+    ap = probe_parser(__doc__, "research/results/pbc-lt-probes", "runs-pbc-probe")
     ap.add_argument("--jobs", type=int, default=1, help="stages built at a time, each with cores // jobs torch threads")
     ap.add_argument("--set", choices=sorted(SETS), default="lora16",
-                    help="lora16: rank-16 LoRA generator, 25 images per class (benchmarks/results/pbc-lt-probes); "
-                         "shipped-25: the shipped generator at 25 per class (benchmarks/results/pbc-lt-probes-shipped)")
+                    help="lora16: rank-16 LoRA generator, 25 images per class (research/results/pbc-lt-probes); "
+                         "shipped-25: the shipped generator at 25 per class (research/results/pbc-lt-probes-shipped)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     probes = SETS[args.set]

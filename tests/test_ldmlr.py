@@ -231,23 +231,6 @@ def test_bad_ldmlr_settings_fail_at_load(override, message):
         load_experiment("demo", tiny("methods=[ldmlr,la]", override, generator=False))
 
 
-def test_the_ablation_script_reports_val_and_test_per_variant(tiny_run, tmp_path):
-    import importlib.util
-    from pathlib import Path
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "ldmlr_ablation.py"
-    spec = importlib.util.spec_from_file_location("ldmlr_ablation", path)
-    ablation = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ablation)
-    runs, rows, _ = tiny_run
-    out = ablation.run("demo", str(runs), [0], ["ratio=0.4"], tiny(generator=False))
-    assert set(out) == {"baseline (encoder's own head)", "ratio=0.4"}
-    base = out["baseline (encoder's own head)"]
-    metrics = json.loads((rows["ce"].path / "metrics.json").read_text())["metrics"]
-    assert base["test_acc"][0] == pytest.approx(metrics["acc"], abs=1e-9)  # features through G == images through f
-    ablation.write(out, tmp_path / "abl", "cmd", [0])
-    assert "| ratio=0.4 |" in (tmp_path / "abl.md").read_text() and (tmp_path / "abl-ratio.png").is_file()
-
-
 def test_class_balanced_batches_draw_every_class_equally_and_reproducibly():
     from tailsynth.diffusion.feature_diffusion import balanced_indices
     labels = torch.tensor([0] * 990 + [1] * 10)

@@ -1,7 +1,7 @@
 """Diagnosis: mean RGB of base-model samples (head class) vs real head images, CFG 1 and 3, x0 clipping on/off.
 
 Run from the project root after `tailsynth run pbc-lt-cpu --runs runs`:
-`python benchmarks/diagnostics/base_colour.py [runs/train_diffusion/<fingerprint>/model]` (default: the only base
+`python research/diagnostics/base_colour.py [runs/train_diffusion/<fingerprint>/model]` (default: the only base
 model under runs/train_diffusion). "clip True" clips x0-hat to the backend's image range (per channel when the
 model was trained on centred data, diffusion.pixel.data_mean). """
 import glob

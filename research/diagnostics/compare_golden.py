@@ -1,7 +1,7 @@
 """Before/after figures of the tiny test experiment from two golden files (tests/golden/tiny.json versions),
 each a path or a git ``REV:path`` (read with ``git show``):
 
-    python benchmarks/diagnostics/compare_golden.py e88a31a:tests/golden/tiny.json tests/golden/tiny.json
+    python research/diagnostics/compare_golden.py e88a31a:tests/golden/tiny.json tests/golden/tiny.json
 
 Prints, per row, FPR@95 / bAcc-head of P(tail) and the AUROC of maha_head and rmaha, before -> after, and
 whether each synthetic set's images changed (entries of the machine both files share)."""

@@ -11,7 +11,7 @@ the same network whose reconstruction defined the minority score. ``encoder`` ch
 - ``finetune`` (default): a copy of that encoder half (the denoiser itself stays untouched) is trained with the
   head, i.e. the ADM-encoder classifier of the paper's CelebA / CIFAR-10 setting, started from the denoiser's
   weights instead of random ones. On MNIST-5k-LT (L = 10, chance 0.10) the held-out accuracy at t = 0.1 T is
-  0.26 with it and 0.14 with a frozen encoder (docs/minority.md, benchmarks/results/minority-demo-classifier/).
+  0.26 with it and 0.14 with a frozen encoder (docs/minority.md, research/results/minority-demo-classifier/).
 - ``frozen``: the denoiser's encoder as a fixed feature extractor (the official code's ImageNet recipe) and
   only the head trained: cheaper, and the only choice when a copy of a large UNet does not fit in memory.
 

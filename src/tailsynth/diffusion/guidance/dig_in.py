@@ -49,7 +49,7 @@ class DigInConfig(StrictConfig):
     batch_size: int = 8  # images optimised together (dig_in only)
     bf16: bool = True  # bf16 autocast on CUDA
     # and on CPUs with native bf16 (AVX512-BF16 / AMX; fp32 elsewhere); off by default: 0.71x of float32 on the
-    # 0.43 M-parameter benchmark UNet on 2 AVX512-BF16 cores (benchmarks/results/bench-guidance-cpu.json)
+    # 0.43 M-parameter benchmark UNet on 2 AVX512-BF16 cores (benchmarks/results/speed/bench-guidance-cpu.json)
     cpu_bf16: bool = False
     # DiG-IN's expectation over transformations (ClassifierGuide.augmented_target_prob): the guided confidence is
     # the mean over `cutouts` random crops (side U[cutout_min_scale, 1]) + N(0, cutout_noise^2) of each x0-hat.
