@@ -24,4 +24,23 @@ def test_tiny_experiment_is_bit_identical_to_the_golden_values(tmp_path, monkeyp
     want = table[machine_key()]
     got = golden_run(tmp_path / "runs", want.get("methods", GOLDEN_METHODS[:5]))
     assert got["synthetic_png_sha256"] == want["synthetic_png_sha256"]
-    assert got["metrics"] == want["metrics"]
+    assert recorded_values_differ(got["metrics"], want["metrics"]) == []
+
+
+def recorded_values_differ(got, want, path: str = "") -> list[str]:
+    """Where ``got`` differs from the recorded ``want``: every recorded value must be there, bit for bit; a metric
+    or score added to the code after the entry was recorded is allowed (its entry is re-recorded on its machine)."""
+    if isinstance(want, dict):
+        if not isinstance(got, dict):
+            return [f"{path}: {got!r} is not a mapping"]
+        return [d for key, value in want.items()
+                for d in (recorded_values_differ(got[key], value, f"{path}.{key}") if key in got
+                          else [f"{path}.{key}: missing"])]
+    return [] if got == want else [f"{path}: {got!r} != recorded {want!r}"]
+
+
+def test_the_golden_comparison_fails_on_a_changed_or_missing_value():
+    want = {"ce": {"metrics": {"fpr95": 0.25, "auroc": 0.9}}}
+    assert recorded_values_differ({"ce": {"metrics": {"fpr95": 0.25, "auroc": 0.9, "new": 1}}}, want) == []
+    assert recorded_values_differ({"ce": {"metrics": {"fpr95": 0.2500001, "auroc": 0.9}}}, want) != []
+    assert recorded_values_differ({"ce": {"metrics": {"fpr95": 0.25}}}, want) == [".ce.metrics.auroc: missing"]
