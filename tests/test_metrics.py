@@ -99,7 +99,7 @@ def test_evaluate_end_to_end():
     assert res["bacc_tail"] == pytest.approx(balanced_accuracy_score(labels[~mask], pred[~mask]))
     assert res["acc_few"] == pytest.approx(np.mean(pred[~mask] == labels[~mask]))
     arrays = compute_scores(logits, feats, head, tail, train[1], train[2])
-    assert len(res["scores"]) == 13 and set(arrays) == set(res["scores"])
+    assert len(res["scores"]) == 14 and set(arrays) == set(res["scores"])  # every score but ViM (no train logits)
     p = arrays["p_tail"]
     assert res["fpr95"] == res["scores"]["p_tail"]["fpr95"] == pytest.approx(fpr_at_tpr(p[mask], p[~mask]))
     assert res["auroc"] == pytest.approx(roc_auc_score(~mask, p))

@@ -146,12 +146,14 @@ def _synthetic(seed, n_head, n_tail, head, tail, k, dim):
 
 def test_contract_every_score_ranks_tail_above_head():
     head, tail, k, dim = [0, 1, 2, 3], [4, 5], 6, 9
-    _, train_f, train_y = _synthetic(0, 60, 10, head, tail, k, dim)
+    train_l, train_f, train_y = _synthetic(0, 60, 10, head, tail, k, dim)
     logits, feats, labels = _synthetic(1, 40, 20, head, tail, k, dim)
     is_tail = np.isin(labels, tail)
-    assert len(SCORES.names()) == 13
+    assert len(SCORES.names()) == 15
     for name in SCORES.names():
-        s = build_score(name).fit(train_f, train_y, head, tail).score(logits, feats)
+        score = build_score(name)
+        extra = {"logits": train_l} if "logits" in score.fit_kwargs else {}  # ViM: alpha from the train logits
+        s = score.fit(train_f, train_y, head, tail, **extra).score(logits, feats)
         assert s.shape == (len(labels),) and s.dtype == np.float64
         value = auroc(s[~is_tail], s[is_tail])
         assert value > 0.9, f"score {name!r} ranks tail below head (AUROC {value:.3f}): sign flip?"

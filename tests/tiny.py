@@ -5,6 +5,7 @@ from __future__ import annotations
 
 BASE = [
     "benchmark=digits-lt", "seeds=[0]", "jobs=1", "data.image_size=8", "data.channels=1",
+    "far_ood=[]",  # the demo's far-OOD set left out: tests that score far sets name theirs (tests/test_far_ood.py)
     "classifier.width=0.125", "classifier.epochs=1", "classifier.batch_size=64", "crt_epochs=1",
     "method_params={ldam-rw-drw: {drw_epoch: 1}, ldmlr: {diffusion: {steps: 30, hidden: 32, blocks: 1, "
     "checkpoint_every: 15}, head: {epochs: 2}, pseudo: {sampling: {num_steps: 5}}}, "

@@ -110,16 +110,16 @@ def train(benchmark, methods, seeds, profile, config, runs, results_dir, overrid
 @cli.command()
 @click.argument("runs_dir", default=DEFAULT_RUNS)
 def status(runs_dir) -> None:
-    """List the stages in RUNS_DIR with fingerprints, states and wall times."""
+    """List the stages in RUNS_DIR with fingerprints, states, wall times and labels (method, seed, role)."""
     from .engine import ArtifactStore
     rows = ArtifactStore(runs_dir).list()
     if not rows:
         click.echo(f"no artifacts in {runs_dir}")
         return
-    click.echo(f"{'stage':<18} {'fingerprint':<18} {'state':<9} {'wall s':>8}")
+    click.echo(f"{'stage':<18} {'fingerprint':<18} {'state':<9} {'wall s':>8}  label")
     for r in rows:
         wall = f"{r['wall_time_s']:.1f}" if r["wall_time_s"] is not None else "-"
-        click.echo(f"{r['stage']:<18} {r['fingerprint']:<18} {r['state']:<9} {wall:>8}")
+        click.echo(f"{r['stage']:<18} {r['fingerprint']:<18} {r['state']:<9} {wall:>8}  {r.get('label') or '-'}")
 
 
 @cli.command()
@@ -140,19 +140,33 @@ def report(merge, inputs, out, prefer_last) -> None:
 
 
 @cli.command()
-@click.argument("run_dir")
-@click.argument("images", nargs=-1, required=True)
+@click.argument("args", nargs=-1, required=True, metavar="[RUN_DIR] IMAGES...")
+@click.option("--model", default=None, help="the classifier: a train_classifier or evaluate artifact folder "
+              "(or the first argument)")
+@click.option("--method", default=None, help="or by name: the final classifier of this method's row")
+@click.option("--seed", type=int, default=None, help="with --method: its seed (default: the only one)")
+@click.option("--experiment", default=None, help="with --method: the row of this experiment's report")
+@click.option("--runs", default=DEFAULT_RUNS, show_default=True, help="with --method: artifact directory")
+@click.option("--alpha", type=float, default=None, help="target head flag rate of the rare flag (default: the "
+              "card's, 0.05): split-conformal threshold re-computed from the card's calibration scores")
+@click.option("--mondrian", is_flag=True, help="one rare threshold per predicted head class (flag rate <= alpha "
+              "within each)")
 @click.option("--out", default=None, help="write the table as CSV (.csv) or JSON (.json)")
 @click.option("--skip-bad", is_flag=True, help="skip unreadable images (listed at the end) instead of stopping")
 @click.option("--device", default="auto", show_default=True)
-def predict(run_dir, images, out, skip_bad, device) -> None:
-    """Label IMAGES (files or folders) with a trained classifier: head class, P(tail), rare flag."""
+def predict(args, model, method, seed, experiment, runs, alpha, mondrian, out, skip_bad, device) -> None:
+    """Label IMAGES (files or folders) with a trained classifier: head class, P(tail), rare flag.
+
+    The classifier: RUN_DIR (a train_classifier or evaluate artifact folder, as `tailsynth status` lists them) or
+    --model RUN_DIR, or by name: --method M [--seed S] [--experiment E] [--runs DIR], the final classifier of
+    that row (from the experiment's report when there is one; RUN_DIR may be that report folder,
+    runs/reports/<experiment>). Several or no matches: the candidates are listed."""
     from .api import load
-    predictor = load(run_dir, device)
+    run_dir, images = _predict_args(args, model, by_name=method is not None or experiment is not None)
+    predictor = load(run_dir, device, runs=runs, experiment=experiment, method=method, seed=seed, alpha=alpha,
+                     mondrian=mondrian)
     rows = [p.as_dict() for p in predictor.predict(images, skip_bad=skip_bad)]
-    thr = predictor.threshold
-    click.echo(f"rare flag: P(tail) > {thr:.4f} (95 % head TPR on validation)" if thr is not None
-               else "no tail classes: no rare flag")
+    click.echo(predictor.rule_line())  # threshold, alpha, the split-conformal rule and its calibration set
     click.echo(f"{'image':<48} {'predicted':<16} {'head class':<16} {'P(tail)':>8}  rare")
     for r in rows:
         click.echo(f"{r['source'][-48:]:<48} {r['predicted_class']:<16} {r['head_class']:<16} "
@@ -172,6 +186,23 @@ def predict(run_dir, images, out, skip_bad, device) -> None:
             writer.writerows(rows)
             atomic_write_text(out, buffer.getvalue())
         click.echo(f"wrote {out}")
+
+
+def _predict_args(args: tuple[str, ...], model: str | None, by_name: bool) -> tuple[str | None, tuple[str, ...]]:
+    """(the model argument, the images) of ``predict``: with --model every argument is an image; by name the first
+    is the model only when it is a report folder; otherwise the first is RUN_DIR (the form before names)."""
+    if model is not None:
+        run_dir, images = model, args
+    elif by_name:
+        from .engine.lookup import RESULTS
+        run_dir = args[0] if (Path(args[0]) / RESULTS).is_file() else None
+        images = args[1:] if run_dir is not None else args
+    else:
+        run_dir, images = args[0], args[1:]
+    if not images:
+        raise TailsynthError("no IMAGES given: tailsynth predict RUN_DIR IMAGES... "
+                             "(or --method M [--seed S] [--experiment E] IMAGES...)")
+    return run_dir, images
 
 
 @cli.group()

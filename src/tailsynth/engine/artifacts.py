@@ -17,7 +17,8 @@ from ..diffusion import BACKENDS, load_lora
 from ..models import create_model
 from ..models.heads import install_head
 from ..models.pretrained import IMAGENET_NORM, load_backbone
-from ..ood import logit_score, tail_threshold
+from ..ood import logit_score
+from ..ood.conformal import calibration_record
 from ..training import ArrayData, TrainConfig, predict
 from ..training.checkpoint import load_weights
 from ..utils import read_json
@@ -130,13 +131,24 @@ def oracle_pool(split: Split, data) -> ArrayData:
 
 
 def calibrate_tail_threshold(model: torch.nn.Module, val: ArrayData, split: Split, device: torch.device,
-                             tpr: float = 0.95, score: str = "p_tail") -> dict[str, Any]:
-    """Threshold of a logit score (P(tail); a head-only row: its own, the head energy) that keeps ``tpr`` of the
-    VALIDATION head images as head (stored with the model; ``predict`` flags an image as rare above it)."""
+                             tpr: float = 0.95, score: str = "p_tail", *, calibration: np.ndarray | None = None,
+                             mode: str = "shared", fraction: float | None = None) -> dict[str, Any]:
+    """The rare-case threshold of a logit score (P(tail); a head-only row: its own, the head energy), stored with
+    the model (``predict`` flags an image as rare above it): split-conformal at alpha = 1 - ``tpr``
+    (:mod:`tailsynth.ood.conformal`) on the calibration head images, ``calibration`` (a mask over ``val``;
+    default every VALIDATION head image, ``mode`` "shared"). The card keeps the calibration scores and their
+    predicted head classes, so ``predict --alpha`` re-thresholds without retraining. The threshold reads the
+    calibration head scores only (``val_tail_tpr``: the share of validation tail images flagged)."""
+    head = ~np.isin(val.labels, split.tail_classes)
+    cal_in = head if calibration is None else np.asarray(calibration, dtype=bool) & head
+    tail_in = ~head
     logits, _ = predict(model, val.images, device)
     scores = logit_score(score, logits, split.head_classes, split.tail_classes)
-    head = ~np.isin(val.labels, split.tail_classes)
-    value = tail_threshold(scores, head, tpr)
-    return {"score": score, "value": float(value), "target_head_tpr": tpr,
-            "val_head_tpr": float(np.mean(scores[head] <= value)),
-            "val_tail_tpr": float(np.mean(scores[~head] > value)) if (~head).any() else None}
+    head_pred = np.asarray(split.head_classes)[logits[:, split.head_classes].argmax(1)]
+    record = calibration_record(scores[cal_in], head_pred[cal_in], score=score, mode=mode,
+                                alpha=round(1.0 - tpr, 12), fraction=fraction)
+    value = record["value"]
+    return {"score": score, "value": value, "target_head_tpr": tpr,
+            "val_head_tpr": None if value is None else float(np.mean(scores[cal_in] <= value)),
+            "val_tail_tpr": float(np.mean(scores[tail_in] > value)) if tail_in.any() and value is not None else None,
+            **record}

@@ -87,7 +87,8 @@ class ArtifactStore:
         return Artifact(stage, fingerprint, dst)
 
     def list(self) -> list[dict[str, Any]]:
-        """Every artifact (complete or partial) under the root, for ``tailsynth status``."""
+        """Every artifact (complete or partial) under the root, for ``tailsynth status``: stage, fingerprint, state,
+        wall time and the manifest's label (None for partial work, which has no manifest yet)."""
         rows = []
         if not self.root.is_dir():
             return rows
@@ -97,9 +98,10 @@ class ArtifactStore:
                     continue
                 if path.name.endswith(".partial"):
                     rows.append({"stage": stage_dir.name, "fingerprint": path.name[: -len(".partial")],
-                                 "state": "partial", "wall_time_s": None, "path": str(path)})
+                                 "state": "partial", "wall_time_s": None, "label": None, "path": str(path)})
                 elif (path / MANIFEST).is_file():
                     manifest = read_json(path / MANIFEST)
                     rows.append({"stage": stage_dir.name, "fingerprint": path.name, "state": "complete",
-                                 "wall_time_s": manifest.get("wall_time_s"), "path": str(path)})
+                                 "wall_time_s": manifest.get("wall_time_s"), "label": manifest.get("label") or None,
+                                 "path": str(path)})
         return rows

@@ -1,5 +1,5 @@
 """Tail-detection scores (higher = more tail, always), metrics and the evaluation entry points."""
-from . import logit_scores, mahalanobis  # noqa: F401  (registers the scores)
+from . import logit_scores, mahalanobis, posthoc  # noqa: F401  (registers the scores)
 from .base import SCORES, Score, build_score
 from .evaluate import compute_scores, evaluate, evaluate_scores, fit_scores
 from .logit_scores import logit_score, p_tail

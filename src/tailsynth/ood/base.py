@@ -59,10 +59,12 @@ class Score:
     name = ""
     uses = "logits"
     needs: tuple[str, ...] = ()
+    fit_kwargs: tuple[str, ...] = ()  # optional fit inputs beyond the features ("logits", "classifier"): ViM
 
     def __init__(self) -> None:
         self.head_classes_: np.ndarray | None = None
         self.tail_classes_: np.ndarray | None = None
+        self.selection_: dict[str, Any] = {}  # choices made by select(): metrics.json scores.<name>.selection
 
     def fit(self, features: Any, labels: Any, head_classes: Sequence[int], tail_classes: Sequence[int]) -> "Score":
         """Record the class sets (logit scores: nothing else is fitted; ``features``/``labels`` may be None)."""
@@ -71,6 +73,12 @@ class Score:
             if group in self.needs and classes.size == 0:
                 raise TailsynthError(f"score {self.name!r} needs {group} classes, but none were given")
         self.head_classes_, self.tail_classes_ = head, tail
+        return self
+
+    def select(self, logits: Any, features: Any, labels: Any, head_classes: Sequence[int],
+               tail_classes: Sequence[int]) -> "Score":
+        """Choose hyper-parameters on the VALIDATION outputs after :meth:`fit` (default: nothing to choose).
+        Scores that choose (``knn``: k, ``vim``: dim) record the choice in ``selection_``."""
         return self
 
     def score(self, logits: Any = None, features: Any = None) -> np.ndarray:

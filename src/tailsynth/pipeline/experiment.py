@@ -8,6 +8,7 @@ from pydantic import Field, PrivateAttr, model_validator
 
 from ..config import StrictConfig, apply_overrides, build_config, read_yaml
 from ..data import DataConfig
+from ..data.far import FarSetConfig
 from ..diffusion import DiffusionConfig
 from ..errors import TailsynthError
 from ..methods import METHODS, SynthesisConfig
@@ -21,7 +22,7 @@ class ExperimentConfig(StrictConfig):
     ``method_params.<name>`` is parsed by the method into its own ``Config`` (:meth:`method_config`), which is
     what its stages are handed."""
 
-    fingerprint_neutral: ClassVar[tuple[str, ...]] = ("threads", "jobs")
+    fingerprint_neutral: ClassVar[tuple[str, ...]] = ("threads", "jobs", "far_ood")
 
     name: str
     profile: str = "custom"
@@ -38,6 +39,9 @@ class ExperimentConfig(StrictConfig):
     scores: list[str] | None = None  # None: every registered score
     primary_score: str = "p_tail"
     report_method: str = "ce"  # the method whose scores fill the Table-1/3 comparison
+    # far-OOD sets the evaluate stage scores beside the tail: built-in names (mnist5k, digits, fashion-mnist,
+    # cifar10-test) or {name, source, max_images, seed} (tailsynth.data.far; docs/scores-and-metrics.md)
+    far_ood: list[FarSetConfig] = []
     device: str = "auto"
     # torch's CPU thread count for this run (None: torch's default, or OMP_NUM_THREADS). CPU results are
     # bit-identical only with the same thread count, so a profile that pins it prints the same digits on a

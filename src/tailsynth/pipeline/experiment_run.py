@@ -24,6 +24,7 @@ from ..engine.artifacts import read_split
 from ..engine.parallel import run_concurrently, worker_threads
 from .diffusion_stages import SYNTHESIZE
 from .report_walk import ReportContext, stage_sections
+from .far_ood import far_sets_of, log_skipped
 from .stages import EVALUATE, EvalStageConfig, all_scores
 
 
@@ -35,6 +36,7 @@ class ExperimentResult:
     labels: set[str] = field(default_factory=set)  # the report rows (method or method@N)
     wall_time_s: float = 0.0
     jobs: int = 1  # stages built at a time (1 under torchrun, whose ranks share each stage instead)
+    far_ood_skipped: dict[str, str] = field(default_factory=dict)  # built-in far sets absent here: name -> why
 
 
 def machine_description() -> str:
@@ -61,6 +63,7 @@ def run_experiment(cfg: ExperimentConfig, runs_dir: str | Path, *, force: set[st
                                                           if m in cfg.methods}})
         store = ArtifactStore(runs_dir)
         result = ExperimentResult(jobs=cfg.jobs if distributed.world()[1] == 1 else 1)
+        result.far_ood_skipped = log_skipped(cfg, log if main else (lambda _msg: None))
         built_concurrently: dict = {}
         if result.jobs > 1 and not plan_only:
             # plan the graph, build its independent stages side by side (engine.parallel); the pass below
@@ -96,7 +99,7 @@ def _walk(graph: StageGraph, cfg: ExperimentConfig, result: ExperimentResult | N
     result = result if result is not None else ExperimentResult()
     split = graph.split()
     eval_cfg = EvalStageConfig(data=cfg.data, scores=all_scores(cfg.scores), primary_score=cfg.primary_score,
-                               device=cfg.device)
+                               device=cfg.device, far_ood=far_sets_of(cfg))
     n_default = graph.synthesis.n_per_class
     sweep = cfg.synthetic_sweep
     rows = [(method, seed, None) for method in cfg.methods for seed in cfg.seeds]
@@ -125,7 +128,7 @@ def report_lock(report_dir: Path):
 
 
 METHOD_KEYS = ("name", "profile", "methods", "seeds", "method_params", "synthetic_sweep", "sweep_seeds",
-               "report_method", "scores")
+               "report_method", "scores", "far_ood")
 
 
 def digest_settings(config: dict[str, Any]) -> dict[str, Any]:
@@ -185,7 +188,8 @@ def _write_report(cfg: ExperimentConfig, report_dir: Path, runner: Runner, resul
             # compute time of every stage of the experiment, whether it ran now or earlier (cached)
             "wall_time_s": round(sum({(t["stage"], t["fingerprint"]): t["wall_time_s"] or 0.0
                                       for t in runner.timings}.values()), 1),
-            "this_invocation_s": round(result.wall_time_s, 1), "jobs": result.jobs}
+            "this_invocation_s": round(result.wall_time_s, 1), "jobs": result.jobs,
+            "far_ood_skipped": result.far_ood_skipped or None}
     sections, results = stage_sections(graph, ReportContext(cfg, read_split(graph.split())))
     if cfg.synthetic_sweep:
         seeds = cfg.sweep_seeds if cfg.sweep_seeds is not None else cfg.seeds

@@ -56,6 +56,9 @@ def check_experiment(cfg: ExperimentConfig) -> None:
         if generator is not None:
             generator.params(synthesis)
             METHODS.get(generator.aux_method(synthesis))
+    if cfg.far_ood:  # a user's far set that is missing is an error now; an absent built-in one is skipped later
+        from .far_ood import check_far
+        check_far(cfg)
 
 
 def aux_train_config(cfg: ExperimentConfig) -> TrainConfig:

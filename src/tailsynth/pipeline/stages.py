@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -12,13 +12,16 @@ from pydantic import SerializeAsAny, model_validator
 from .. import distributed
 from ..config import StrictConfig
 from ..data import BenchmarkConfig, DataConfig, Split, build_split
+from ..data.far import FarSet
 from ..errors import TailsynthError
 from ..methods import METHODS
 from ..ood import SCORES, evaluate, evaluate_scores
+from ..ood.posthoc import classifier_layer
 from ..training import TrainConfig, fit, predict
 from ..training.checkpoint import save_weights
 from ..utils import atomic_write_bytes, atomic_write_json, read_json, resolve_device
 from ..engine import Artifact, Stage
+from .rare_flag import rare_flag_metrics, selection_and_calibration
 from ..engine.artifacts import (SPLIT_FILE, calibrate_tail_threshold, drop_checkpoints, load_classifier, new_classifier,
                                 read_split, split_data)
 
@@ -52,10 +55,14 @@ class TrainStageConfig(StrictConfig):
 
 
 class EvalStageConfig(StrictConfig):
+    # far_ood added later: an empty list leaves the fingerprint of every evaluation made before it unchanged
+    fingerprint_neutral: ClassVar[tuple[str, ...]] = ("far_ood",)
+
     data: DataConfig
     scores: list[str]
     primary_score: str = "p_tail"
     device: str = "auto"
+    far_ood: list[FarSet] = []  # the experiment's far-OOD sets found on this machine (pipeline/far_ood.py)
 
 
 def run_split(cfg: SplitStageConfig, inputs: dict[str, Artifact], workdir: Path) -> dict[str, Any]:
@@ -75,7 +82,9 @@ def run_train(cfg: TrainStageConfig, inputs: dict[str, Artifact], workdir: Path)
     train = method.training_data(split, split_data(split, cfg.data, "train"), inputs, cfg.data,
                                  cfg.synthetic_per_class, cfg.method_config)
     val_images = split_data(split, cfg.data, "val")
-    val = method.validation_data(split, val_images, inputs)
+    # classifier.calibration: split mode holds a seeded part of the val head images out of model selection
+    val, held_out = selection_and_calibration(method.validation_data(split, val_images, inputs), val_images, split,
+                                              cfg.train.calibration, cfg.seed)
     labels = np.asarray(train.labels)
     counts = np.bincount(labels[labels >= 0], minlength=len(split.class_names))  # label -1: an outlier (Dream-OOD)
     missing = [split.class_names[c] for c in method.trained_classes(split) if counts[c] == 0]
@@ -95,7 +104,7 @@ def run_train(cfg: TrainStageConfig, inputs: dict[str, Artifact], workdir: Path)
     save_weights(model, workdir / "model.safetensors")
     if split.tail_classes:
         card["tail_threshold"] = calibrate_tail_threshold(model, val_images, split, device,
-                                                          score=method.primary_score or "p_tail")
+                                                          score=method.primary_score or "p_tail", **held_out)
     atomic_write_json(workdir / "history.json", summary)
     atomic_write_json(workdir / "model.json", card)  # last: its presence marks the work as finished
     drop_checkpoints(workdir)
@@ -129,7 +138,7 @@ def run_evaluate(cfg: EvalStageConfig, inputs: dict[str, Artifact], workdir: Pat
     result, score_arrays = evaluate_scores(
         outputs["test"], outputs["train"], outputs["val"], head_classes=split.head_classes,
         tail_classes=split.tail_classes, groups=split.groups, score_names=cfg.scores,
-        primary=cfg.primary_score)
+        primary=cfg.primary_score, classifier=classifier_layer(model))  # ViM's origin -pinv(W) b
     result["metrics"].update(validation_metrics(outputs["val"], outputs["train"], split, cfg.primary_score))
     test_logits, _, test_labels = outputs["test"]
     per_class = {name: float((test_logits.argmax(1)[test_labels == c] == c).mean())
@@ -141,6 +150,16 @@ def run_evaluate(cfg: EvalStageConfig, inputs: dict[str, Artifact], workdir: Pat
         "head_classes": list(split.head_classes), "tail_classes": list(split.tail_classes),
         "wall_time_s": inputs["classifier"].manifest.get("wall_time_s"),
     }
+    # the rare-case flag: the card's split-conformal threshold (alpha 0.05, 0.01) applied to the test split
+    rare = rare_flag_metrics(card, test_logits, test_labels, outputs["val"][0], outputs["val"][2], split)
+    if rare is not None:
+        metrics["rare_flag"] = rare
+    if cfg.far_ood:  # the same fitted scores on each far set, head test images as positives; far_scores.npz
+        from .far_ood import far_ood_metrics
+        metrics["far_ood"] = far_ood_metrics(
+            cfg.far_ood, lambda images: predict(model, images, device, amp=False), cfg.data, cfg.scores,
+            cfg.primary_score, split.head_classes, split.tail_classes, outputs["train"], outputs["val"],
+            classifier_layer(model), test_labels, score_arrays, workdir)
     atomic_write_json(workdir / "metrics.json", metrics)
     buffer = io.BytesIO()
     np.savez_compressed(buffer, labels=test_labels, is_tail=np.isin(test_labels, split.tail_classes),

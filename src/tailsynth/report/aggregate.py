@@ -7,7 +7,8 @@ Format (values are fractions in [0, 1]; tables multiply by 100 as LoGex Tables 1
      "seeds": [union of all seeds], "command": str, "primary_score": str,
      "method_seeds": {NAME: [seeds]}, "method_commands": {NAME: command that produced the row},
      "method_primary_score": {NAME: its own primary score, for rows whose FPR@95 / AUROC use another score},
-     "runs": {NAME: [{"seed", "path"}]}, "wall_time_s": {NAME: summed training wall time or null}}
+     "runs": {NAME: [{"seed", "path"}]}, "wall_time_s": {NAME: summed training wall time or null},
+     "far_ood": {NAME: {SET: far-OOD FPR@95 / AUROC over seeds}} (only with far sets: report/far_ood.py)}
 
 ``std`` is the SAMPLE standard deviation (``ddof=1``) when a method has >= 2 seeds and 0.0 for a single
 seed (the LoGex tables give "mean ± std" over 5 seeds; a one-seed std would be undefined).
@@ -27,6 +28,8 @@ import numpy as np
 from ..errors import TailsynthError
 from ..utils import atomic_write_text, json_default
 from .bootstrap import add_intervals
+from .far_ood import drop_stale, far_results
+from .rare_flag import aggregate_rare_flag
 from .runs import REQUIRED_METRICS, RunResult
 
 METRIC_ORDER = (*REQUIRED_METRICS, "acc", "acc_many", "acc_medium", "acc_few")
@@ -103,6 +106,13 @@ def aggregate(runs: Iterable[RunResult], command: str = "", primary: str | None 
         results["runs"][method] = [{"seed": r.seed, "path": str(r.path)} for r in group]
         walls = [r.wall_time_s for r in group]
         results["wall_time_s"][method] = None if any(w is None for w in walls) else float(sum(walls))
+    for method, group in group_by_method(runs).items():  # the rare-case flag on test (report/rare_flag.py)
+        rare = aggregate_rare_flag(group)
+        if rare:
+            results.setdefault("rare_flag", {})[method] = rare
+    far = far_results(group_by_method(runs))  # far-OOD sets per row (report/far_ood.py), when the runs have them
+    if far:
+        results["far_ood"] = far
     return results
 
 
@@ -121,7 +131,7 @@ def read_results(path: str | Path) -> dict[str, Any]:
 
 
 _PER_METHOD = ("methods", "scores", "method_seeds", "method_commands", "runs", "wall_time_s", "config_digest",
-               "method_primary_score")
+               "method_primary_score", "far_ood", "rare_flag")
 
 
 def merge_results(old: Mapping[str, Any], new: Mapping[str, Any], where: str = "results.json") -> dict:
@@ -139,6 +149,10 @@ def merge_results(old: Mapping[str, Any], new: Mapping[str, Any], where: str = "
         block = dict(old.get(key) or {})
         block.update(new.get(key) or {})
         merged[key] = block
+    drop_stale(merged, new)  # a row re-run without far sets loses its old far-OOD entry
+    for method in new.get("methods") or {}:  # likewise a row re-run without the rare-case flag block
+        if method not in (new.get("rare_flag") or {}):
+            merged["rare_flag"].pop(method, None)
     seeds = set(old.get("seeds") or []) | set(new.get("seeds") or [])
     merged["seeds"] = sorted(seeds)
     return merged

@@ -21,6 +21,7 @@ SCORE_LABELS = {
     "energy_tail": "Energy tail", "maxlogit_head": "MaxLogit head", "maxlogit_tail": "MaxLogit tail",
     "maha_head": "Maha dist. to head", "maha_tail": "Maha dist. to tail",
     "maha_tail_minus_head": "Maha dist. to tail - to head", "rmaha": "relative Maha distance",
+    "knn": "Deep k-NN", "vim": "ViM",
 }
 
 

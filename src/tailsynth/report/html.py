@@ -15,7 +15,9 @@ from typing import Any, Mapping, Sequence, Union
 from ..utils import atomic_write_text
 from ..errors import TailsynthError
 from .aggregate import group_by_method
+from .far_ood import far_tables
 from .format import score_label
+from .rare_flag import rare_flag_table
 from .plots import plot_histograms, plot_per_class, plot_roc
 from .runs import RunResult
 from .tables import Table, accuracy_table, machine_note, meta_rows, method_table, score_table, timings_table
@@ -113,6 +115,8 @@ def build_html(results: Mapping[str, Any], runs: Sequence[RunResult], meta: Mapp
     for table in (accuracy_table(results, order), score_table(results, meta.get("report_method") or "ce")):
         if table is not None:
             body.append(table_to_html(table))
+    body += [table_to_html(t) for t in far_tables(results, meta)]  # far-OOD sets beside the tail
+    body += [table_to_html(t) for t in [rare_flag_table(results, order)] if t is not None]  # the rare-case flag
     body += _figures(results, runs, order)
     timings = timings_table(meta)
     if timings is not None:

@@ -13,7 +13,7 @@ import csv
 import io
 import math
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -50,6 +50,8 @@ class Row:
     cpu_hours_from: str
     machine: str
     vs_ce: str = ""
+    far: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)  # far set -> (FPR@95, AUROC)
+    rare: tuple[float | None, float | None] | None = None  # rare-case flag at alpha 0.05: (head flag rate, tail recall)
 
 
 # --- intervals -------------------------------------------------------------------------------------------------
@@ -207,6 +209,11 @@ def experiment_rows(experiment: str, results: Mapping[str, Any]) -> list[Row]:
         rows.append(Row(benchmark, experiment, method, fpr, auc, kind, _mean(stats.get("bacc_head")),
                         _mean(stats.get("bacc_tail")), _mean(stats.get("val_fpr95")), seeds,
                         oracle_accuracy(method, results), hours, source, machine))
+        rows[-1].far = {name: (_mean(e.get("fpr95")), _mean(e.get("auroc")))
+                        for name, e in ((results.get("far_ood") or {}).get(method) or {}).items()}
+        at05 = (((results.get("rare_flag") or {}).get(method) or {}).get("alphas") or {}).get("0.05") or {}
+        if at05.get("head_flag_rate"):  # the rare-case flag (report/rare_flag.py)
+            rows[-1].rare = (_mean(at05.get("head_flag_rate")), _mean(at05.get("tail_recall")))
     ce = next((r for r in rows if r.method == "ce"), None)
     for row in rows:
         row.vs_ce = _vs_ce(row, ce)
@@ -245,16 +252,26 @@ def _hours(value: float | None) -> str:
     return "" if value is None else f"{value:.3f}"
 
 
+def far_sets(rows: list[Row]) -> list[str]:
+    """The far-OOD sets of ``rows``, sorted: their FPR@95 / AUROC columns follow the tail's (none without any)."""
+    return sorted({name for r in rows for name in r.far})
+
+
 def csv_text(rows: list[Row]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
+    sets = far_sets(rows)
+    rare = any(r.rare for r in rows)  # rare-case flag columns only where some row has them
+    writer.writerow(list(CSV_COLUMNS) + [f"far_{s}_{m}" for s in sets for m in ("fpr95", "auroc")]
+                    + (["head_flag_05", "tail_recall_05"] if rare else []))
     for r in rows:
         fpr, auc = r.fpr95 or (None, None, None), r.auroc or (None, None, None)
+        far = [_pct(v) for s in sets for v in r.far.get(s, (None, None))]
         writer.writerow([r.benchmark, r.experiment, r.method, _pct(fpr[0]), _pct(fpr[1]), _pct(fpr[2]),
                          _pct(auc[0]), _pct(auc[1]), _pct(auc[2]), r.interval, _pct(r.bacc_head),
                          _pct(r.bacc_tail), _pct(r.val_fpr95), " ".join(str(s) for s in r.seeds),
-                         _pct(r.oracle_acc), _hours(r.cpu_hours), r.cpu_hours_from, r.machine, r.vs_ce])
+                         _pct(r.oracle_acc), _hours(r.cpu_hours), r.cpu_hours_from, r.machine, r.vs_ce] + far
+                        + ([_pct(v) for v in (r.rare or (None, None))] if rare else []))
     return buffer.getvalue()
 
 
@@ -298,22 +315,44 @@ Columns:
   timings: classifier training only.
 """
 
+FAR_NOTE = ("far *set* FPR@95 ↓ / AUROC ↑: the row's primary score with the head test images as positives and the "
+            "images of the far-OOD set (something else entirely, the experiment's `far_ood:`) as negatives, seed mean; "
+            "– where the experiment has no such set.")
+
+RARE_NOTE = ("head flag α=0.05 / tail recall α=0.05: the rare-case flag of `tailsynth predict` (split-conformal "
+             "threshold from the validation head images, target head flag rate α = 0.05) on the test split: the "
+             "share of head images flagged (≤ 5 % expected) and of tail images flagged, seed mean; – where the "
+             "row's results predate it. See docs/scores-and-metrics.md, \"The rare-case flag\".")
+
 
 def readme_text(rows: list[Row], command: str, results_dir: Path | None = None) -> str:
     parts = [INTRO]
     for benchmark in sorted({r.benchmark for r in rows}):
         group = [r for r in rows if r.benchmark == benchmark]
+        sets = far_sets(group)  # far-OOD columns beside the tail's, only where some row has far sets
+        rare = any(r.rare for r in group)  # rare-case flag columns, only where some row has them
         lines = [f"## {benchmark}", "",
-                 ("| experiment | method | FPR@95 ↓ [95 %] | AUROC ↑ [95 %] | interval | vs CE | bAcc-head ↑ | "
-                  "bAcc-tail ↑ | val FPR@95 ↓ | oracle acc ↑ | CPU-h ≈ | seeds |"),
-                 "|:---|:---|---:|---:|:---|:---|---:|---:|---:|---:|---:|:---|"]
+                 ("| experiment | method | FPR@95 ↓ [95 %] | AUROC ↑ [95 %] | "
+                  + "".join(f"far {s} FPR@95 ↓ | far {s} AUROC ↑ | " for s in sets)
+                  + "interval | vs CE | bAcc-head ↑ | bAcc-tail ↑ | val FPR@95 ↓ | "
+                  + ("head flag α=0.05 | tail recall α=0.05 ↑ | " if rare else "")
+                  + "oracle acc ↑ | CPU-h ≈ | seeds |"),
+                 "|:---|:---|---:|---:|" + "---:|---:|" * len(sets) + ":---|:---|---:|---:|---:|"
+                 + "---:|---:|" * rare + "---:|---:|:---|"]
         for r in group:
             hours = _hours(r.cpu_hours) + ("†" if r.cpu_hours_from == "classifier training only" else "")
             lines.append("| " + " | ".join([
-                r.experiment, r.method, _cell(r.fpr95), _cell(r.auroc), _or_dash(r.interval), r.vs_ce,
+                r.experiment, r.method, _cell(r.fpr95), _cell(r.auroc),
+                *[_or_dash(_pct(v)) for s in sets for v in r.far.get(s, (None, None))],
+                _or_dash(r.interval), r.vs_ce,
                 _or_dash(_pct(r.bacc_head)), _or_dash(_pct(r.bacc_tail)), _or_dash(_pct(r.val_fpr95)),
+                *([_or_dash(_pct(v)) for v in (r.rare or (None, None))] if rare else []),
                 _or_dash(_pct(r.oracle_acc, 1)), _or_dash(hours), ", ".join(str(s) for s in r.seeds) or "–",
             ]).replace("\n", " ") + " |")
+        if sets:
+            lines += ["", FAR_NOTE]
+        if rare:
+            lines += ["", RARE_NOTE]
         lines += ["", "Experiments:", ""]
         for experiment in sorted({r.experiment for r in group}):
             machine = next(r.machine for r in group if r.experiment == experiment)

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
+from .far_ood import far_tables
 from .format import fmt_seconds, md_mark
+from .rare_flag import rare_flag_table
 from .tables import Table, accuracy_table, machine_note, meta_rows, method_table, score_table, timings_table
 
 
@@ -53,6 +55,10 @@ def render_markdown(results: Mapping[str, Any], meta: Mapping[str, Any] | None =
     scores = score_table(results, meta.get("report_method") or "ce")
     if scores is not None:
         parts.append(table_to_markdown(scores))
+    parts += [table_to_markdown(t) for t in far_tables(results, meta)]  # far-OOD sets beside the tail
+    rare = rare_flag_table(results, order)  # the rare-case flag: head flag rate at alpha, band, tail recall
+    if rare is not None:
+        parts.append(table_to_markdown(rare))
     parts += [table_to_markdown(t) for t in extra_tables]
     lines = ["## Run", ""] + [f"- **{key}**: `{value}`" if key == "command" else f"- **{key}**: {value}"
                               for key, value in meta_rows(results, meta)]

@@ -17,6 +17,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from ..errors import TailsynthError
+from .far_ood import parse_far
 
 METRICS_FILE = "metrics.json"
 SCORES_FILE = "scores.npz"
@@ -41,6 +42,8 @@ class RunResult:
     labels: np.ndarray | None = None            # (N,) int test labels
     is_tail: np.ndarray | None = None           # (N,) bool
     score_arrays: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (N,) float, higher = tail
+    far_ood: dict[str, dict[str, Any]] = field(default_factory=dict)  # far set -> its metrics (report/far_ood.py)
+    rare_flag: dict[str, Any] = field(default_factory=dict)  # the rare-case flag on test (report/rare_flag.py)
 
 
 def _is_number(value: Any) -> bool:
@@ -100,6 +103,8 @@ def _parse_metrics(data: dict, path: Path) -> dict[str, Any]:
         "class_names": [str(c) for c in data.get("class_names") or []],
         "head_classes": [int(c) for c in data.get("head_classes") or []],
         "tail_classes": [int(c) for c in data.get("tail_classes") or []],
+        "far_ood": parse_far(data.get("far_ood"), where),
+        "rare_flag": data["rare_flag"] if isinstance(data.get("rare_flag"), dict) else {},
     }
 
 

@@ -20,6 +20,18 @@ class AugmentConfig(StrictConfig):
     crop_padding: int = Field(0, ge=0)
 
 
+class CalibrationConfig(StrictConfig):
+    """Which validation images calibrate the rare-case flag (split-conformal, ``ood/conformal.py``).
+
+    ``shared``: every validation head image calibrates it, and the same split selects the epoch: the threshold
+    depends on images that also chose the model, so its guarantee is approximate. ``split``: a seeded
+    ``fraction`` of the validation head images (drawn by the row's seed) is held out of model selection and used
+    only for calibration: the guarantee holds exactly, selection sees fewer head images."""
+
+    mode: Literal["shared", "split"] = "shared"
+    fraction: float = Field(0.5, gt=0.0, lt=1.0)
+
+
 class TrainConfig(StrictConfig):
     """One classifier training run. Defaults follow the LoGex code (AdamW 1e-4 cosine to 1e-5, 60 epochs,
     batch 128, model selection by bAcc-head minus FPR@95 on the validation split)."""
@@ -54,5 +66,7 @@ class TrainConfig(StrictConfig):
     channels_last: bool = False
     # PGD adversarial training (training/adversarial.py; off at eps 0): a robust auxiliary classifier for DiG-IN
     adversarial: AdversarialConfig = AdversarialConfig()
+    # the validation images that calibrate the rare-case flag (shared with model selection, or a held-out part)
+    calibration: CalibrationConfig = CalibrationConfig()
 
-    fingerprint_neutral = ("adversarial",)
+    fingerprint_neutral = ("adversarial", "calibration")

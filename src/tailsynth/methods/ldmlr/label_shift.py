@@ -20,6 +20,7 @@ from ...config import StrictConfig
 from ...data import DataConfig
 from ...engine import Artifact, Stage
 from ...engine.artifacts import calibrate_tail_threshold, load_classifier, read_split, split_data
+from ...ood.conformal import held_out_of_card
 from ...training import predict
 from ...training.checkpoint import save_weights
 from ...training.selection import make_selector
@@ -55,8 +56,12 @@ def run_label_shift(cfg: LabelShiftStageConfig, inputs: dict[str, Artifact], wor
     counts = np.bincount(train.labels, minlength=len(split.class_names)).astype(np.float64)
     log_prior = np.log(np.maximum(counts, 1) / counts.sum())
     logits, _ = predict(model, val.images, device)
+    # a base calibrated in split mode: tau is chosen without its held-out calibration images, which re-calibrate
+    held_out = held_out_of_card(card, val.labels, split.tail_classes)
+    keep = ~held_out["calibration"] if held_out else np.ones(len(val.labels), dtype=bool)
     select = make_selector(cfg.label_shift.selection, split.head_classes, split.tail_classes)
-    scores = {tau: float(select(logits - tau * log_prior[None], val.labels)) for tau in cfg.label_shift.taus}
+    scores = {tau: float(select(logits[keep] - tau * log_prior[None], val.labels[keep]))
+              for tau in cfg.label_shift.taus}
     best = max(scores.values())
     tau = min(t for t, s in scores.items() if s == best)
     with torch.no_grad():
@@ -67,7 +72,7 @@ def run_label_shift(cfg: LabelShiftStageConfig, inputs: dict[str, Artifact], wor
                                                           "selection": cfg.label_shift.selection,
                                                           "base": inputs["base"].fingerprint}}
     if split.tail_classes:
-        card["tail_threshold"] = calibrate_tail_threshold(model, val, split, device)
+        card["tail_threshold"] = calibrate_tail_threshold(model, val, split, device, **held_out)
     atomic_write_json(workdir / "history.json", {"best_epoch": 0, "best_score": best, "tau": tau})
     atomic_write_json(workdir / "model.json", card)
     return {"tau": tau, "val_selection": best}
