@@ -6,11 +6,12 @@ import pytest
 from PIL import Image
 
 from tailsynth.data import (BenchmarkConfig, FolderSource, NpzSource, Split, build_split, index_source,
-                            load_benchmark_config, load_images, split_arrays)
+                            load_benchmark_config, load_images, resolve_data_path, split_arrays)
 from tailsynth.errors import TailsynthError
 
-PBC = Path("../shared/data/pbc")
-CIFAR10 = Path("../shared/data/cifar-lt/cifar10_lt_if100.npz")
+# where the shipped presets will look (TAILSYNTH_DATA_ROOT replaces a leading ../shared/data)
+PBC = resolve_data_path("../shared/data/pbc")
+CIFAR10 = resolve_data_path("../shared/data/cifar-lt/cifar10_lt_if100.npz")
 
 
 def ids_of(split, which):
