@@ -1,5 +1,4 @@
 """Benchmark configs and the long-tailed split builder: exact counts, disjointness, no leakage, determinism."""
-from pathlib import Path
 
 import numpy as np
 import pytest
