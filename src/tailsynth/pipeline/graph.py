@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..config import StrictConfig, flatten_mapping
+from ..config import StrictConfig, build_config, flatten_mapping
 from ..data import index_source, load_benchmark_config
 from ..data.content_hash import file_sha256
 from ..diffusion import BACKENDS, LoraAdaptConfig
@@ -63,7 +63,6 @@ def check_experiment(cfg: ExperimentConfig) -> None:
 
 def aux_train_config(cfg: ExperimentConfig) -> TrainConfig:
     """The experiment's classifier settings with ``synthesis.aux_train`` over them."""
-    from ..config import build_config
     return build_config(TrainConfig, {**cfg.classifier.model_dump(), **cfg.synthesis.aux_train},
                         "experiment key 'synthesis.aux_train'")
 
