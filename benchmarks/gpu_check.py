@@ -1,4 +1,4 @@
-"""One-command GPU check (at most ~8 minutes on one CUDA GPU): writes one JSON and prints a table.
+"""One-command GPU check (at most ~10 minutes on one CUDA GPU): writes one JSON and prints a table.
 
 Sections, each timed and isolated (a failure is recorded with its traceback; later sections still run,
 and a section that would start after ``--budget-s`` is skipped):
@@ -16,6 +16,12 @@ and a section that would start after ``--budget-s`` is skipped):
 5. ``sd_512``      -- one DiG-IN optimisation step at 512 px with a randomly initialised UNet and VAE of the
    Stable Diffusion 1.x configuration (20 DDIM steps, CFG, checkpointing, bf16): seconds and peak memory,
    so the paper-scale cost can be estimated without SD weights.
+6. ``paper_dryrun`` -- ``pbc-lt-paper-dryrun`` on this device (``benchmarks/paper_dryrun.py``: every stage at real
+   size, counts cut) for one row of each family (CE, only LoRA, LoGex with bf16 DiG-IN, FG-Entropy, minority
+   guidance, LDMLR, Dream-OOD), on random SD-1.4 / ResNet-50 weights written to a temporary folder; on PBC when
+   ``../shared/data/pbc`` is there, else on the built-in MNIST-5k-LT at the same sizes: per-stage wall times, peak
+   host memory and the peak GPU memory. Sections run in the order code_paths, sd_512, paper_dryrun, dig_in, memory,
+   throughput, so the paper-scale ones come first when the budget runs out.
 
 On a bare GPU machine with this repository:
 
@@ -267,8 +273,47 @@ def check_sd_step(size: dict, device: torch.device) -> dict:
             "estimate_400_images_x_20_steps_h": seconds * 400 * 20 / 3600}
 
 
-SECTIONS = [("code_paths", check_code_paths), ("dig_in", check_dig_in), ("memory", check_memory),
-            ("throughput", check_throughput), ("sd_512", check_sd_step)]
+# --- 6. the paper-scale dry run --------------------------------------------------------------------------------
+DRYRUN_METHODS = ["ce", "logex-lora", "logex", "fg-entropy", "minority", "ldmlr", "dream-ood"]
+
+
+def check_paper_dryrun(size: dict, device: torch.device) -> dict:
+    """pbc-lt-paper-dryrun on ``device`` for one row per family (see the module docstring); ``--quick``: the tiny
+    random SD folder and a plan only (the CPU test of this script)."""
+    from tailsynth.data import load_benchmark_config, resolve_data_path
+    from tailsynth.diffusion.random_sd import write_random_sd
+    from tailsynth.engine import ArtifactStore
+    from tailsynth.models.pretrained import write_random_backbone
+    from tailsynth.pipeline.experiment import load_experiment
+    from tailsynth.pipeline.experiment_run import run_experiment
+    pbc = resolve_data_path(load_benchmark_config("pbc-lt").source.path).is_dir()
+    with tempfile.TemporaryDirectory() as tmp:
+        sd = write_random_sd(Path(tmp) / "sd", "sd-1.4" if size["sd"] == "sd1" else "tiny", seed=0, dtype="float16")
+        write_random_backbone(Path(tmp) / "r50.pth", "resnet50", seed=0)
+        overrides = [f"diffusion.sd_path={sd}", f"classifier.pretrained={Path(tmp) / 'r50.pth'}",
+                     f"device={device}", f"methods=[{','.join(DRYRUN_METHODS)}]", "synthesis.params.logex.bf16=true",
+                     "threads=null"] + ([] if pbc else ["benchmark=mnist5k-lt"])
+        cfg = load_experiment("pbc-lt-paper-dryrun", overrides)
+        runs = Path(tmp) / "runs"
+        reset_peak(device)
+        result = run_experiment(cfg, runs, plan_only=size["sd"] != "sd1", log=lambda m: None)
+        if size["sd"] != "sd1":
+            return {"benchmark": cfg.benchmark, "planned_stages": len(result.plan)}
+        stages = [{"stage": r["stage"], "label": r["label"], "wall_time_s": m.get("wall_time_s"),
+                   "peak_rss_gib": round((m.get("peak_rss_bytes") or 0) / 2**30, 2)}
+                  for r in ArtifactStore(runs).list() for m in [_manifest(runs, r)] if m]
+    return {"benchmark": cfg.benchmark, "methods": DRYRUN_METHODS, "stages": stages,
+            "stages_wall_s": round(sum(s["wall_time_s"] or 0 for s in stages), 1),
+            "peak_gpu_mib": None if peak_bytes(device) is None else peak_bytes(device) / 2**20}
+
+
+def _manifest(runs: Path, row: dict) -> dict:
+    path = runs / row["stage"] / row["fingerprint"] / "manifest.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+SECTIONS = [("code_paths", check_code_paths), ("sd_512", check_sd_step), ("paper_dryrun", check_paper_dryrun),
+            ("dig_in", check_dig_in), ("memory", check_memory), ("throughput", check_throughput)]
 
 
 def main(argv=None) -> dict:
@@ -276,7 +321,7 @@ def main(argv=None) -> dict:
     p.add_argument("--device", default="cuda")
     p.add_argument("--out", default="benchmarks/results/speed/gpu-check.json")
     p.add_argument("--quick", action="store_true", help="toy sizes (smoke test, any device)")
-    p.add_argument("--budget-s", type=float, default=480.0, help="skip sections that would start after this")
+    p.add_argument("--budget-s", type=float, default=540.0, help="skip sections that would start after this")
     p.add_argument("--only", nargs="*", default=None, help="run only these sections")
     args = p.parse_args(argv)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,12 @@
 """LDMLR ablations on one experiment config (LDMLR Table 4: which classes get pseudo-features; Fig. 2: the
 generation ratio; Table 5: only generated features), CE+LDMLR and label shift+LDMLR, per seed.
 
+Two rows separate LDMLR's own gain from the re-fit it comes with: ``gamma=0 (re-fit control)`` is the same
+fine-tune of the classifier layer on the same batches with the pseudo-features weighted 0 in Eq. 13, so
+"LDMLR's own gain" = ldmlr (``classes=all``) minus it, and "re-fit gain" = it minus the encoder's own layer
+(their sum is ldmlr - ce), both per seed; ``allocation=uniform`` reads Eq. 12's y ~ p(y) as uniform (the same
+total pseudo-feature count, equal per class).
+
 Every variant is an ordinary pipeline request (``StageGraph.classifier("ldmlr")`` with overrides of
 ``method_params.ldmlr``): the encoder, its features and the feature diffusion model are shared and cached;
 only the pseudo-features and the classifier-layer fine-tune are per variant. Accuracies are computed from
@@ -32,6 +38,7 @@ from tailsynth.engine.runner import Runner
 from tailsynth.engine.store import ArtifactStore
 
 VARIANTS = {  # name -> overrides of method_params.ldmlr (Table 4, Fig. 2, Table 5)
+    "shipped": {},  # the config's own method_params.ldmlr (pbc-lt-cpu: tail classes, ratio 10, gamma 0.05)
     "classes=all": {"pseudo.classes": "all"},
     "classes=many": {"pseudo.classes": "many"},
     "classes=medium": {"pseudo.classes": "medium"},
@@ -41,7 +48,21 @@ VARIANTS = {  # name -> overrides of method_params.ldmlr (Table 4, Fig. 2, Table
     "ratio=0.4": {"pseudo.ratio": 0.4},
     "ratio=0.8": {"pseudo.ratio": 0.8},
     "only generated (ratio 1, all)": {"only_generated": True, "pseudo.classes": "all", "pseudo.ratio": 1.0},
+    # the control: the same 30-epoch re-fit of G on the same batches, the pseudo-features weighted 0 (Eq. 13)
+    "gamma=0 (re-fit control)": {"gamma": 0},
+    # Eq. 12's y ~ p(y) read as uniform: the same total 0.2 N pseudo-features, an equal count per class
+    "allocation=uniform": {"pseudo.allocation": "uniform"},
+    "classes=all, allocation=uniform": {"pseudo.classes": "all", "pseudo.allocation": "uniform"},
 }
+DEFAULT = "classes=all"  # = the shipped ldmlr row (ratio 0.2, all classes, proportional counts, gamma 0.05)
+CONTROL = "gamma=0 (re-fit control)"
+BASELINE = "baseline (encoder's own head)"
+# (name, minuend, subtrahend): per-seed differences; ldmlr - ce = re-fit gain + LDMLR's own gain
+DIFFERENCES = [("LDMLR's own gain, shipped settings (shipped - gamma=0)", "shipped", CONTROL),
+               ("LDMLR's own gain (classes=all - gamma=0)", DEFAULT, CONTROL),
+               ("re-fit gain (gamma=0 - encoder's own head)", CONTROL, BASELINE),
+               ("uniform - proportional counts (allocation=uniform - classes=all)", "allocation=uniform", DEFAULT),
+               ("uniform - proportional counts, all classes", "classes=all, allocation=uniform", DEFAULT)]
 
 
 def head_metrics(model, fs: FeatureSet, split, bias_shift: np.ndarray | None = None) -> dict[str, float]:
@@ -62,7 +83,7 @@ def head_metrics(model, fs: FeatureSet, split, bias_shift: np.ndarray | None = N
 
 def run(config: str, runs: str, seeds: list[int], variants: list[str], extra: list[str]) -> dict:
     rows: dict[str, dict[str, list]] = {}
-    for variant in ["baseline (encoder's own head)"] + variants:
+    for variant in [BASELINE] + variants:
         overrides = [f"method_params.ldmlr.{k}={v}" for k, v in VARIANTS.get(variant, {}).items()]
         cfg = load_experiment(config, list(extra) + overrides + ["methods=[ldmlr]"])
         graph = StageGraph(cfg, Runner(ArtifactStore(runs), log=print))
@@ -97,6 +118,16 @@ def _la_config(cfg):
     return build_config(LabelShiftConfig, cfg.method_params.get("la", {}), "method_params.la")
 
 
+def differences(rows: dict) -> dict:
+    """Per-seed differences of two variants' figures (``DIFFERENCES``), for the pairs both present."""
+    out = {}
+    for name, a, b in DIFFERENCES:
+        if a in rows and b in rows:
+            out[name] = {k: [x - y for x, y in zip(rows[a][k], rows[b][k])]
+                         for k in rows[a] if k in rows[b] and k not in ("la_tau", "wall_s")}
+    return out
+
+
 def fmt(values: list[float]) -> str:
     a = 100 * np.asarray(values, dtype=float)
     return f"{a.mean():.2f}" + (f" ± {a.std(ddof=1):.2f}" if len(a) > 1 else "")
@@ -104,7 +135,9 @@ def fmt(values: list[float]) -> str:
 
 def write(rows: dict, out: Path, command: str, seeds: list[int]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    Path(f"{out}.json").write_text(json.dumps({"command": command, "seeds": seeds, "rows": rows}, indent=1))
+    diffs = differences(rows)
+    Path(f"{out}.json").write_text(json.dumps({"command": command, "seeds": seeds, "rows": rows,
+                                               "differences": diffs}, indent=1))
     keys = [("test_acc", "CE+LDMLR test top-1"), ("test_acc_many", "many"), ("test_acc_medium", "medium"),
             ("test_acc_few", "few"), ("val_bacc", "val bAcc"), ("la_test_acc", "LS+LDMLR test top-1"),
             ("la_val_bacc", "LS+LDMLR val bAcc")]
@@ -113,6 +146,11 @@ def write(rows: dict, out: Path, command: str, seeds: list[int]) -> None:
              "|---" * (len(keys) + 1) + "|"]
     for variant, row in rows.items():
         lines.append(f"| {variant} | " + " | ".join(fmt(row[k]) if k in row else "-" for k, _ in keys) + " |")
+    if diffs:
+        lines += ["", "Differences, per seed, then mean ± std over seeds (percentage points):", "",
+                  "| difference | " + " | ".join(h for _, h in keys) + " |", "|---" * (len(keys) + 1) + "|"]
+        for name, row in diffs.items():
+            lines.append(f"| {name} | " + " | ".join(fmt(row[k]) if k in row else "-" for k, _ in keys) + " |")
     Path(f"{out}.md").write_text("\n".join(lines) + "\n")
     ratios = [(float(v.split("=")[1]), rows[v]) for v in rows if v.startswith("ratio=")]
     if ratios:
@@ -127,7 +165,7 @@ def write(rows: dict, out: Path, command: str, seeds: list[int]) -> None:
             ys = [100 * np.mean(row[key]) for _, row in ratios]
             es = [100 * np.std(row[key], ddof=1) if len(row[key]) > 1 else 0 for _, row in ratios]
             ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=label)
-        base = rows.get("baseline (encoder's own head)")
+        base = rows.get(BASELINE)
         if base:
             ax.axhline(100 * np.mean(base["test_acc"]), color="0.5", ls="--", label="CE test")
         ax.set_xscale("log", base=2)

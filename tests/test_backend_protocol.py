@@ -81,6 +81,7 @@ def test_tiny_sd_backend_protocol_values(tiny_sd_path, tmp_path):
     for sub in ("unet", "vae", "text_encoder", "tokenizer"):
         (cosine / sub).parent.mkdir(parents=True, exist_ok=True)
         (cosine / sub).symlink_to(tiny_sd_path / sub, target_is_directory=True)
+    (cosine / "model_index.json").symlink_to(tiny_sd_path / "model_index.json")
     (cosine / "scheduler").mkdir()
     (cosine / "scheduler" / "scheduler_config.json").write_text(
         json.dumps({**json.loads(config.read_text()), "beta_schedule": "squaredcos_cap_v2"}))

@@ -127,6 +127,9 @@ def test_cache_hit_does_not_decode_and_changes_invalidate(data_folder, tmp_path,
     second = load_images(src, 8, 3, cache_dir=cache)
     assert calls == [8]
     assert np.array_equal(first.images, second.images) and first.ids == second.ids
+    assert isinstance(second.images, np.memmap)  # a hit maps the file: a stage reads only the images it selects
+    second.images[0] = 0  # copy-on-write: the process's own change, never the file's
+    assert np.array_equal(load_images(src, 8, 3, cache_dir=cache).images, first.images)
     assert len(list((cache / "images").glob("*.npz"))) == 1
     assert not list((cache / "images").glob("*.tmp"))  # atomic write left no temp file
 

@@ -56,6 +56,27 @@ def test_test_and_val_do_not_depend_on_n_tail(data_mnist_split):
     assert ids_of(fewer, "train") < ids_of(data_mnist_split, "train")  # a subset: the same random order
 
 
+def test_max_per_class_caps_every_split_and_the_oracle_pool(data_mnist_split, tmp_path):
+    """A dry run's caps: each split a seeded subset of the uncapped one, the oracle pool too; no cap = unchanged."""
+    from tailsynth.data import DataConfig
+    from tailsynth.engine.artifacts import oracle_pool
+    caps = ["max_per_class.train=3", "max_per_class.val=2", "max_per_class.test=1", "max_per_class.oracle=4"]
+    capped = build_split(load_benchmark_config("mnist5k-lt", caps))
+    for counts in capped.counts().values():
+        assert counts == {"train": 3, "val": 2, "test": 1}
+    for which in ("train", "val", "test"):
+        assert ids_of(capped, which) < ids_of(data_mnist_split, which)
+    assert build_split(load_benchmark_config("mnist5k-lt", caps)).source_ids == capped.source_ids
+    assert "max_per_class" not in data_mnist_split.meta["benchmark"]  # the default leaves sidecars unchanged
+    capped.write(tmp_path / "s.csv")
+    pool = oracle_pool(Split.read(tmp_path / "s.csv"), DataConfig(image_size=8, channels=1))
+    assert np.bincount(pool.labels).tolist() == [4] * 10  # of 500 - 100 test images per digit
+    full = oracle_pool(data_mnist_split, DataConfig(image_size=8, channels=1))
+    assert np.bincount(full.labels).tolist() == [400] * 10
+    with pytest.raises(TailsynthError, match="max_per_class.val"):
+        load_benchmark_config("mnist5k-lt", ["max_per_class.val=0"])
+
+
 def test_same_seed_byte_identical_different_seed_differs(tmp_path):
     cfg = load_benchmark_config("mnist5k-lt")
     build_split(cfg).write(tmp_path / "a.csv")

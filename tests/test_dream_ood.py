@@ -49,6 +49,64 @@ def test_dream_ood_samples_around_the_boundary_points_and_is_seeded():
     assert torch.equal(out, again)
 
 
+def _spy_candidates(monkeypatch):
+    """Record every candidate batch the sampler ranks (queries of kth_nn_distance other than the class itself)."""
+    import tailsynth.outliers.dream_ood as module
+    calls = []
+    real = module.kth_nn_distance
+
+    def spy(query, reference, k, **kw):
+        d = real(query, reference, k, **kw)
+        if not kw.get("exclude_self"):
+            calls.append((query.clone(), d.clone()))
+        return d
+
+    monkeypatch.setattr(module, "kth_nn_distance", spy)
+    return calls
+
+
+def test_dream_ood_keeps_the_farthest_of_1500_normalised_candidates_per_point(monkeypatch):
+    # every class embedding sits at p = e1 (norms differ: they are normalised first), so the k-th NN distance of a
+    # candidate v is exactly ||v - p||: the kept candidates of a point must be its n_keep with the smallest v_1
+    dim, n_candidates = 8, 1500
+    x = torch.zeros(6, dim)
+    x[:, 0] = torch.tensor([1.0, 2.0, 3.0, 0.5, 1.5, 4.0])
+    p = F.normalize(x[:1], dim=1)[0]
+    cfg = DreamOodSamplingConfig(n_per_class=7, k=3, n_boundary=6, n_pick=2, n_candidates=n_candidates, n_keep=2,
+                                 sigma=0.1)
+    calls = _spy_candidates(monkeypatch)
+    out, dist = low_likelihood_outliers(x, cfg, torch.Generator().manual_seed(0))
+    assert out.shape == (7, dim) and torch.allclose(out.norm(dim=1), torch.ones(7))
+    # rounds of 2 points x 2 kept: 4 + 3 -> the second round draws for ceil(3 / 2) = 2 points again
+    assert [len(q) for q, _ in calls] == [2 * n_candidates, 2 * n_candidates]
+    expected = []
+    for query, d in calls:
+        assert torch.allclose(query.norm(dim=1), torch.ones(len(query), dtype=query.dtype))  # ranked normalised
+        torch.testing.assert_close(d, (query - p.double()).norm(dim=1))  # the analytic k-NN distance
+        for cands in query.view(2, n_candidates, dim):
+            expected.append(cands[cands[:, 0].argsort()[:2]])  # smallest v_1 = farthest from p
+    expected = torch.cat(expected)[:7].float()
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(dist, (out - p).norm(dim=1))
+    # kept = the farthest: a random pick of 2 of 1500 would lie above the 99th distance percentile by chance
+    # (p = 0.01 each); every kept one does
+    all_d = torch.cat([d for _, d in calls]).float()
+    assert float(dist.min()) > float(all_d.quantile(0.99))
+
+
+def test_dream_ood_result_does_not_depend_on_the_chunking(monkeypatch):
+    import tailsynth.outliers.dream_ood as module
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(40, 6, generator=g)
+    cfg = DreamOodSamplingConfig(n_per_class=9, k=5, n_boundary=8, n_pick=4, n_candidates=50, sigma=0.05)
+    outs = []
+    for rows in (50, 120, 1 << 14):  # one point per chunk, two, all
+        monkeypatch.setattr(module, "CHUNK_ROWS", rows)
+        outs.append(low_likelihood_outliers(x, cfg, torch.Generator().manual_seed(7)))
+    for out, dist in outs[1:]:
+        assert torch.equal(out, outs[0][0]) and torch.equal(dist, outs[0][1])
+
+
 def test_dream_ood_k_must_fit_the_class():
     with pytest.raises(TailsynthError, match="class 'basophil' has only 10"):
         class_k(DreamOodSamplingConfig(k=300), 10, "basophil")
@@ -58,22 +116,66 @@ def test_dream_ood_k_must_fit_the_class():
         build_config(DreamOodSamplingConfig, {"sigma": 0.0}, "method_params.dream-ood.outliers")
 
 
+@pytest.mark.parametrize("override, key, value, allowed", [
+    ("method_params.dream-ood.outliers.k=100000", "method_params.dream-ood.outliers.k", "100000", "k in 1..349"),
+    ("method_params.bood.outliers.n_per_class=100000", "method_params.bood.outliers.n_per_class", "100000",
+     "1..350"),
+])
+def test_outlier_settings_larger_than_a_class_fail_at_load_and_plan(tmp_path, override, key, value, allowed):
+    """demo (MNIST-5k-LT): 350 training images per head digit, known from the source index before any stage."""
+    import re
+
+    from click.testing import CliRunner
+
+    from tailsynth.cli import cli
+    from tailsynth.pipeline.experiment import load_experiment
+    message = rf"(?s)key '{re.escape(key)}' = {value}:.*350 training images.*allowed: {re.escape(allowed)}\b"
+    with pytest.raises(TailsynthError, match=message):
+        load_experiment("demo", [override])
+    result = CliRunner().invoke(cli, ["run", "demo", "--plan", "--runs", str(tmp_path / "runs"), override])
+    assert isinstance(result.exception, TailsynthError) and re.search(message, str(result.exception))
+    assert not (tmp_path / "runs").exists()  # nothing planned, nothing made
+    largest = override.replace("100000", allowed.split("..")[1])
+    assert load_experiment("demo", [largest])  # the top of the range is allowed
+
+
 def linear(z):  # two classes split by x = 0: class 0 for x >= 0
     return torch.stack([z[:, 0], -z[:, 0]], 1)
 
 
-def test_bood_crosses_a_linear_boundary_in_the_predicted_number_of_steps():
-    alpha = 0.015
-    d = torch.tensor([0.1, 0.2, 0.31, 0.0451])
-    z = torch.stack([d, torch.zeros(4)], 1)
+W, B = torch.tensor([0.5, 2.0]), 0.3  # a tilted boundary w.z = b: class 0 where w.z > b
+
+
+def tilted(z):
+    s = z @ W - B
+    return torch.stack([s, -s], 1)
+
+
+def test_bood_takes_sign_steps_and_crosses_at_the_predicted_step():
+    cfg = BoodConfig(n_per_class=3)  # the public code's step: alpha = 0.01, one step beyond the crossing
+    alpha = cfg.step_size
+    angles = torch.tensor([0.4, 0.9, 1.2, 0.75])
+    z = torch.stack([angles.cos(), angles.sin()], 1)  # unit vectors, all on the class-0 side
     y = torch.zeros(4, dtype=torch.long)
-    # the normalised ascent direction of CE is exactly -x: crossing (x < 0) after floor(d / alpha) + 1 steps
-    want = torch.floor(d / alpha).long() + 1
-    assert torch.equal(boundary_steps(z, y, linear, alpha, 100), want)
-    moved = perturb(z, y, linear, alpha, want + 2)
-    torch.testing.assert_close(moved[:, 0], d - (want + 2) * alpha)
-    assert bool((linear(moved).argmax(1) == 1).all())
-    assert int(boundary_steps(z[:1], y[:1], linear, alpha, 3)[0]) == 4  # never crossed within 3: max_steps + 1
+    s0 = z @ W - B
+    assert bool((s0 > 0).all())
+    # grad_z CE = (p_0 - 1) * 2w: its sign is -sign(w) = (-1, -1), so each step lowers w.z by alpha * (|w1| + |w2|)
+    # = 2.5 alpha (an L2-normalised step would lower it by alpha * ||w|| = 2.06 alpha and cross later)
+    want = torch.floor(s0 / (alpha * W.abs().sum())).long() + 1
+    assert torch.equal(boundary_steps(z, y, tilted, alpha, 500), want)
+    for j in range(1, int(want.max()) + cfg.extra_steps + 1):  # every step moves z by alpha * sign(g) exactly
+        moved = perturb(z, y, tilted, alpha, torch.full((4,), j))
+        torch.testing.assert_close(moved, z - j * alpha * torch.sign(W))
+        crossed = tilted(moved).argmax(1) == 1
+        assert torch.equal(crossed, j >= want)  # not before the predicted step, from it on
+    assert want.tolist() == [38, 64, 70, 58]  # (the L2-normalised step: 46, 77, 85, 70)
+    out, k = boundary_outliers(z, y, tilted, cfg)
+    keep = torch.tensor([0, 3, 1])  # the 3 features with the fewest steps, fewest first
+    assert torch.equal(k, want[keep])
+    # each pushed K(z) + extra_steps sign steps from its normalised start, returned on the unit sphere
+    torch.testing.assert_close(out, F.normalize(z[keep] - (want[keep] + cfg.extra_steps)[:, None] * alpha
+                                                * torch.sign(W), dim=1))
+    assert int(boundary_steps(z[:1], y[:1], tilted, alpha, 3)[0]) == 4  # never crossed within 3: max_steps + 1
 
 
 def test_bood_keeps_the_features_nearest_the_boundary():
@@ -133,6 +235,41 @@ def test_energy_regulariser_matches_a_hand_computation():
     torch.testing.assert_close(parts["ce_id"], ce)
     torch.testing.assert_close(parts["energy_reg"], reg)
     torch.testing.assert_close(loss, ce + 2.5 * reg)
+
+
+def test_dream_ood_pairs_every_id_batch_with_as_many_cycled_outliers():
+    from tailsynth.methods import METHODS
+    from tailsynth.training import ArrayData, TrainConfig
+    from tailsynth.training.batches import PairedBatches
+    n_id, n_out, batch = 10, 3, 4
+    labels = np.array([0, 1] * 5 + [OUTLIER_LABEL] * n_out)
+    images = np.arange(n_id + n_out, dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 1), np.uint8)
+    cfg = TrainConfig(batch_size=batch, augment={"hflip": False, "vflip": False, "rotation_deg": 0.0})
+    source = METHODS.get("dream-ood").batches(ArrayData(images, labels), cfg)
+    assert isinstance(source, PairedBatches) and len(source) == n_id  # an epoch = one pass over the ID images
+
+    def ids(x):  # each image is filled with its row number; no augmentation
+        return ((x[:, 0, 0, 0] + 1) * 127.5).round().long().tolist()
+
+    epochs = []
+    for e in range(2):
+        got = list(source.epoch(torch.Generator().manual_seed(e), batch))
+        assert [len(b["y"]) for b in got] == [8, 8, 4]  # ID 4 + 4 outliers, 4 + 4, 2 + 2
+        for b in got:  # interleaved: ID, outlier, ID, outlier, ...
+            assert bool((b["y"][0::2] >= 0).all()) and bool((b["y"][1::2] == OUTLIER_LABEL).all())
+        seen_id = [i for b in got for i in ids(b["x"][0::2])]
+        seen_out = [i for b in got for i in ids(b["x"][1::2])]
+        assert sorted(seen_id) == list(range(n_id))  # every ID image once
+        # 10 outlier draws from a cycle over 3: each full cycle of 3 holds every outlier once, then a new order
+        for c in range(3):
+            assert sorted(seen_out[3 * c:3 * c + 3]) == [10, 11, 12]
+        assert seen_out[9] in (10, 11, 12)
+        epochs.append((seen_id, seen_out))
+        again = list(source.epoch(torch.Generator().manual_seed(e), batch))
+        assert all(torch.equal(a["x"], b["x"]) for a, b in zip(got, again))  # seeded: a resumed epoch is the same
+    assert epochs[0] != epochs[1]
+    with pytest.raises(TailsynthError, match="empty"):
+        PairedBatches(ArrayData(images[:n_id], labels[:n_id]), ArrayData(images[:0], labels[:0]), cfg.augment)
 
 
 def _pixel_backend():

@@ -18,7 +18,8 @@ def test_gpu_check_quick_on_cpu(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(out.read_text())
     assert report["code_paths"].get("all_ok"), report["code_paths"]
-    for section in ("dig_in", "memory", "throughput", "sd_512"):
+    for section in ("dig_in", "memory", "throughput", "sd_512", "paper_dryrun"):
         assert "error" not in report[section], report[section].get("error")
+    assert report["paper_dryrun"]["planned_stages"] >= 25  # one row per family of pbc-lt-paper-dryrun, planned
     assert report["dig_in"]["speedup_accepted_per_s"] >= 0 and report["throughput"]["classifier_images_per_s"] > 0
     assert report["sd_512"]["one_step_s"] > 0 and "total_s" in report

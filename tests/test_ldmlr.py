@@ -103,6 +103,26 @@ def test_gamma_loss_matches_a_hand_computation():
     assert torch.allclose(plain, F.cross_entropy(logits, y))  # gamma None: CE over the concatenation
 
 
+def test_gamma_zero_control_is_the_same_refit_blind_to_the_pseudo_features():
+    """gamma 0 (the ablation's re-fit control): the loss and its gradient are those of the real vectors of the
+    batch alone, whatever the pseudo-features are."""
+    torch.manual_seed(0)
+    z, y = torch.randn(8, 3), torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+    pseudo = torch.tensor([False, True, False, True, True, False, False, True])
+    grads = []
+    for scale in (1.0, 50.0):
+        model = _Head()
+        torch.manual_seed(1)
+        model.head.reset_parameters()
+        zz = torch.where(pseudo[:, None], scale * z, z)  # pseudo-features changed, real ones kept
+        loss, parts = LdmlrObjective(0.0)(model, {"z": zz, "y": y, "pseudo": pseudo})
+        assert torch.allclose(loss, F.cross_entropy(model.head(z[~pseudo]), y[~pseudo]))
+        assert float(parts["ce_pseudo"]) > 0  # computed (and logged), weighted 0
+        loss.backward()
+        grads.append(model.head.weight.grad.clone())
+    assert torch.equal(grads[0], grads[1])
+
+
 class _Split:
     name, class_names = "toy", ["a", "b", "c", "d"]
     head_classes, tail_classes = [0, 1], [2, 3]
@@ -120,6 +140,20 @@ def test_pseudo_feature_counts_per_class():
         pseudo_counts(_Split, labels, PseudoFeatureConfig(classes="rare"))
     with pytest.raises(ValueError, match="ratio"):
         PseudoFeatureConfig(ratio=0)
+
+
+def test_uniform_allocation_splits_the_proportional_total_equally():
+    """Eq. 12's y ~ p(y) read as uniform: round(ratio x sum of the chosen n_c / number chosen) each (min 5)."""
+    labels = np.array([0] * 100 + [1] * 37 + [2] * 12 + [3] * 3)
+    uniform = PseudoFeatureConfig(allocation="uniform")
+    assert pseudo_counts(_Split, labels, uniform) == {0: 8, 1: 8, 2: 8, 3: 8}  # 0.2 x 152 / 4 = 7.6
+    assert pseudo_counts(_Split, labels, PseudoFeatureConfig(ratio=0.8, classes="few", allocation="uniform")) == {
+        2: 6, 3: 6}  # 0.8 x 15 / 2 (proportional: 10 and 5)
+    assert pseudo_counts(_Split, labels, PseudoFeatureConfig(ratio=0.1, classes="tail", allocation="uniform")) == {
+        2: 5, 3: 5}  # 0.75 each, raised to min_per_class
+    from tailsynth.config import to_dict
+    assert "allocation" not in to_dict(PseudoFeatureConfig())  # the default leaves existing fingerprints alone
+    assert to_dict(uniform)["allocation"] == "uniform"
 
 
 # --- feature quality ------------------------------------------------------------------------------------------
@@ -224,6 +258,8 @@ def test_a_feature_set_of_another_encoder_is_refused(tiny_run):
     ("method_params.ldmlr.pseudo.classes=rare", r"pseudo\.classes: 'rare' is not one of"),
     ("method_params.ldmlr.encoder=ldmlr", r"cannot encode for LDMLR itself"),
     ("method_params.ldmlr.gama=0.1", r"method_params\.ldmlr.*gama"),
+    ("method_params.ldmlr.pseudo.allocation=balanced",
+     r"pseudo\.allocation.*'balanced'.*'proportional' or 'uniform'"),
     ("method_params.la.taus=oops", r"method_params\.la.*taus"),
 ])
 def test_bad_ldmlr_settings_fail_at_load(override, message):

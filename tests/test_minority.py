@@ -48,10 +48,56 @@ def test_corollary_1_squared_l2_score_is_scaled_noise_prediction_error():
 
 def test_score_timestep_rule_and_bad_t():
     assert score_timestep("linear", 1000) == 600 and score_timestep("cosine", 1000) == 900
+    assert score_timestep("linear", 500) == 300 and score_timestep("cosine", 500) == 450
     assert score_timestep("scaled_linear", 1000, t=250) == 250
     for bad in (0, 1000, -3):
         with pytest.raises(TailsynthError, match="outside 1..999"):
             score_timestep("linear", 1000, t=bad)
+
+
+def _closed_form_alpha_bar(kind: str, T: int = 1000) -> np.ndarray:
+    """abar_t = prod_{i <= t} (1 - beta_i) in float64 (DDPM linear, SD scaled_linear), or the telescoped cosine
+    product f((t + 1) / T) / f(0), f(u) = cos^2((u + s) / (1 + s) pi / 2), s = 0.008 (Nichol & Dhariwal eq. 17)."""
+    if kind == "cosine":
+        f = lambda u: np.cos((u + 0.008) / 1.008 * np.pi / 2) ** 2  # noqa: E731
+        return f((np.arange(T) + 1) / T) / f(0.0)
+    betas = np.linspace(1e-4, 0.02, T) if kind == "linear" else np.linspace(0.00085 ** 0.5, 0.012 ** 0.5, T) ** 2
+    return np.cumprod(1 - betas)
+
+
+def test_score_timestep_means_one_noise_level_on_every_schedule():
+    """The paper's 0.6 T (linear) and 0.9 T (cosine) are both abar ~ 0.025; on SD's scaled_linear schedule 0.6 T
+    would be abar 0.16, so there the rule takes the step whose abar is nearest the linear schedule's at 0.6 T."""
+    from tailsynth.diffusion.schedule import make_alphas_cumprod
+    from tailsynth.minority import reference_alpha_bar
+    lin, cos, sl = (_closed_form_alpha_bar(k) for k in ("linear", "cosine", "scaled_linear"))
+    ref = lin[600]
+    assert ref == pytest.approx(0.02557, abs=1e-5) and reference_alpha_bar() == pytest.approx(ref, rel=1e-4)
+    assert cos[900] == pytest.approx(0.0236, abs=1e-4)  # the cosine rule: the same level within 10 %
+    assert sl[600] == pytest.approx(0.1608, abs=1e-3)  # what 0.6 T would give on scaled_linear
+    want = 1 + int(np.argmin(np.abs(sl[1:] - ref)))
+    assert want == 840 and score_timestep("scaled_linear", 1000) == want
+    assert sl[want] == pytest.approx(ref, rel=0.01)
+    # the backend's own abar decides (here: scaled_linear with other betas, 500 steps)
+    acp = make_alphas_cumprod("scaled_linear", 500, 0.001, 0.02)
+    betas = np.linspace(0.001 ** 0.5, 0.02 ** 0.5, 500) ** 2
+    other = np.cumprod(1 - betas)
+    assert score_timestep("scaled_linear", 500, alphas_cumprod=acp) == 1 + int(np.argmin(np.abs(other[1:] - ref)))
+    # linear and cosine stay exact fractions of T (the pixel rows do not move); a given t is kept on any schedule
+    assert score_timestep("linear", 1000, alphas_cumprod=make_alphas_cumprod("linear")) == 600
+    assert score_timestep("scaled_linear", 1000, t=300) == 300
+
+
+def test_score_stage_gets_the_resolved_t_off_linear_and_cosine():
+    from tailsynth.diffusion import DiffusionConfig
+    from tailsynth.methods.minority.config import diffusion_schedule, score_config
+    score = MinorityScoreConfig()
+    for pixel in ({}, {"schedule": "cosine"}):  # rule unchanged there: t stays unset, so the fingerprint too
+        assert score_config(score, DiffusionConfig(pixel=pixel)) == score
+    assert diffusion_schedule(DiffusionConfig(pixel={"num_train_timesteps": 400}))[1].shape == (400,)
+    sd = DiffusionConfig(backend="sd", sd_path=None)  # no folder here: SD-1.x's scaled_linear over 1000 steps
+    assert diffusion_schedule(sd)[0] == "scaled_linear"
+    assert score_config(score, sd).t == 840 and score_config(score.model_copy(update={"t": 500}), sd).t == 500
 
 
 def test_quantile_labels_fill_every_bin_and_are_monotone():
@@ -94,6 +140,84 @@ def test_guidance_gradient_matches_finite_differences():
     torch.testing.assert_close((grad * v).sum(), fd, rtol=1e-5, atol=1e-8)
 
 
+@pytest.mark.parametrize("conditional", [True, False])
+def test_eq_18_mixture_gradient_matches_finite_differences(conditional):
+    """grad log sum_i tau_i p(i | x_t[, c]) (App. D.5, Eq. 18) per image, against central differences; tau constant
+    -> 0, tau one-hot on level k -> grad log p(k | x_t); and the mixture hook applies exactly that gradient."""
+    backend = _backend()
+    clf = _classifier(backend, conditional=conditional).double()
+    backend.double()
+    x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    cond = clf.condition(torch.tensor([0, 1, 2]), 3).double()
+    taus = torch.tensor([[0.5, 1.0, 2.0, 4.0], [0.1, 0.2, 0.3, 0.4], [3.0, 1.0, 2.0, 5.0]], dtype=torch.float64)
+    t = 400
+    grad = clf.log_mixture_grad(x, t, cond, taus)
+
+    def log_mix(z, tau):
+        with torch.no_grad():
+            return (clf(z, torch.full((len(z),), t), cond).softmax(1) * tau).sum(1).log()
+    h = 1e-4
+    for seed in (2, 3):
+        v = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        fd = (log_mix(x + h * v, taus) - log_mix(x - h * v, taus)) / (2 * h)
+        torch.testing.assert_close((grad * v).flatten(1).sum(1), fd, rtol=1e-5, atol=1e-9)
+    assert float(grad.abs().max()) > 1e-6
+    flat = clf.log_mixture_grad(x, t, cond, torch.full((4,), 3.0, dtype=torch.float64))
+    assert float(flat.abs().max()) < 1e-10 * max(1.0, float(grad.abs().max()))
+    one_hot = clf.log_mixture_grad(x, t, cond, torch.tensor([0.0, 0.0, 1.0, 0.0], dtype=torch.float64))
+    torch.testing.assert_close(one_hot, clf.log_prob_grad(x, t, cond, 2), rtol=1e-7, atol=1e-12)
+    eps = torch.randn(x.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    a_t = torch.tensor(0.3, dtype=torch.float64)
+    hook = minority_hook(clf, cond, MinorityGuidanceConfig(mode="mixture", scale=2.0), taus)
+    change = hook(SamplerStep(0, t, x, eps, x, a_t, a_t, lambda z: eps))
+    torch.testing.assert_close(change.eps, eps - 2.0 * (1 - a_t) ** 0.5 * grad)
+
+
+def _brightness_classifier(backend, mode: str, workdir: Path) -> MinorityClassifier:
+    """A minority classifier trained (briefly, seeded) on levels = brightness quartiles of random images, cut
+    within each class (mode conditional) or over all images (unconditional)."""
+    rng = np.random.default_rng(0)
+    n = 96
+    images = np.clip(rng.random((n, 1, 1, 1)) * 255 + rng.normal(0, 20, (n, 8, 8, 1)), 0, 255).astype(np.uint8)
+    conds = np.tile([0, 1, 2], n // 3)
+    conditional = mode == "conditional"
+    levels = quantile_labels(images.reshape(n, -1).mean(1), 4, conds if conditional else None)
+    cfg = MinorityClassifierConfig(num_levels=4, conditional=conditional, hidden=32, steps=60, batch_size=32, lr=3e-3,
+                                   holdout=0.0, hflip=False, checkpoint_every=1000)
+    model, _ = train_minority_classifier(backend, images, conds, levels, cfg, workdir / "clf", torch.device("cpu"))
+    return model.eval()
+
+
+@pytest.mark.parametrize("mode", ["conditional", "unconditional"])
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+def test_guidance_raises_the_classifiers_p_of_the_target_level(mode, sampler, tmp_path):
+    """End to end on a tiny seeded model: guided and plain samples from the same x_T (and the same step noise);
+    the classifier, evaluated on the finished samples with the condition the pair prescribes, gives the target
+    level a higher probability for the guided ones."""
+    from tailsynth.methods.minority.config import class_hook
+    from tailsynth.minority.guidance import guided_sample
+    backend = _backend()
+    clf = _brightness_classifier(backend, mode, tmp_path)
+    n, target = 12, 3
+    classes = torch.tensor([0, 1, 2] * 4)
+    cond = backend.encode_condition(class_ids=classes).detach()
+    uncond = backend.null_condition(n).detach()
+    x_T = torch.randn(n, 1, 8, 8, generator=torch.Generator().manual_seed(7))
+    levels = {"taus": {}}
+
+    def sample(scale: float) -> torch.Tensor:
+        hook = class_hook(clf, levels, None, backend, cond, classes, MinorityGuidanceConfig(target=target, scale=scale))
+        return guided_sample(backend, x_T, cond, uncond, hook, sampler, 8, 2.0, torch.Generator().manual_seed(0))
+
+    def p_target(images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            z0 = backend.encode(images)
+            return clf(z0, torch.ones(n, dtype=torch.long), clf.condition(classes, n)).softmax(1)[:, target]
+    plain, guided = p_target(sample(0.0)), p_target(sample(30.0))
+    assert float(guided.mean()) > float(plain.mean()) + 0.05, (plain, guided)
+    assert float((guided > plain).float().mean()) >= 0.75, (plain, guided)
+
+
 class _StubClassifier:
     """log p(l | x) = -||x - 1||^2 / 2 -> grad = 1 - x."""
 
@@ -108,13 +232,50 @@ def test_hook_applies_eq_8_in_ddim_and_ancestral_form():
     eps = torch.randn(2, 1, 4, 4)
     a_t, a_prev = torch.tensor(0.3), torch.tensor(0.5)
     hook = minority_hook(_StubClassifier(), torch.zeros(2, 1, 1), MinorityGuidanceConfig(scale=2.0))
-    step = SamplerStep(0, 500, x, eps, x, a_t, a_prev, lambda z: eps)
+    x0 = torch.randn(2, 1, 4, 4).clamp(-1, 1)
+    step = SamplerStep(0, 500, x, eps, x0, a_t, a_prev, lambda z: eps)
     torch.testing.assert_close(hook(step).eps, eps - 2.0 * (1 - a_t) ** 0.5 * (1 - x))
+    torch.testing.assert_close(hook(step).x0, x0 + 2.0 * (1 - a_t) / a_t ** 0.5 * (1 - x))
     mean, var = torch.randn(2, 1, 4, 4), torch.tensor(0.07)
     step = SamplerStep(0, 500, x, eps, x, a_t, a_prev, lambda z: eps, mean, var)
     torch.testing.assert_close(hook(step).mean, mean + 2.0 * var * (1 - x))
     with pytest.raises(TailsynthError, match="outside 0..2"):
         minority_hook(_StubClassifier(), None, MinorityGuidanceConfig(target=3))
+
+
+def test_ddim_guidance_steps_along_the_gradient_also_where_x0_is_clipped():
+    """One DDIM step (abar 0.3 -> 0.9) of a pixel backend, x0-hat clipped to [-1, 1] on half the pixels: the guided
+    x_{t'} minus the plain one is w sqrt(1 - a) (sqrt(a' (1 - a) / a) - sqrt(1 - a')) grad on every pixel, a positive
+    multiple of the gradient (re-clipping the guided x0-hat would step against it on the clipped pixels)."""
+    acp = torch.tensor([0.9, 0.3])
+    a, a_prev, w = 0.3, 0.9, 2.0
+    x = torch.tensor([[[[0.1, 0.2], [2.0, 2.5]]]])  # x0-hat = (x - sqrt(0.7) eps) / sqrt(0.3): the last row > 1
+    grad = torch.tensor([[[[1.0, -1.0], [1.0, 0.5]]]])
+
+    def eps_fn(z, t, cond):
+        return torch.full_like(z, 0.1)
+
+    def hook(step):
+        return minority_hook(_GradStub(grad), None, MinorityGuidanceConfig(scale=w))(step)
+    plain = ddim_sample(eps_fn, x, None, None, acp, num_steps=1, guidance_scale=1.0, clip_x0=True).sample
+    guided = ddim_sample(eps_fn, x, None, None, acp, num_steps=1, guidance_scale=1.0, clip_x0=True, hook=hook).sample
+    x0_raw = (x - 0.7 ** 0.5 * 0.1) / 0.3 ** 0.5
+    assert (x0_raw[..., 1, :] > 1).all() and (x0_raw[..., 0, :].abs() < 1).all()
+    coef = w * (1 - a) ** 0.5 * ((a_prev * (1 - a) / a) ** 0.5 - (1 - a_prev) ** 0.5)
+    assert coef > 0
+    torch.testing.assert_close(guided - plain, coef * grad)
+
+
+class _GradStub:
+    """A classifier whose log-probability gradient is a fixed tensor."""
+
+    cfg = MinorityClassifierConfig(num_levels=3)
+
+    def __init__(self, grad):
+        self.grad = grad
+
+    def log_prob_grad(self, x_t, t, cond, target):
+        return self.grad.expand_as(x_t)
 
 
 def test_zero_scale_reproduces_plain_sampling_bit_for_bit():
@@ -258,11 +419,9 @@ def test_minority_row_on_the_tiny_experiment(tmp_path):
     run_experiment(cfg, runs, log=quiet)
     assert len(list((runs / "minority_score").glob("*/manifest.json"))) == 1
     assert len(list((runs / "train_minority_classifier").glob("*/manifest.json"))) == 1
-    # L above a class's training count: a clear error, the finished scores stay
-    cfg = load_experiment("demo", tiny("methods=[minority]", "oracle=null",
-                                       "synthesis.params.minority.classifier.num_levels=20"))
-    with pytest.raises(TailsynthError, match="fewer than the L = 20"):
-        run_experiment(cfg, runs, log=quiet)
+    # L above a class's training count: a clear error when the experiment loads, before any stage
+    with pytest.raises(TailsynthError, match="num_levels = 20: mode conditional .* allowed range 2..10"):
+        load_experiment("demo", tiny("methods=[minority]", "oracle=null", "synthesis.params.minority.classifier.num_levels=20"))
     assert len(list((runs / "minority_score").glob("*/manifest.json"))) == 1
 
 
@@ -314,6 +473,96 @@ def test_real_rarity_and_correlations_match_sklearn_and_scipy():
     table = generation_table(f, y, {"same": (f + 1e-9, y), "far": (f + 50.0, y)}, [0, 1, 2], ["a", "b", "c"])
     assert table["same"]["mean"]["precision"] == 1.0 and table["far"]["mean"]["precision"] == 0.0
     assert table["far"]["mean"]["avgknn"] > 10 * table["same"]["mean"]["avgknn"]
+
+
+def test_mode_gives_one_of_the_papers_two_pairs():
+    """mode conditional (default): Eq. 16 score + levels within class + p(l | x_t, c); unconditional: Eq. 7 + global
+    levels + p(l | x_t); a score or classifier 'conditional' that disagrees with the mode is the mix: an error."""
+    from tailsynth.methods.minority import MinoritySettings
+    paper = MinoritySettings()
+    assert paper.mode == "conditional" and paper.score.conditional and paper.classifier.conditional
+    plain = MinoritySettings(mode="unconditional", score=MinorityScoreConfig(num_draws=3))
+    assert not plain.score.conditional and not plain.classifier.conditional and plain.score.num_draws == 3
+    assert "mode" not in paper.model_dump() and plain.model_dump()["mode"] == "unconditional"
+    assert not MinoritySettings(mode="unconditional", classifier={"conditional": False}).classifier.conditional
+    for bad, key in (({"classifier": {"conditional": False}}, "classifier.conditional = False"),
+                     ({"mode": "unconditional", "score": {"conditional": True}}, "score.conditional = True"),
+                     ({"mode": "unconditional", "score": MinorityScoreConfig(conditional=True)}, "score.conditional = True")):
+        with pytest.raises(ValueError, match=f"{key} mixes the paper's two settings"):
+            MinoritySettings(**bad)
+
+
+def test_both_pairs_run_from_overrides_and_the_mix_fails_at_load():
+    from tiny import tiny
+
+    from tailsynth.methods.registry import generator_named
+    from tailsynth.pipeline.experiment import load_experiment
+    for mode, conditional in (("conditional", True), ("unconditional", False)):
+        cfg = load_experiment("demo", tiny("methods=[minority]", f"synthesis.params.minority.mode={mode}"))
+        typed = generator_named("minority").params(cfg.synthesis)
+        assert typed.score.conditional is conditional and typed.classifier.conditional is conditional
+    with pytest.raises(TailsynthError, match="classifier.conditional = False mixes the paper's two settings"):
+        load_experiment("demo", tiny("methods=[minority]", "synthesis.params.minority.classifier.conditional=false"))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("synthesis.params.minority.score.t=5000",
+     r"synthesis\.params\.minority\.score\.t = 5000 is outside the allowed range 1\.\.999 \(the generator's linear "
+     r"schedule has T = 1000 training timesteps\)"),
+    ("synthesis.params.minority.classifier.num_levels=100000",
+     r"synthesis\.params\.minority\.classifier\.num_levels = 100000: mode conditional cuts L levels within each "
+     r"class, and class '4' has 10 training images; allowed range 2\.\.10"),
+])
+def test_bad_minority_settings_fail_at_load_and_plan(tmp_path, override, message):
+    """On the demo experiment (MNIST-5k-LT: 10 training images per tail class, a linear schedule of 1000 steps):
+    the error names key, value and range at load, at ``tailsynth run --plan`` and at ``tailsynth minority``."""
+    import re
+
+    from click.testing import CliRunner
+
+    from tailsynth.cli import cli
+    from tailsynth.pipeline.experiment import load_experiment
+    with pytest.raises(TailsynthError, match=message):
+        load_experiment("demo", ["methods=[minority]", override])
+    runs = tmp_path / "runs"
+    for args in (["run", "demo", "--plan", "--runs", str(runs), "methods=[minority]", override],
+                 ["minority", "score", "demo", override, "--runs", str(runs)]):
+        result = CliRunner().invoke(cli, args)
+        assert isinstance(result.exception, TailsynthError) and re.search(message, str(result.exception)), result.output
+    assert not runs.exists() or not any(runs.rglob("manifest.json"))  # nothing made
+
+
+def test_num_levels_bound_follows_the_mode_and_the_split():
+    """conditional: at most the smallest class's training count (demo: 10 per tail class); unconditional: at most
+    all training images (counted from the split); the bounds themselves load. Without the data on disk the
+    benchmark file's tail count still bounds the conditional L."""
+    from tailsynth.data import build_split, load_benchmark_config
+    from tailsynth.pipeline.experiment import load_experiment
+    n_all = sum(c["train"] for c in build_split(load_benchmark_config("mnist5k-lt"), seed=0).counts().values())
+    assert n_all == 4 * 350 + 6 * 10
+    load_experiment("demo", ["methods=[minority]", "synthesis.params.minority.classifier.num_levels=10"])
+    with pytest.raises(TailsynthError, match="num_levels = 11: .* allowed range 2..10"):
+        load_experiment("demo", ["methods=[minority]", "synthesis.params.minority.classifier.num_levels=11"])
+    uncond = ["methods=[minority]", "synthesis.params.minority.mode=unconditional"]
+    load_experiment("demo", uncond + [f"synthesis.params.minority.classifier.num_levels={n_all}"])
+    with pytest.raises(TailsynthError, match=f"num_levels = {n_all + 1} is more than the {n_all} training images the "
+                                             f"levels are cut from \\(mode unconditional\\); allowed range 2..{n_all}"):
+        load_experiment("demo", uncond + [f"synthesis.params.minority.classifier.num_levels={n_all + 1}"])
+
+
+def test_num_levels_bound_without_the_data_on_disk(tmp_path):
+    from tiny import tiny
+
+    from tailsynth.pipeline.experiment import load_experiment
+    bench = tmp_path / "absent.yaml"
+    bench.write_text(f"name: absent\nsource: {{kind: folder, path: {tmp_path / 'nowhere'}}}\nhead: [a]\ntail: [b]\n"
+                     "n_tail: 5\n")
+    base = tiny("methods=[minority]", f"benchmark={bench}")
+    load_experiment("demo", base + ["synthesis.params.minority.classifier.num_levels=5"])
+    with pytest.raises(TailsynthError, match="num_levels = 6: .* class 'b' has 5 training images; allowed range 2..5"):
+        load_experiment("demo", base + ["synthesis.params.minority.classifier.num_levels=6"])
+    load_experiment("demo", base + ["synthesis.params.minority.mode=unconditional",
+                                    "synthesis.params.minority.classifier.num_levels=6"])  # total unknown here
 
 
 def test_minority_settings_are_checked_before_anything_runs():
@@ -384,7 +633,8 @@ def test_minority_figures_stage_in_the_report(tmp_path):
     assert fm["oracle_accuracy"][DDIM_GUIDED] == pytest.approx(quality["minority"]["overall"])
     html = (result.report_dir / "report.html").read_text()
     md = (result.report_dir / "report.md").read_text()
-    assert "Minority guidance: synthetic tail images" in md and "Spearman" in md
+    assert "Minority guidance: synthetic tail images (class-conditional, Eq. 16/17; w = 3.5" in md and "Spearman" in md
+    assert fm["mode"] == "conditional"
     assert "Figs. 15-16" in html and "Figs. 3, 6" in html
     assert json.loads((result.report_dir / "results.json").read_text())["minority"]["generation"].keys() == fm["generation"].keys()
     # w = 0: the guided ancestral images are the plain ones (same x_T, same noise); the synthetic sets are reused

@@ -1,5 +1,6 @@
 """End to end on a tiny benchmark: split -> classifiers -> scores -> report; caching; no test-set leakage."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -92,6 +93,22 @@ def test_bad_experiment_config_names_the_key(tmp_path):
         load_experiment("demo", ["classifier.epochs=many"])
     with pytest.raises(TailsynthError, match="unknown method 'cee'.*ldam-rw-drw"):
         run_experiment(load_experiment("demo", ["methods=[cee]"]), tmp_path, plan_only=True, log=quiet)
+
+
+@pytest.mark.parametrize("override, key, value", [
+    ("classifier.epochs=-3", "classifier.epochs", "-3"),
+    ("synthesis.n_per_class=0", "synthesis.n_per_class", "0"),
+])
+def test_bad_counts_fail_at_load_and_plan_naming_key_value_and_range(tmp_path, override, key, value):
+    message = rf"key '{re.escape(key)}' = {value}: Input should be greater than or equal to 1"
+    with pytest.raises(TailsynthError, match=message):
+        load_experiment("demo", [override])
+    from click.testing import CliRunner
+
+    from tailsynth.cli import cli
+    result = CliRunner().invoke(cli, ["run", "demo", "--plan", "--runs", str(tmp_path / "runs"), override])
+    assert isinstance(result.exception, TailsynthError) and re.search(message, str(result.exception))
+    assert not (tmp_path / "runs").exists()  # nothing planned, nothing made
 
 
 def test_machine_description_names_cpu_kernels_cores_and_torch():

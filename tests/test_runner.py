@@ -131,6 +131,40 @@ def test_interrupted_time_counts_once_resumed_and_timings_list_each_artifact_onc
     assert len(table.rows) == 1 and table.rows[0][2][0] == "resumed"
 
 
+def test_manifest_records_the_peak_memory_of_each_stage(tmp_path):
+    """peak_rss_bytes: the peak of the stage itself (the kernel's peak is reset when it starts), so a stage that holds
+    400 MB records at least that and the next, small stage records less; an interrupted invocation's peak counts."""
+    from tailsynth.engine.memory import PeakRss, _status_bytes
+
+    def big(cfg, inputs, workdir):
+        block = bytearray(400 << 20)  # zero pages are not resident until written
+        block[::4096] = b"x" * len(block[::4096])
+        if cfg.value == 2 and not (workdir / "tried").exists():
+            (workdir / "tried").write_text("")
+            raise KeyboardInterrupt
+        return {}
+
+    def small(cfg, inputs, workdir):
+        return {}
+
+    runner = Runner(ArtifactStore(tmp_path), log=quiet)
+    high = json.loads((runner.run(Stage("big", "1", big), CountCfg(value=1)).path / "manifest.json").read_text())
+    low = json.loads((runner.run(Stage("small", "1", small), CountCfg(value=1)).path / "manifest.json").read_text())
+    assert high["peak_rss_scope"] == low["peak_rss_scope"] == "stage"  # Linux: the per-stage reset works here
+    assert high["peak_rss_bytes"] >= (400 << 20) and low["peak_rss_bytes"] < high["peak_rss_bytes"] - (300 << 20)
+    assert low["peak_rss_bytes"] >= _status_bytes("VmRSS") - (64 << 20)  # at least what the process holds
+    assert [t["peak_rss_bytes"] for t in runner.timings] == [high["peak_rss_bytes"], low["peak_rss_bytes"]]
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(Stage("big", "1", big), CountCfg(value=2))
+    elapsed = json.loads(next(tmp_path.glob("big/*.partial/elapsed.json")).read_text())
+    assert elapsed["peak_rss_bytes"] >= (400 << 20)
+    resumed = runner.run(Stage("big", "1", big), CountCfg(value=2))
+    assert json.loads((resumed.path / "manifest.json").read_text())["peak_rss_bytes"] >= elapsed["peak_rss_bytes"]
+    with PeakRss() as peak:
+        pass
+    assert peak.bytes is not None and peak.bytes > 0
+
+
 @pytest.mark.e2e
 def test_sigkill_mid_stage_then_rerun_resumes(tmp_path):
     script = textwrap.dedent(f"""

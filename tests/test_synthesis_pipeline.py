@@ -140,6 +140,26 @@ def test_guided_methods_through_the_pipeline(tmp_path):
     assert q["aux_right_oracle_wrong"] == pytest.approx(np.mean((aux_pred == labels) & (oracle_pred != labels)))
     assert q["agreement"] == pytest.approx(np.mean(aux_pred == oracle_pred))
     assert "aux right, oracle wrong" in (result.report_dir / "report.md").read_text()
+    # the memorisation check, recomputed by brute force: nearest tail training image of the class, in the oracle's
+    # features and in pixels, against the class's median leave-one-out real-real nearest distance
+    from tailsynth.engine.artifacts import split_data
+    train = split_data(split, load_experiment("demo", overrides).data, "train")
+    tail = np.isin(train.labels, split.tail_classes)
+    oracle = load_classifier(next((runs / "train_oracle").glob("*/")))[0]
+    spaces = {"features": (predict(oracle, images, torch.device("cpu"))[1],
+                           predict(oracle, train.images[tail], torch.device("cpu"))[1]),
+              "pixels": (images.reshape(len(images), -1) / 255.0, train.images[tail].reshape(tail.sum(), -1) / 255.0)}
+    for key, (syn, real) in spaces.items():
+        near, real_y = [], train.labels[tail]
+        for c in np.unique(labels):
+            rc = real[real_y == c].astype(np.float64)
+            rr = np.linalg.norm(rc[:, None] - rc[None], axis=2)
+            np.fill_diagonal(rr, np.inf)
+            d = np.linalg.norm(syn[labels == c][:, None] - rc[None], axis=2).min(1)
+            near += list((d < np.median(rr.min(1))) | (d == 0))
+        assert results["memorisation"]["logex"][key]["overall"]["near_copies"] == pytest.approx(np.mean(near))
+    report_md = (result.report_dir / "report.md").read_text()
+    assert "Synthetic image memorisation" in report_md and "near-copies, pixels" in report_md
 
 
 def test_images_per_class_sweep_uses_prefixes_of_one_synthesis(tmp_path):

@@ -276,6 +276,44 @@ def leaderboard(results_dir, out) -> None:
 
 
 
+@cli.group()
+def weights() -> None:
+    """Write seeded RANDOM weights with the real architectures (offline; for dry runs at real size, not results)."""
+
+
+@weights.command("random-sd")
+@click.argument("out", default="weights/sd-1.4-random")
+@click.option("--variant", type=click.Choice(["sd-1.4", "tiny"]), default="sd-1.4", show_default=True,
+              help="sd-1.4: SD-1.4's UNet/VAE/CLIP ViT-L/14 configs (about 1.07 G parameters); tiny: test size")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--dtype", type=click.Choice(["float16", "bfloat16", "float32"]), default="float16", show_default=True)
+@click.option("--force", is_flag=True, help="replace OUT if it holds anything else")
+def weights_random_sd(out, variant, seed, dtype, force) -> None:
+    """A Stable Diffusion 1.x folder in diffusers' layout at OUT, with random weights and a byte-level tokenizer
+    (CLIP's BPE vocabulary is not available offline); load it with `tailsynth run ... --sd-path OUT`."""
+    from .diffusion.random_sd import write_random_sd
+    from .diffusion.sd import check_sd_folder
+    started = time.time()
+    path = write_random_sd(out, variant=variant, seed=seed, dtype=dtype, force=force)
+    found = check_sd_folder(path, "OUT")
+    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    click.echo(f"{path}: random SD ({variant}, seed {seed}, {dtype}), cross-attention width "
+               f"{found['cross_attention_dim']}, {size / 2**30:.2f} GiB, {time.time() - started:.0f}s")
+
+
+@weights.command("random-resnet")
+@click.argument("out", default="weights/resnet50-random.pth")
+@click.option("--model", default="resnet50", show_default=True, help="resnet18, resnet34 or resnet50")
+@click.option("--seed", type=int, default=0, show_default=True)
+def weights_random_resnet(out, model, seed) -> None:
+    """A state dict in torchvision's key layout (1000-class fc) with random weights at OUT (.pth, .pt or
+    .safetensors), for classifier.pretrained=OUT."""
+    from .models.pretrained import write_random_backbone
+    counts = write_random_backbone(out, model, seed)
+    click.echo(f"{out}: random {model} (seed {seed}), {counts['tensors']} tensors, "
+               f"{counts['parameters']:,} parameters")
+
+
 def open_graph(config: str, overrides: tuple[str, ...], runs: str, log=click.echo):
     """The stage graph of experiment CONFIG with OVERRIDES over the artifacts in RUNS (what ``tailsynth run``
     builds), for a method's own commands."""

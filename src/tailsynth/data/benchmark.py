@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 
 from ..config import StrictConfig, apply_overrides, build_config, read_yaml
 from ..errors import TailsynthError
@@ -23,6 +23,15 @@ def _names(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v for v in value]
     return value
+
+
+class SplitCaps(StrictConfig):
+    """``max_per_class``: per-class caps of the train, val and test splits and of the oracle's pool (None: no cap)."""
+
+    train: int | None = Field(None, ge=1)
+    val: int | None = Field(None, ge=1)
+    test: int | None = Field(None, ge=1)
+    oracle: int | None = Field(None, ge=1)
 
 
 class BenchmarkConfig(StrictConfig):
@@ -41,7 +50,13 @@ class BenchmarkConfig(StrictConfig):
     - ``imbalance_factor``: exponential profile of Cao et al. 2019, n_c = n_max * IF^(-c/(K-1)) over the
       label order c = 0..K-1, applied to the train pool of a balanced source.
     - ``groups``: optional many/medium/few class-name groups for per-group accuracy.
+    - ``max_per_class``: at most this many images per class in each split (``train``, ``val``, ``test``) and in
+      the oracle's pool (``oracle``), a seeded random subset of what the recipe above gives: a dry run that keeps
+      every dimension and cuts only counts (``pbc-lt-paper-dryrun``). None: no cap.
     """
+
+    # added after splits were made without it: left out of fingerprints (and sidecars) while it holds the default
+    fingerprint_neutral: ClassVar[tuple[str, ...]] = ("max_per_class",)
 
     name: str
     source: SourceConfig
@@ -56,6 +71,7 @@ class BenchmarkConfig(StrictConfig):
     imbalance_factor: float | None = None
     groups: dict[str, list[str]] | None = None
     seed: int = 0
+    max_per_class: SplitCaps | None = None
 
     _head = field_validator("head", "tail", mode="before")(_names)
 

@@ -13,6 +13,7 @@ iteration order or on the other classes:
            (CIFAR-LT) and for ``imbalance_factor`` benchmarks: max(1, round(val_fraction * |pool|)).
 4. train = the rest of the pool: every head image (at most ``max_per_head``), exactly ``n_tail`` per tail
            class (None: the whole rest).
+5. ``max_per_class`` (a dry run's caps): train, val and test each cut to their cap, a seeded random subset.
 """
 from __future__ import annotations
 
@@ -114,6 +115,19 @@ def val_and_train(cfg: BenchmarkConfig, name: str, is_tail: bool, pool: np.ndarr
     return val, np.sort(rest[:want] if want is not None else rest)
 
 
+def cap_per_class(cfg: BenchmarkConfig, parts: tuple[np.ndarray, ...], seed: int, cls: int) -> tuple[np.ndarray, ...]:
+    """(train, val, test) rows of one class, each cut to its ``max_per_class`` cap (a seeded random subset, sorted)."""
+    caps = cfg.max_per_class
+    if caps is None:
+        return parts
+    out = []
+    for step, (rows, cap) in enumerate(zip(parts, (caps.train, caps.val, caps.test)), start=4):
+        if cap is not None and len(rows) > cap:
+            rows = np.sort(_rng(seed, cls, step).permutation(rows)[:cap])
+        out.append(rows)
+    return tuple(out)
+
+
 def build_split(cfg: BenchmarkConfig, seed: int | None = None) -> Split:
     """The long-tailed split of ``cfg.source`` (see the module docstring); same seed -> same split."""
     seed = cfg.seed if seed is None else seed
@@ -130,7 +144,7 @@ def build_split(cfg: BenchmarkConfig, seed: int | None = None) -> Split:
         test, pool, official_val = parts[label]
         val, train = val_and_train(cfg, kept[label], c in tail, pool[:sizes[label]], official_val,
                                    by_fraction, seed, c)
-        for position, rows in enumerate((train, val, test)):
+        for position, rows in enumerate(cap_per_class(cfg, (train, val, test), seed, c)):
             records.extend((label, position, int(r)) for r in rows)
     records.sort()
     tail_set = set(range(len(head), len(order)))

@@ -119,6 +119,8 @@ def load_images(src: SourceConfig, image_size: int, channels: int, cache_dir: st
     ids = cached["ids"].tolist()
     if bad and not skip_corrupt:
         raise corrupt_error(src, [index.files[i] if index.files else ids[i] for i in bad], RUN_REMEDY)
+    if not bad:  # no copy of the (possibly GBs of) images
+        return ImageArrays(cached["images"], ids, cached["labels"], cached["class_names"].tolist(), [])
     keep = np.ones(len(ids), dtype=bool)
     keep[bad] = False
     return ImageArrays(cached["images"][keep], [i for i, k in zip(ids, keep) if k], cached["labels"][keep],

@@ -37,7 +37,8 @@ class DiffusionBackend(Protocol):
     """How samplers clip the Tweedie x0-hat: ``False`` (latent space, unbounded), ``True`` ([-1, 1]) or a (low, high)
     pair of tensors broadcastable to z (per-channel bounds of a centred pixel backend)."""
     trains_base: bool
-    """``True``: the base denoiser is trained here (stage train_diffusion); ``False``: a pretrained folder on disk."""
+    """``True``: the base denoiser is trained here (stage train_diffusion); ``False``: a pretrained folder on disk,
+    which the backend's classmethod ``check_folder(path, where)`` checks before any stage runs."""
     extra_tokens: torch.nn.Parameter | None
     """The learned condition-token table (K_new, T, D) of classes added by :meth:`add_classes`, which LoRA
     adaptation trains and saves with the adapter; ``None`` when there is none (no classes added yet, or a backend

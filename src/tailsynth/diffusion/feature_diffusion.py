@@ -5,10 +5,15 @@ embedding are added (LDMLR: "the condition embedding determined by the step t an
 into every block. One extra label id (K) is the null label: labels are dropped to it with probability
 ``label_dropout`` during training, so classifier-free guidance (Ho & Salimans 2022) is available at sampling.
 
-Features are standardised with the training features' per-dimension mean and std (no clipping: the
-encoder's ReLU features exceed 1); ``normalization: minmax_clip`` is the official code's choice (scale to
-[-1, 1] by the training min / max and clip the x0 estimate at sampling). Objective ``epsilon`` (LDMLR Eq. 10)
-or ``sample`` (the code's pred_x0, plain MSE on x0). T = 1000 cosine schedule (Nichol & Dhariwal 2021).
+Features are standardised with the training features' per-dimension mean and std (``normalization:
+standardize``; no fixed [-1, 1] bound, which the encoder's ReLU features exceed), or mapped per dimension from
+the training [min, max] to [-1, 1] (``minmax_clip``; the official code maps an assumed [0, 1] to [-1, 1] instead,
+so its clip cuts the real features above 1). Either way, at every sampling step the x0 estimate is clipped per
+dimension to the training features' range ([(min - mean) / std, (max - mean) / std], or [-1, 1]); the last step
+returns that clipped estimate (DDIM to a = 1; DDPM's t = 0 posterior mean is x0-hat, without noise), so every
+pseudo-feature lies in the per-dimension [min, max] of the training features. Objective ``epsilon`` (LDMLR
+Eq. 10) or ``sample`` (the code's pred_x0, plain MSE on x0, converted to the equivalent noise prediction for
+the samplers). T = 1000 cosine schedule (Nichol & Dhariwal 2021).
 Sampling goes through the project's samplers (:func:`tailsynth.diffusion.ddim_sample`, DDIM eq. 12 = LDMLR
 Eq. 11 with sigma_t = eta * ..., or ancestral :func:`ddpm_sample`, the code's 1000-step sampler), with
 the class label as condition, so the DDIM path uses the label (the official DDIM path ignores it).

@@ -13,9 +13,10 @@ forward pass; w = 1 or ``uncond=None`` uses the conditional prediction only.
 Per-step hook (the seam for guidance terms, as k-diffusion's ``callback`` / diffusers'
 ``callback_on_step_end``): ``hook(step: SamplerStep) -> StepChange | None`` is called at every step after
 the CFG noise prediction and the Tweedie x0-hat are computed and before the update. It may return a new
-noise prediction (classifier / minority guidance: eps - w sqrt(1 - a_t) grad log p), a new x_t to step
-from (FG-Entropy's nudge), or, in ancestral sampling, a new posterior mean (Dhariwal & Nichol 2021 Alg. 1:
-mu + s Sigma grad log p). ``step.eps_at(x)`` is the CFG prediction at another x (same t and conditions).
+noise prediction (classifier / minority guidance: eps - w sqrt(1 - a_t) grad log p) with, in DDIM, the x0-hat
+that goes with it (used as is: a clipped x0-hat would drop the guidance's part of the step and keep the rest), a
+new x_t to step from (FG-Entropy's nudge), or, in ancestral sampling, a new posterior mean (Dhariwal & Nichol 2021
+Alg. 1: mu + s Sigma grad log p). ``step.eps_at(x)`` is the CFG prediction at another x (same t and conditions).
 ``hook=None`` runs the plain loop.
 """
 from __future__ import annotations
@@ -72,6 +73,7 @@ class StepChange:
 
     eps: torch.Tensor | None = None  # the noise prediction the update uses
     x_t: torch.Tensor | None = None  # DDIM: step from this x_t instead
+    x0: torch.Tensor | None = None  # DDIM: the x0-hat of the update, used as is (not clipped again)
     mean: torch.Tensor | None = None  # ancestral sampling: this posterior mean (applied after ``eps``)
 
 
@@ -92,13 +94,15 @@ def clip_x0_hat(x0: torch.Tensor, clip_x0: ClipX0) -> torch.Tensor:
 
 
 def ddim_update(x_t: torch.Tensor, eps: torch.Tensor, a_t: torch.Tensor, a_prev: torch.Tensor, eta: float = 0.0,
-                noise: torch.Tensor | None = None, clip_x0: ClipX0 = False) -> tuple[torch.Tensor, torch.Tensor]:
+                noise: torch.Tensor | None = None, clip_x0: ClipX0 = False,
+                x0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One DDIM step (eq. 12) from x_t to x_{t'}; returns (x_prev, x0_hat).
 
     sigma_t = eta sqrt((1-a_prev)/(1-a_t)) sqrt(1 - a_t/a_prev) (eq. 16);
-    x_prev = sqrt(a_prev) x0_hat + sqrt(1 - a_prev - sigma^2) eps + sigma * noise.
+    x_prev = sqrt(a_prev) x0_hat + sqrt(1 - a_prev - sigma^2) eps + sigma * noise, with x0_hat the (clipped)
+    Tweedie estimate from ``eps``, or ``x0`` as given (a hook's, :class:`StepChange`).
     """
-    x0 = clip_x0_hat(predict_x0(x_t, eps, a_t), clip_x0)
+    x0 = clip_x0_hat(predict_x0(x_t, eps, a_t), clip_x0) if x0 is None else x0
     sigma = eta * ((1 - a_prev) / (1 - a_t)) ** 0.5 * (1 - a_t / a_prev) ** 0.5
     x_prev = a_prev**0.5 * x0 + (1 - a_prev - sigma**2) ** 0.5 * eps
     if eta > 0:
@@ -187,6 +191,8 @@ def _hooked_ddim_step(hook: StepHook, eps_fn: EpsFn, x: torch.Tensor, i: int, t:
     if change is not None:
         x = change.x_t if change.x_t is not None else x
         eps = change.eps if change.eps is not None else eps
+        if change.x0 is not None:
+            return ddim_update(x, eps, a_t, a_prev, eta, noise, x0=change.x0)
     return ddim_update(x, eps, a_t, a_prev, eta, noise, clip_x0)
 
 

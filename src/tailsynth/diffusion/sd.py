@@ -32,6 +32,128 @@ class SDBackendConfig(StrictConfig):
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
 
 
+FOLDER_LAYOUT = ("model_index.json, unet/, vae/, text_encoder/ (each a config.json and its weights), tokenizer/ "
+                 "(tokenizer_config.json and tokenizer.json or vocab.json + merges.txt), "
+                 "scheduler/scheduler_config.json")
+SUPPORTED = ("Stable Diffusion 1.x: a UNet2DConditionModel with 4 latent channels in and out and no extra conditioning "
+             "(no class or added embeddings), a VAE with 4 latent channels, a CLIP text encoder whose width equals the "
+             "UNet's cross_attention_dim and whose positions cover the tokenizer's model_max_length, epsilon "
+             "prediction and a scaled_linear, linear or squaredcos_cap_v2 beta schedule")
+WEIGHTS = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model", "text_encoder": "model"}
+BETA_SCHEDULES = ("scaled_linear", "linear", "squaredcos_cap_v2")
+
+
+def _read_config(path: Path, where: str) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise TailsynthError(f"{where}: cannot read {path}: {err}") from None
+    if not isinstance(data, dict):
+        raise TailsynthError(f"{where}: {path} is not a JSON mapping")
+    return data
+
+
+def _missing_parts(root: Path) -> list[str]:
+    """The parts of a diffusers SD folder that ``root`` lacks (a weights file: safetensors, .bin or sharded)."""
+    missing = [] if (root / "model_index.json").is_file() else ["model_index.json"]
+    for sub, stem in WEIGHTS.items():
+        if not (root / sub).is_dir():
+            missing.append(f"{sub}/")
+            continue
+        if not (root / sub / "config.json").is_file():
+            missing.append(f"{sub}/config.json")
+        names = [f"{stem}.safetensors", f"{stem}.bin", f"{stem}.safetensors.index.json", f"{stem}.bin.index.json"]
+        if not any((root / sub / n).is_file() for n in names):
+            variants = sorted(p.name for p in (root / sub).glob(f"{stem}.*.*") if not p.name.endswith(".json"))
+            missing.append(f"{sub}/{stem}.safetensors (or .bin)" + (
+                f" -- found only variant files {', '.join(variants)}, which are not loaded" if variants else ""))
+    tok = root / "tokenizer"
+    if not tok.is_dir():
+        missing.append("tokenizer/")
+    else:
+        if not (tok / "tokenizer_config.json").is_file():
+            missing.append("tokenizer/tokenizer_config.json")
+        bpe = (tok / "vocab.json").is_file() and (tok / "merges.txt").is_file()
+        if not ((tok / "tokenizer.json").is_file() or bpe):
+            missing.append("tokenizer/tokenizer.json (or vocab.json + merges.txt)")
+    if not (root / "scheduler" / "scheduler_config.json").is_file():
+        missing.append("scheduler/scheduler_config.json" if (root / "scheduler").is_dir() else "scheduler/")
+    return missing
+
+
+def _vocabulary_size(tok: Path, where: str) -> int:
+    """1 + the largest token id of the tokenizer's vocabulary and added tokens."""
+    if (tok / "tokenizer.json").is_file():
+        data = _read_config(tok / "tokenizer.json", where)
+        ids = list((data.get("model") or {}).get("vocab", {}).values())
+        ids += [t.get("id", 0) for t in data.get("added_tokens", [])]
+    else:
+        ids = list(_read_config(tok / "vocab.json", where).values())
+    return 1 + max((int(i) for i in ids), default=-1)
+
+
+def check_sd_folder(path: str | Path, where: str = "diffusion.sd_path") -> dict:
+    """Check that ``path`` is a complete Stable Diffusion 1.x folder this backend can load and run, from its JSON
+    files alone (no weights are read): every part present (:data:`FOLDER_LAYOUT`), and the structure SD-1.x code
+    relies on (:data:`SUPPORTED`): 4-channel latents in and out of the UNet and the VAE, conditioning width =
+    text-encoder width, no class/added embeddings the sampler would have to supply, epsilon prediction, a known beta
+    schedule, token ids inside the text encoder's table and ``model_max_length`` inside its positions. Sizes are
+    not checked, so a small random model of the same structure passes. Raises a :class:`TailsynthError` that
+    names what is missing, or what was found and what is supported; returns the structure found."""
+    root = Path(path)
+    if not root.is_dir():
+        raise TailsynthError(f"{where}: {root} is not a local Stable Diffusion folder (not a folder); expected "
+                             f"{FOLDER_LAYOUT}. `tailsynth weights random-sd` writes one with random weights")
+    missing = _missing_parts(root)
+    if missing:
+        raise TailsynthError(f"{where}: {root} is not a local Stable Diffusion folder: missing {', '.join(missing)}")
+    index = _read_config(root / "model_index.json", where)
+    unet = _read_config(root / "unet" / "config.json", where)
+    vae = _read_config(root / "vae" / "config.json", where)
+    text = _read_config(root / "text_encoder" / "config.json", where)
+    text = text.get("text_config") or text  # a full CLIPConfig: its text tower
+    tokenizer = _read_config(root / "tokenizer" / "tokenizer_config.json", where)
+    sched = _read_config(root / "scheduler" / "scheduler_config.json", where)
+    found = {"pipeline": index.get("_class_name"), "unet": unet.get("_class_name", "UNet2DConditionModel"),
+             "in_channels": unet.get("in_channels", 4), "out_channels": unet.get("out_channels", 4),
+             "vae_latent_channels": vae.get("latent_channels", 4),
+             "cross_attention_dim": unet.get("cross_attention_dim", 1280),
+             "text_hidden_size": text.get("hidden_size"), "text_positions": text.get("max_position_embeddings"),
+             "text_vocab_size": text.get("vocab_size"), "model_max_length": tokenizer.get("model_max_length"),
+             "prediction_type": sched.get("prediction_type", "epsilon"),
+             "beta_schedule": sched.get("beta_schedule", "scaled_linear")}  # _schedule_from_folder's default
+    problems = []
+    if found["unet"] != "UNet2DConditionModel":
+        problems.append(f"unet is a {found['unet']}")
+    for key in ("in_channels", "out_channels"):
+        if found[key] != 4:
+            problems.append(f"unet {key} {found[key]} (4-channel latents expected)")
+    if found["vae_latent_channels"] != 4:
+        problems.append(f"vae latent_channels {found['vae_latent_channels']}")
+    for key in ("class_embed_type", "addition_embed_type", "num_class_embeds", "encoder_hid_dim"):
+        if unet.get(key) is not None:
+            problems.append(f"unet {key} {unet[key]!r} (extra conditioning SD-1.x samplers do not supply)")
+    if found["cross_attention_dim"] != found["text_hidden_size"]:
+        problems.append(f"unet cross_attention_dim {found['cross_attention_dim']} but text encoder hidden_size "
+                        f"{found['text_hidden_size']}")
+    if found["prediction_type"] != "epsilon":
+        problems.append(f"scheduler prediction_type {found['prediction_type']!r}")
+    if found["beta_schedule"] not in BETA_SCHEDULES or sched.get("trained_betas") is not None:
+        problems.append(f"scheduler beta_schedule {found['beta_schedule']!r}"
+                        + (" with trained_betas" if sched.get("trained_betas") is not None else ""))
+    length, positions = found["model_max_length"], found["text_positions"]
+    if not isinstance(length, int) or not isinstance(positions, int) or not 1 <= length <= positions:
+        problems.append(f"tokenizer model_max_length {length} but text encoder max_position_embeddings {positions}")
+    vocabulary = _vocabulary_size(root / "tokenizer", where)
+    if isinstance(found["text_vocab_size"], int) and vocabulary > found["text_vocab_size"]:
+        problems.append(f"tokenizer ids up to {vocabulary - 1} but text encoder vocab_size {found['text_vocab_size']}")
+    if problems:
+        kind = f" (model_index.json: {found['pipeline']})" if found["pipeline"] else ""
+        raise TailsynthError(f"{where}: {root} is not a Stable Diffusion 1.x folder{kind}: found "
+                             f"{'; '.join(problems)}. Supported: {SUPPORTED}")
+    return found
+
+
 def _schedule_from_folder(root: Path) -> tuple[str, torch.Tensor]:
     """The schedule's name (``squaredcos_cap_v2`` read as ``cosine``) and its alphas_cumprod."""
     cfg_path = root / "scheduler" / "scheduler_config.json"
@@ -64,6 +186,15 @@ class SDBackend(torch.nn.Module):
         """SD has no options of its own beyond the diffusion config's sd_path / prompt_template / dtype."""
 
     @classmethod
+    def check_folder(cls, path: str | None, where: str) -> dict:
+        """The pretrained folder a run will load (``diffusion.sd_path``), checked before any stage runs
+        (:func:`check_sd_folder`)."""
+        if not path:
+            raise TailsynthError(f"{where} is not set: the sd backend generates with a local Stable Diffusion 1.x "
+                                 f"folder (tailsynth run ... --sd-path FOLDER)")
+        return check_sd_folder(path, where)
+
+    @classmethod
     def load_base(cls, folder: Path, record: dict, options: dict) -> "SDBackend":
         return cls({"path": record["path"], "class_names": [], "prompt_template": options["prompt_template"],
                     "dtype": options["dtype"]})
@@ -72,9 +203,7 @@ class SDBackend(torch.nn.Module):
         super().__init__()
         self.cfg = cfg if isinstance(cfg, SDBackendConfig) else build_config(SDBackendConfig, cfg, "sd backend")
         root = Path(self.cfg.path)
-        missing = [s for s in ("unet", "vae", "text_encoder", "tokenizer") if not (root / s).is_dir()]
-        if missing:
-            raise TailsynthError(f"{root} is not a local Stable Diffusion folder: missing {', '.join(missing)}")
+        check_sd_folder(root, "sd backend path")
         dtype = DTYPES[self.cfg.dtype]
         kw = dict(local_files_only=True)
         try:

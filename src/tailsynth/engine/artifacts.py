@@ -117,7 +117,8 @@ def images_of(split: Split, data, classes: list[int]) -> tuple[np.ndarray, np.nd
 
 
 def oracle_pool(split: Split, data) -> ArrayData:
-    """Every source image of the benchmark's classes that is not in the test split."""
+    """Every source image of the benchmark's classes that is not in the test split; with the benchmark's
+    ``max_per_class.oracle`` cap, a seeded random subset of that many per class (a dry run)."""
     arrays = load_images(split.source, data.image_size, data.channels, skip_corrupt=data.skip_corrupt)
     test_ids = set(split.ids("test"))
     index = {name: i for i, name in enumerate(split.class_names)}
@@ -127,7 +128,14 @@ def oracle_pool(split: Split, data) -> ArrayData:
         if name in index and sid not in test_ids:
             keep.append(row)
             labels.append(index[name])
-    return ArrayData(arrays.images[keep], np.array(labels, dtype=np.int64))
+    keep, labels = np.array(keep, dtype=np.int64), np.array(labels, dtype=np.int64)
+    cap = ((split.meta.get("benchmark") or {}).get("max_per_class") or {}).get("oracle")
+    if cap is not None:
+        chosen = [np.sort(np.random.default_rng([split.seed, c, 7]).permutation(np.flatnonzero(labels == c))[:cap])
+                  for c in range(len(split.class_names))]
+        pick = np.concatenate(chosen)
+        keep, labels = keep[pick], labels[pick]
+    return ArrayData(arrays.images[keep], labels)
 
 
 def calibrate_tail_threshold(model: torch.nn.Module, val: ArrayData, split: Split, device: torch.device,

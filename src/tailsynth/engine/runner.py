@@ -23,6 +23,7 @@ from ..config import to_dict
 from ..errors import TailsynthError
 from ..utils import atomic_write_json, stable_hash
 from .machine import machine_info, machine_key
+from .memory import PeakRss
 from .store import MANIFEST, Artifact, ArtifactStore
 
 ELAPSED = "elapsed.json"  # in a partial work directory: wall time of the interrupted invocations so far
@@ -153,7 +154,8 @@ class Runner:
         if done is not None:
             self.log(f"[cached] {name}")
             self.timings.append({"stage": stage.name, "label": label, "fingerprint": fp, "state": "cached",
-                                 "wall_time_s": done.manifest.get("wall_time_s")})
+                                 "wall_time_s": done.manifest.get("wall_time_s"),
+                                 "peak_rss_bytes": done.manifest.get("peak_rss_bytes")})
             return done
         with self.store.lock(stage.name, fp):
             workdir = self.store.partial_dir(stage.name, fp)
@@ -165,20 +167,24 @@ class Runner:
             self.log(f"[{'resume' if resuming else 'run'}] {name}")
             earlier = _earlier_wall_time(workdir)
             earlier_keys = _earlier_machine_keys(workdir)
+            earlier_peak = _earlier_peak_rss(workdir)
             started = time.time()
             if on_start is not None:
                 on_start(workdir)  # the other ranks start on their shards
+            peak = PeakRss().start()
             try:
                 extra = stage.func(cfg, inputs, workdir) or {}
             except BaseException:  # Ctrl-C or an error: keep the time spent, a rerun adds to it
                 try:
                     atomic_write_json(workdir / ELAPSED, {
                         "wall_time_s": round(earlier + time.time() - started, 3),
-                        "machine_keys": list(dict.fromkeys(earlier_keys + [machine_key()]))})
+                        "machine_keys": list(dict.fromkeys(earlier_keys + [machine_key()])),
+                        "peak_rss_bytes": max(earlier_peak, peak.read())})
                 except Exception:  # noqa: BLE001 -- the stage's own error is the one to report
                     pass
                 raise
             wall = time.time() - started
+            peak_rss = max(earlier_peak, peak.read())
             (workdir / ELAPSED).unlink(missing_ok=True)
             machine = machine_info()
             atomic_write_json(workdir / MANIFEST, {
@@ -198,6 +204,10 @@ class Runner:
                 "resumed_machine_keys": [k for k in earlier_keys if k != machine_key(machine)],
                 "wall_time_s": round(earlier + wall, 3),  # all invocations (a SIGKILLed one's time is lost)
                 "wall_time_this_run_s": round(wall, 3),
+                # peak resident memory of the process while the stage ran (all invocations); scope "process": since
+                # the process started, where the per-stage reset is unavailable (tailsynth.engine.memory)
+                "peak_rss_bytes": peak_rss,
+                "peak_rss_scope": peak.scope,
                 "resumed": resuming,
                 "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "result": extra,
@@ -208,7 +218,8 @@ class Runner:
                 raise TailsynthError(f"cannot finalise artifact {workdir}: {err.strerror or err}") from err
         self.log(f"[done] {name} in {wall:.1f}s{_summary(extra)}")
         self.timings.append({"stage": stage.name, "label": label, "fingerprint": fp,
-                             "state": "resumed" if resuming else "ran", "wall_time_s": round(earlier + wall, 3)})
+                             "state": "resumed" if resuming else "ran", "wall_time_s": round(earlier + wall, 3),
+                             "peak_rss_bytes": peak_rss})
         return artifact
 
 
@@ -232,6 +243,14 @@ def _earlier_machine_keys(workdir: Path) -> list[str]:
         return [str(k) for k in keys]
     except (OSError, ValueError, AttributeError, TypeError):
         return []
+
+
+def _earlier_peak_rss(workdir: Path) -> int:
+    """The peak RSS recorded by earlier, interrupted invocations (0 when none recorded one)."""
+    try:
+        return int(json.loads((workdir / ELAPSED).read_text()).get("peak_rss_bytes") or 0)
+    except (OSError, ValueError, AttributeError, TypeError):
+        return 0
 
 
 def _earlier_wall_time(workdir: Path) -> float:

@@ -40,7 +40,7 @@ class SynthesisConfig(StrictConfig):
     ``params.<generator>`` holds one generator's own settings (its typed ``Config``) and optionally
     ``aux_method``, the auxiliary classifier of that generator (default ``aux_method``)."""
 
-    n_per_class: int = 100
+    n_per_class: int = Field(100, ge=1)
     shard_size: int = 25
     seed: int = 99
     num_steps: int = 20
@@ -79,6 +79,8 @@ class SyntheticGenerator:
     Config: ClassVar[type[StrictConfig]] = NoParams
     shares_schedule: ClassVar[bool] = True
     report_params: ClassVar[tuple[str, ...]] = ()
+    # bumped when the generator's code changes its images: it joins the synthesis stage's fingerprint ("" = none)
+    version: ClassVar[str] = ""
 
     def params(self, synthesis: SynthesisConfig, where: str = "") -> StrictConfig:
         """This generator's typed config from ``synthesis.params.<name>`` (minus ``aux_method``)."""

@@ -4,8 +4,9 @@ from .classifier import MinorityClassifier, MinorityClassifierConfig, encoder_fe
 from .guidance import MinorityGuidanceConfig, minority_hook, resolve_target
 from .labels import level_means, quantile_labels
 from .perceptual import PerceptualDistance
-from .score import DISTANCES, MinorityScoreConfig, minority_scores, score_timestep
+from .score import DISTANCES, MinorityScoreConfig, minority_scores, reference_alpha_bar, score_timestep
 
 __all__ = ["DISTANCES", "MinorityClassifier", "MinorityClassifierConfig", "MinorityGuidanceConfig",
            "MinorityScoreConfig", "PerceptualDistance", "encoder_features", "level_means", "minority_hook",
-           "minority_scores", "quantile_labels", "resolve_target", "score_timestep", "train_minority_classifier"]
+           "minority_scores", "quantile_labels", "reference_alpha_bar", "resolve_target", "score_timestep",
+           "train_minority_classifier"]

@@ -21,7 +21,10 @@ embedding, then a 2-hidden-layer MLP to L logits.
 Training (as the official code): x_t = q_sample(x0, t) with t ~ U{0..T-1}, CE against the sample's minority
 level, AdamW (lr 3e-4, weight decay 0.05). It runs in the step loop (:class:`tailsynth.training.steps.StepLoop`)
 with its checkpoints, so a killed run resumes exactly; a stratified 5 % of the samples is held
-out to report the classifier's accuracy (no choice is made on it).
+out to report the classifier's accuracy (no choice is made on it). Every training image is encoded once under each
+flip the loss may draw (:func:`encode_views`), so a step costs no VAE call: with Stable Diffusion an encode at 512 px
+per image per step cost more than the classifier itself, and 512-px float images of a whole training split do not
+fit in memory (PBC: 9k images, 28 GB); the images stay uint8 at the data's size until a batch is encoded.
 """
 from __future__ import annotations
 
@@ -45,7 +48,9 @@ from ..utils import atomic_write_json, read_json, stable_hash
 
 class MinorityClassifierConfig(StrictConfig):
     num_levels: int = 10  # L (the official code: 100 on data sets of tens of thousands of images)
-    conditional: bool = True  # p(l~ | x_t, c) through the cross-attention (Eq. 17); False: the null condition
+    # p(l~ | x_t, c) through the cross-attention (Eq. 17); False: the null condition, p(l~ | x_t) (Eq. 8). The
+    # minority method sets it from its ``mode``, with the score's and the levels' (never a mix)
+    conditional: bool = True
     # train a copy of the UNet's encoder half with the head (finetune) or keep the denoiser's frozen (frozen)
     encoder: Literal["finetune", "frozen"] = "finetune"
     hidden: int = 256
@@ -225,18 +230,50 @@ def holdout_mask(labels: np.ndarray, share: float, seed: int) -> np.ndarray:
     return mask
 
 
+def flip_views(cfg: MinorityClassifierConfig) -> list[tuple[bool, bool]]:
+    """The (hflip, vflip) combinations the loss may draw, in view-index order v = hflip + 2 * vflip."""
+    return [(h, v) for v in ((False, True) if cfg.vflip else (False,)) for h in ((False, True) if cfg.hflip else (False,))]
+
+
+@torch.no_grad()
+def encode_views(backend, images: np.ndarray, cfg: MinorityClassifierConfig, device: torch.device,
+                 working_size: int | None = None, batch_size: int = 16) -> torch.Tensor:
+    """z0 = E(x) of uint8 images (N, H, W, C) under every flip of :func:`flip_views`: float32 (N, V, C, h, w) on the
+    CPU; each batch is first resized to ``working_size`` px RGB (the backend's; None: as given), as the score stage
+    resizes, so an image flipped then encoded is exactly the image the loss would have encoded."""
+    from ..data import convert_array
+    views = flip_views(cfg)
+    out = None
+    for start in range(0, len(images), batch_size):
+        chunk = images[start:start + batch_size]
+        if working_size is not None and chunk.shape[1] != working_size:
+            chunk = convert_array(chunk, working_size, 3)
+        x = torch.as_tensor(chunk).permute(0, 3, 1, 2).float().div(255.0)
+        for v, (h, vf) in enumerate(views):
+            xv = x.flip(-1) if h else x
+            z = backend.encode((xv.flip(-2) if vf else xv).to(device)).float().cpu()
+            if out is None:
+                out = torch.empty((len(images), len(views), *z.shape[1:]), dtype=torch.float32)
+            out[start:start + len(chunk), v] = z
+    if out is None:
+        raise TailsynthError("encode_views: no images")
+    return out
+
+
 def train_minority_classifier(backend, images: np.ndarray, cond_ids: np.ndarray, levels: np.ndarray,
-                              cfg: MinorityClassifierConfig, workdir: Path, device: torch.device) -> tuple[MinorityClassifier, dict]:
+                              cfg: MinorityClassifierConfig, workdir: Path, device: torch.device,
+                              working_size: int | None = None) -> tuple[MinorityClassifier, dict]:
     """Train the head on uint8 images (N, H, W, C) with condition ids and minority levels; returns the classifier
-    (final weights) and a summary with the held-out accuracy (top-1 and within one level)."""
+    (final weights) and a summary with the held-out accuracy (top-1 and within one level). ``working_size``: the
+    backend's image size when the images are stored smaller (each batch is resized before it is encoded)."""
     workdir = Path(workdir)
     if len(images) != len(levels) or len(images) != len(cond_ids):
         raise TailsynthError(f"{len(images)} images, {len(cond_ids)} condition ids, {len(levels)} minority levels")
     if int(levels.max()) >= cfg.num_levels or int(levels.min()) < 0:
         raise TailsynthError(f"minority levels must lie in 0..{cfg.num_levels - 1}")
     backend.denoiser.requires_grad_(False)
-    x_all = torch.as_tensor(images).permute(0, 3, 1, 2).float().div(255.0)
-    latent = tuple(backend.encode(x_all[:1].to(device)).shape[1:])
+    z_all = encode_views(backend, np.asarray(images), cfg, device, working_size)
+    latent = tuple(z_all.shape[2:])
     model = MinorityClassifier(backend, cfg, latent)
     hold = holdout_mask(levels * 10_000 + cond_ids, cfg.holdout, cfg.seed)
     train_idx = np.flatnonzero(~hold)
@@ -248,31 +285,33 @@ def train_minority_classifier(backend, images: np.ndarray, cond_ids: np.ndarray,
                     "another minority classifier run", module=model, desc="minority classifier")
     y_all = torch.as_tensor(levels, dtype=torch.long)
     c_all = torch.as_tensor(cond_ids, dtype=torch.long)
-    done = loop.run(minority_loss(model, x_all, c_all, y_all, torch.as_tensor(train_idx), cfg, gen, device))
+    done = loop.run(minority_loss(model, z_all, c_all, y_all, torch.as_tensor(train_idx), cfg, gen, device))
     model.eval()
     summary = {"steps": done.step, "n_train": int(len(train_idx)), "n_holdout": int(hold.sum()),
                "final_loss": float(np.mean(done.losses[-100:])) if done.losses else None, "latent": list(latent)}
-    summary.update(holdout_accuracy(model, x_all[hold], c_all[hold], y_all[hold], device, cfg.seed))
+    summary.update(holdout_accuracy(model, z_all[torch.as_tensor(hold), 0], c_all[hold], y_all[hold], device,
+                                    cfg.seed))
     return model, summary
 
 
-def minority_loss(model: MinorityClassifier, x_all: torch.Tensor, c_all: torch.Tensor, y_all: torch.Tensor,
+def minority_loss(model: MinorityClassifier, z_all: torch.Tensor, c_all: torch.Tensor, y_all: torch.Tensor,
                   train_idx: torch.Tensor, cfg: MinorityClassifierConfig, gen: torch.Generator,
                   device: torch.device) -> LossFn:
-    """The loss of step k: CE of the minority levels of batch k (of the training samples) from x_t = q_sample(x0, t),
-    with random flips, t and noise drawn from ``gen``."""
+    """The loss of step k: CE of the minority levels of batch k (of the training samples) from x_t = q_sample(z0, t),
+    z0 the encoded image under the random flips drawn (``z_all`` (N, V, C, h, w), :func:`encode_views`), with t and
+    noise drawn from ``gen``."""
     backend = model.backend
     T = backend.alphas_cumprod.shape[0]
     acp = backend.alphas_cumprod.to(device)
 
     def loss_at(step: int) -> torch.Tensor:
         idx = train_idx[batch_indices(step, cfg.batch_size, len(train_idx), cfg.seed)]
-        x0 = x_all[idx]
-        x0 = torch.where((torch.rand(len(idx), generator=gen) < 0.5).view(-1, 1, 1, 1) & cfg.hflip, x0.flip(-1), x0)
-        x0 = torch.where((torch.rand(len(idx), generator=gen) < 0.5).view(-1, 1, 1, 1) & cfg.vflip, x0.flip(-2), x0)
+        hflip = (torch.rand(len(idx), generator=gen) < 0.5) & cfg.hflip
+        vflip = (torch.rand(len(idx), generator=gen) < 0.5) & cfg.vflip
+        view = hflip.long() * int(cfg.hflip) + vflip.long() * (2 if cfg.hflip else 1)  # flip_views' order
         t = torch.randint(0, T, (len(idx),), generator=gen).to(device)
         with torch.no_grad():
-            z0 = backend.encode(x0.to(device))
+            z0 = z_all[idx, view].to(device)
             noise = torch.randn(z0.shape, generator=gen).to(device)
             x_t = add_noise(z0, noise, t, acp)
             cond = model.condition(c_all[idx].to(device), len(idx))
@@ -282,9 +321,10 @@ def minority_loss(model: MinorityClassifier, x_all: torch.Tensor, c_all: torch.T
 
 
 @torch.no_grad()
-def holdout_accuracy(model: MinorityClassifier, x01: torch.Tensor, cond_ids: torch.Tensor, levels: torch.Tensor,
-                     device: torch.device, seed: int) -> dict:
-    """Accuracy on held-out samples at t = 0.1 T, 0.5 T and 0.9 T (top-1 and |pred - level| <= 1)."""
+def holdout_accuracy(model: MinorityClassifier, z0: torch.Tensor, cond_ids: torch.Tensor, levels: torch.Tensor,
+                     device: torch.device, seed: int, batch_size: int = 256) -> dict:
+    """Accuracy on held-out samples (their unflipped latents ``z0``) at t = 0.1 T, 0.5 T and 0.9 T (top-1 and
+    |pred - level| <= 1); the classifier sees ``batch_size`` of them at a time."""
     if len(levels) == 0:
         return {}
     T = model.backend.alphas_cumprod.shape[0]
@@ -293,9 +333,10 @@ def holdout_accuracy(model: MinorityClassifier, x01: torch.Tensor, cond_ids: tor
     out = {}
     for frac in (0.1, 0.5, 0.9):
         t = torch.full((len(levels),), int(frac * T), dtype=torch.long, device=device)
-        z0 = model.backend.encode(x01.to(device))
-        x_t = add_noise(z0, torch.randn(z0.shape, generator=gen).to(device), t, acp)
-        pred = model(x_t, t, model.condition(cond_ids.to(device), len(levels))).argmax(1).cpu()
+        x_t = add_noise(z0.to(device), torch.randn(z0.shape, generator=gen).to(device), t, acp)
+        pred = torch.cat([model(x_t[i:i + batch_size], t[i:i + batch_size],
+                                model.condition(cond_ids[i:i + batch_size].to(device), len(t[i:i + batch_size])))
+                          .argmax(1).cpu() for i in range(0, len(levels), batch_size)])
         out[f"holdout_acc_t{frac:.1f}T"] = float((pred == levels).float().mean())
         out[f"holdout_within1_t{frac:.1f}T"] = float(((pred - levels).abs() <= 1).float().mean())
     out["chance"] = 1.0 / model.cfg.num_levels

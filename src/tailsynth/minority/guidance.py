@@ -4,7 +4,14 @@ Classifier guidance adds w grad log p(l~ | x_t, c) to the score s = -eps / sqrt(
 samplers of :mod:`tailsynth.diffusion.samplers`:
 
 - DDIM (deterministic, Song et al. 2021; Dhariwal & Nichol 2021 Alg. 2):
-  eps~ = eps - w sqrt(1 - abar_t) grad log p(l~ | x_t, c);
+  eps~ = eps - w sqrt(1 - abar_t) grad log p(l~ | x_t, c), and with it the Tweedie estimate moves by
+  x0~ = x0 + w (1 - abar_t) / sqrt(abar_t) grad log p (x_t = sqrt(abar_t) x0~ + sqrt(1 - abar_t) eps~ still holds).
+  x0 is the sampler's own (clipped, on a pixel backend) estimate and x0~ is not clipped again, as guided-diffusion's
+  ``condition_score`` (the official code's base) does: clipping x0~ again would cancel the guidance's push on
+  every pixel at the data bound while keeping its -w sqrt(1 - abar_t) grad in the noise direction, a step *against*
+  the gradient there (on a tiny pixel model it lowered p(target level) instead of raising it). The step moves
+  x_{t'} by w sqrt(1 - abar_t) (sqrt(abar_t' (1 - abar_t) / abar_t) - sqrt(1 - abar_t')) grad log p, a positive
+  multiple of the gradient;
 - ancestral DDPM (Dhariwal & Nichol 2021 Alg. 1, the official code's sampler):
   mu~ = mu + w Sigma grad log p(l~ | x_t, c), Sigma the posterior variance.
 
@@ -56,7 +63,9 @@ def minority_hook(classifier: MinorityClassifier, cond: torch.Tensor, cfg: Minor
             grad = classifier.log_mixture_grad(step.x_t, step.t, cond, taus)
         if step.mean is not None:  # ancestral: shift the posterior mean by w Sigma grad
             return StepChange(mean=step.mean + cfg.scale * step.variance * grad)
-        return StepChange(eps=step.eps - cfg.scale * (1 - step.alpha_t) ** 0.5 * grad)
+        a_t = step.alpha_t
+        return StepChange(eps=step.eps - cfg.scale * (1 - a_t) ** 0.5 * grad,
+                          x0=step.x0_hat + cfg.scale * (1 - a_t) / a_t ** 0.5 * grad)
 
     return hook
 

@@ -18,8 +18,16 @@ Distances d, all computed in one pass over the same noise draws:
   is averaged over positions and summed over stages. The official code uses LPIPS-VGG; any tailsynth
   classifier (the experiment's CE classifier by default) stands in for VGG here.
 
-The timestep follows the paper's rule (App. C): t = 0.6 T for a linear schedule, 0.9 T for cosine (T = the
-training timesteps); the official code draws 5 noise samples and clips x0_hat, as here by default.
+The timestep follows the paper's rule (App. C, D.6): t = 0.6 T for a linear schedule, 0.9 T for cosine (T = the
+training timesteps). Both are one noise level, abar_t ~ 0.025 (DDPM's linear schedule at t = 600 of 1000: 0.0256;
+cosine at 900 of 1000: 0.0236), so on any other schedule (Stable Diffusion's ``scaled_linear``, where 0.6 T would be
+abar = 0.16) t is the step whose abar is nearest that of the linear schedule at 0.6 T (``scaled_linear``: t = 840).
+The official code draws 5 noise samples and clips x0_hat, as here by default.
+
+Two settings, never mixed (App. B): the unconditional score (Eq. 7, null condition) with levels over all images and
+the classifier p(l~ | x_t) of Eq. 8, or the class-conditional score (Eq. 16) with levels within each class and
+p(l~ | x_t, c) of Eq. 17. ``conditional`` here is set by the method's ``mode``
+(:class:`tailsynth.methods.minority.MinoritySettings`), which sets the classifier's to the same value.
 """
 from __future__ import annotations
 
@@ -29,19 +37,23 @@ import torch
 from pydantic import field_validator
 
 from ..config import StrictConfig
+from ..diffusion.schedule import make_alphas_cumprod
 from ..errors import TailsynthError
 from ..utils import derive_seed
 from .perceptual import PerceptualDistance
 
 DISTANCES = ("l2", "l1", "perceptual")
+# the paper's rule: the fraction of T for the schedules it names (App. C)
+RULE_FRACTIONS = {"linear": 0.6, "cosine": 0.9}
 
 
 class MinorityScoreConfig(StrictConfig):
     """How minority scores are computed (defaults: the official code's)."""
 
     num_draws: int = 5  # noise draws per sample
-    t: int | None = None  # the perturbation timestep; None: 0.6 T (linear schedule) / 0.9 T (cosine)
-    conditional: bool = True  # Eq. 16 (denoise with the sample's class condition) vs Eq. 7 (null condition)
+    # the perturbation timestep (1..T-1); None: 0.6 T (linear) / 0.9 T (cosine) / the step of that noise level
+    t: int | None = None
+    conditional: bool = True  # Eq. 16 (the sample's class condition) vs Eq. 7 (null condition); set by ``mode``
     clip_x0: bool = True  # clip x0_hat to the data range as the sampler does (the official code clips)
     batch_size: int = 128
     chunk_size: int = 512  # samples per resumable chunk
@@ -55,15 +67,28 @@ class MinorityScoreConfig(StrictConfig):
         return value
 
 
-def score_timestep(schedule: str, num_train_timesteps: int, t: int | None = None) -> int:
-    """The perturbation timestep: ``t`` if given (must lie in 1..T-1), else 0.6 T (linear / scaled_linear schedules)
-    or 0.9 T (cosine), as the paper's App. C."""
+def reference_alpha_bar() -> float:
+    """The noise level of the paper's rule: abar of DDPM's linear schedule (T = 1000) at t = 0.6 T (0.0256)."""
+    return float(make_alphas_cumprod("linear", 1000)[round(RULE_FRACTIONS["linear"] * 1000)])
+
+
+def score_timestep(schedule: str, num_train_timesteps: int, t: int | None = None,
+                   alphas_cumprod: torch.Tensor | None = None) -> int:
+    """The perturbation timestep: ``t`` if given (must lie in 1..T-1); else the paper's rule, 0.6 T on a linear
+    schedule and 0.9 T on a cosine one (App. C), and on any other schedule the step in 1..T-1 whose abar
+    (``alphas_cumprod``, or the named schedule's defaults) is nearest :func:`reference_alpha_bar`."""
     T = int(num_train_timesteps)
-    if t is None:
-        return int(round((0.9 if schedule == "cosine" else 0.6) * T))
-    if not 1 <= int(t) <= T - 1:
-        raise TailsynthError(f"minority score timestep t = {t} is outside 1..{T - 1} (T = {T} training steps)")
-    return int(t)
+    if t is not None:
+        if not 1 <= int(t) <= T - 1:
+            raise TailsynthError(f"minority score timestep t = {t} is outside 1..{T - 1} (T = {T} training steps)")
+        return int(t)
+    if schedule in RULE_FRACTIONS:
+        return int(round(RULE_FRACTIONS[schedule] * T))
+    acp = make_alphas_cumprod(schedule, T) if alphas_cumprod is None else alphas_cumprod
+    if len(acp) != T:
+        raise TailsynthError(f"alphas_cumprod has {len(acp)} steps, the schedule {T}")
+    gap = (acp[1:].double() - reference_alpha_bar()).abs()
+    return 1 + int(torch.argmin(gap))
 
 
 def backend_schedule(backend) -> str:
@@ -108,7 +133,7 @@ def minority_scores(backend, images01: torch.Tensor, cond_ids: torch.Tensor | No
         raise TailsynthError("a class-conditional minority score (conditional: true) needs the condition ids")
     device = next(backend.denoiser.parameters()).device
     T = backend.alphas_cumprod.shape[0]
-    t = score_timestep(backend_schedule(backend), T, cfg.t)
+    t = score_timestep(backend_schedule(backend), T, cfg.t, backend.alphas_cumprod)
     gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "minority-score", chunk_index))
     totals: dict[str, list[torch.Tensor]] = {}
     for start in range(0, len(images01), cfg.batch_size):

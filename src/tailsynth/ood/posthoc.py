@@ -31,6 +31,7 @@ from scipy.special import logsumexp
 
 from ..errors import TailsynthError
 from .base import Score, as_array, as_labels, register_score
+from .mahalanobis import cached_eigh
 from .metrics import auroc
 
 K_CANDIDATES = (1, 5, 10, 20, 50)
@@ -196,7 +197,7 @@ class ViM(Score):
             raise TailsynthError(f"score {self.name!r} needs the training logits or the classifier layer "
                                  f"(fit(..., logits=..., classifier=(W, b)))")
         centred = x - self.origin_
-        eigval, eigvec = np.linalg.eigh(centred.T @ centred / len(x))
+        eigval, eigvec = cached_eigh(centred.T @ centred / len(x))  # memoised: fitted again for val
         order = np.argsort(-eigval, kind="stable")
         self.eigvec_ = eigvec[:, order]
         cutoff = width * np.finfo(np.float64).eps * max(eigval.max(), 0.0)

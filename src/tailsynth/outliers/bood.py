@@ -1,19 +1,23 @@
 """BOOD stage 2: boundary-crossing outlier features (Liao et al., ICML 2025, "BOOD: Boundary-based
-Out-Of-Distribution Data Generation", §3.2-3.3 / Algorithm 1).
+Out-Of-Distribution Data Generation", §3.2-3.3 / Algorithm 1; the step as its public code takes it, functions
+``GA_PGD`` and ``boundary_selection``).
 
 In the same text-conditioned latent space as Dream-OOD (cosine logits against the class anchors):
 
-1. Boundary ID feature identification: every ID feature z (L2-normalised) is pushed by gradient ascent on
-   its own cross-entropy, z <- z + alpha * g / ||g|| with g = grad_z CE(logits(z), y) (an L2-normalised
-   adversarial step in feature space); K(z) = the number of steps until the predicted class changes
-   (``max_steps`` + 1 if it never does). The features with the smallest K per class lie closest to the
-   decision boundary: the ``n_per_class`` smallest are kept (ties: the smaller logit margin first).
-2. OOD feature synthesis: each kept feature is perturbed the same way for K(z) + ``extra_steps`` steps,
-   i.e. across the boundary and a few steps beyond it.
+1. Boundary ID feature identification: every ID feature z (L2-normalised once, at the start) is pushed by
+   sign-gradient ascent on its own cross-entropy, z <- z + alpha * sign(g) with g = grad_z CE(logits(z), y)
+   (an L-infinity step of ``step_size`` alpha in every coordinate; the code: alpha = 0.01); K(z) = the number of
+   steps until the predicted class changes (``max_steps`` + 1 if it never does). The features with the smallest K
+   per class lie closest to the decision boundary: the ``n_per_class`` smallest are kept (ties: the smaller
+   logit margin first).
+2. OOD feature synthesis: each kept feature is perturbed the same way for K(z) + ``extra_steps`` steps, i.e.
+   across the boundary and ``extra_steps`` steps beyond it (the code's ``cstep``, default 1).
 
-The paper tunes the step size, the share of boundary features and the extra steps; this implementation
-takes a count per class (``n_per_class``, so Dream-OOD and BOOD decode equally many images) and a step size
-on the unit sphere (the features are normalised). Returned on the unit sphere, like Dream-OOD's outliers.
+One sign step has L2 length alpha * sqrt(D) (0.16 for the pixel backend's 256-d anchors, 0.28 for SD's 768-d
+token rows). The paper selects a share of the features per class; this implementation takes a count per class
+(``n_per_class``, so Dream-OOD and BOOD decode equally many images). The outliers are returned on the unit
+sphere (the caller rescales them to the anchor's norm), like Dream-OOD's; the code rescales the perturbed
+feature without normalising it first (cosine logits do not see the norm, the decoder does).
 """
 from __future__ import annotations
 
@@ -34,22 +38,23 @@ class BoodConfig(StrictConfig):
     """BOOD's feature-space settings."""
 
     n_per_class: int = Field(360, ge=1)
-    step_size: float = Field(0.015, gt=0)
+    step_size: float = Field(0.01, gt=0)  # alpha of the sign step (the code's --step_size)
     max_steps: int = Field(200, ge=1)
-    extra_steps: int = Field(2, ge=0)
+    extra_steps: int = Field(1, ge=0)  # steps beyond the crossing (the code's --cstep)
 
 
 def _ascent_direction(z: torch.Tensor, y: torch.Tensor, logits_fn: LogitsFn) -> torch.Tensor:
+    """sign(grad_z CE(logits(z), y)) per row (the FGSM / PGD step direction of the code's ``GA_PGD``)."""
     z = z.detach().requires_grad_(True)
     loss = F.cross_entropy(logits_fn(z), y, reduction="sum")  # rows are independent: sum = per-row gradients
     (g,) = torch.autograd.grad(loss, z)
-    return g / g.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return g.sign()
 
 
 def boundary_steps(z: torch.Tensor, y: torch.Tensor, logits_fn: LogitsFn, step_size: float,
                    max_steps: int) -> torch.Tensor:
-    """K(z): adversarial steps until argmax logits_fn(z) != y, per row (int64; max_steps + 1 = never;
-    0 = already misclassified)."""
+    """K(z): sign-gradient steps z <- z + step_size * sign(g) until argmax logits_fn(z) != y, per row (int64;
+    max_steps + 1 = never; 0 = already misclassified)."""
     steps = torch.full((len(z),), max_steps + 1, dtype=torch.long)
     with torch.no_grad():
         steps[logits_fn(z).argmax(1) != y] = 0

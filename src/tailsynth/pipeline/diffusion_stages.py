@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -37,11 +37,14 @@ class DiffusionStageConfig(StrictConfig):
 
 
 class SynthStageConfig(StrictConfig):
+    fingerprint_neutral: ClassVar[tuple[str, ...]] = ("generator_version",)
+
     method: str  # the synthetic generator's name (tailsynth.methods.generator_named)
     synthesis: SynthesisConfig
     diffusion: DiffusionConfig
     data: DataConfig
     device: str = "auto"
+    generator_version: str = ""  # the generator's ``version`` (its code's, beside the stage's)
 
 
 def run_train_diffusion(cfg: DiffusionStageConfig, inputs: dict[str, Artifact], workdir: Path) -> dict[str, Any]:

@@ -38,8 +38,11 @@ def check_experiment(cfg: ExperimentConfig) -> None:
         if METHODS.get(name).generator is None:
             raise TailsynthError(f"synthetic_sweep: {name!r} uses no synthetic images")
     synthesis = cfg.synthesis
-    BACKENDS.get(cfg.diffusion.backend).check_options(cfg.diffusion.pixel, "experiment key 'diffusion.pixel'",
-                                                      cfg.data.image_size, cfg.data.channels)
+    backend = BACKENDS.get(cfg.diffusion.backend)
+    backend.check_options(cfg.diffusion.pixel, "experiment key 'diffusion.pixel'", cfg.data.image_size,
+                          cfg.data.channels)
+    if not backend.trains_base:  # a pretrained folder on disk: complete and of a supported structure
+        backend.check_folder(cfg.diffusion.sd_path, "diffusion.sd_path")
     for name in list(synthesis.params):
         generator = generator_named(name)
         generator.params(synthesis)
@@ -70,15 +73,16 @@ def aux_train_config(cfg: ExperimentConfig) -> TrainConfig:
 def check_pretrained(cfg: ExperimentConfig) -> None:
     """The weights file fits the configured network (names and shapes), before any stage runs."""
     from ..models import create_model
-    from ..models.pretrained import load_backbone
+    from ..models.pretrained import WeightsMismatchError, load_backbone
     c = cfg.classifier
     small = c.small_input if c.small_input is not None else cfg.data.image_size <= 64
     model = create_model(c.model, num_classes=2, in_channels=cfg.data.channels, width=c.width, small_input=small)
     try:
         load_backbone(model, c.pretrained)
-    except TailsynthError as err:
+    except TailsynthError as err:  # the small_input hint only where the tensors do not fit
+        hint = small and isinstance(err, WeightsMismatchError)
         raise TailsynthError(f"classifier.pretrained: {err}" + (" (small_input is on because image_size <= 64: "
-                                                                "set classifier.small_input=false)" if small else "")
+                                                                "set classifier.small_input=false)" if hint else "")
                              ) from None
 
 
@@ -209,7 +213,8 @@ class StageGraph:
         synth_cfg = SynthStageConfig(
             method=generator.name, synthesis=s.model_copy(update={"params": {generator.name: params}, "n_per_class": n,
                                                                    "aux_method": aux_method}),
-            diffusion=self.diffusion, data=self.config.data, device=self.config.device)
+            diffusion=self.diffusion, data=self.config.data, device=self.config.device,
+            generator_version=generator.version)
         inputs = {"split": self.split(), "base": base, "lora": lora, **aux, **generator.inputs(self, s)}
         return self.run(SYNTHESIZE, synth_cfg, inputs, s.seed, f"synthesis {generator.name}")
 

@@ -1,4 +1,5 @@
-"""Image grids for the report: LoGex Fig. 2/5 (train images | synthetic images, titled by the oracle)."""
+"""Image grids for the report: LoGex Fig. 2/5 (train images | synthetic images, titled by the oracle), labelled
+rows, and image pairs (a synthetic image | its nearest training image)."""
 from __future__ import annotations
 
 import io
@@ -71,4 +72,40 @@ def labelled_rows(rows, title: str = "") -> bytes:
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
+    return buffer.getvalue()
+
+
+def pair_rows(rows, title: str = "") -> bytes:
+    """A PNG grid of image pairs: one row per (label, [(left, right, caption), ...]) with uint8 images (H, W, C);
+    each pair side by side, the caption under it (the memorisation check: a synthetic image | its nearest
+    training image of the class)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    n_pairs = max([len(pairs) for _, pairs in rows] + [1])
+    fig = Figure(figsize=(1.9 * n_pairs + 2.2, 1.15 * max(1, len(rows)) + 0.6))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(max(1, len(rows)), 2 * n_pairs, squeeze=False)
+    for r, (label, pairs) in enumerate(rows):
+        for j in range(2 * n_pairs):
+            ax = axes[r][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 0:
+                ax.set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
+            if j // 2 >= len(pairs):
+                ax.axis("off")
+                continue
+            left, right, caption = pairs[j // 2]
+            img = left if j % 2 == 0 else right
+            ax.imshow(img[:, :, 0] if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None,
+                      vmin=0, vmax=255, interpolation="nearest")
+            if r == 0:
+                ax.set_title("synthetic" if j % 2 == 0 else "nearest train", fontsize=6)
+            if j % 2 == 0 and caption:
+                ax.set_xlabel(caption, fontsize=6, loc="left")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=72)
     return buffer.getvalue()

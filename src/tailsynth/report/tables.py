@@ -162,12 +162,12 @@ def machine_note(meta: Mapping[str, Any], shown: int = 6) -> str | None:
 
 
 def timings_table(meta: Mapping[str, Any]) -> Table | None:
-    """Stage timings recorded by the runner (``meta["timings"]``: stage, label, state, wall_time_s), one row per
-    artifact; a resumed stage's wall time includes its interrupted invocations."""
+    """Stage timings recorded by the runner (``meta["timings"]``: stage, label, state, wall_time_s, peak_rss_bytes),
+    one row per artifact; a resumed stage's wall time includes its interrupted invocations."""
     timings = meta.get("timings") or []
     if not timings:
         return None
-    table = Table("Stage timings", ["stage", "label", "state", "wall time"])
+    table = Table("Stage timings", ["stage", "label", "state", "wall time", "peak memory"])
     seen = set()
     for t in timings:
         key = (t.get("stage"), t.get("fingerprint") or id(t))
@@ -175,5 +175,6 @@ def timings_table(meta: Mapping[str, Any]) -> Table | None:
             continue
         seen.add(key)
         table.rows.append([(str(t.get("stage", "")), ""), (str(t.get("label", "")), ""),
-                           (str(t.get("state", "")), ""), (fmt_seconds(t.get("wall_time_s")), "")])
+                           (str(t.get("state", "")), ""), (fmt_seconds(t.get("wall_time_s")), ""),
+                           (f"{t['peak_rss_bytes'] / 2 ** 30:.1f} GiB" if t.get("peak_rss_bytes") else "-", "")])
     return table

@@ -38,6 +38,57 @@ class ImageBatches:
             yield {"x": x, "y": torch.from_numpy(self.data.labels[idx])}
 
 
+class PairedBatches:
+    """Each batch of ``data`` (in a registered sampler's order, every sample once an epoch, augmented) joined by
+    an equally large batch of ``extra`` (augmented the same way) drawn from a cycle over ``extra`` that is
+    reshuffled whenever it runs out: the outlier-exposure step of Dream-OOD's official loop
+    (``train_ood_det_*.py``: an ID batch and an outlier batch of the same size per step), with the outliers cycled
+    rather than the epoch cut at the shorter set. The cycle restarts with each epoch (its draws come from the
+    epoch's generator), so a resumed run sees the same batches. The two halves are interleaved (data, extra,
+    data, ...), so the contiguous slice a data-parallel rank takes holds as many of each. ``len``: the samples
+    of ``data`` (one epoch is one pass over it)."""
+
+    def __init__(self, data, extra, augment_cfg: AugmentConfig, sampler: str = "instance"):
+        if not len(extra.labels):
+            raise TailsynthError("PairedBatches: the set paired with the training data is empty")
+        self.main, self.extra, self.augment_cfg = ImageBatches(data, augment_cfg, sampler), extra, augment_cfg
+
+    def __len__(self) -> int:
+        return len(self.main)
+
+    def epoch(self, generator: torch.Generator, batch_size: int) -> Iterator[Batch]:
+        cycle = Cycle(len(self.extra.labels), generator)
+        for batch in self.main.epoch(generator, batch_size):
+            idx = cycle.take(len(batch["y"])).numpy()
+            x = augment(to_float(torch.from_numpy(self.extra.images[idx])), self.augment_cfg, generator)
+            y = torch.from_numpy(self.extra.labels[idx])
+            yield {"x": _interleave(batch["x"], x), "y": _interleave(batch["y"], y)}
+
+
+class Cycle:
+    """Indices 0..n-1 in a random order drawn from ``generator``, a new order each time the last one is used up."""
+
+    def __init__(self, n: int, generator: torch.Generator):
+        self.n, self.generator = n, generator
+        self.order, self.position = torch.zeros(0, dtype=torch.long), 0
+
+    def take(self, count: int) -> torch.Tensor:
+        out = []
+        while count > 0:
+            if self.position == len(self.order):
+                self.order, self.position = torch.randperm(self.n, generator=self.generator), 0
+            part = self.order[self.position:self.position + count]
+            out.append(part)
+            self.position += len(part)
+            count -= len(part)
+        return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+
+
+def _interleave(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Rows a0, b0, a1, b1, ... of two tensors with the same shape."""
+    return torch.stack([a, b], dim=1).flatten(0, 1)
+
+
 class FeatureBatches:
     """Cached feature vectors (N, D) float32 and labels (N,) -> ``{"z": (B, D), "y": (B,)}`` (+ ``"pseudo"``
     (B,) bool when ``pseudo`` flags generated vectors), in a registered sampler's order; for objectives that

@@ -44,7 +44,7 @@ class TrainConfig(StrictConfig):
     # input normalisation inside the network: auto = ImageNet mean/std when ``pretrained`` is set, else none
     input_norm: Literal["auto", "none", "imagenet"] = "auto"
     small_input: bool | None = None  # None: small stem when image_size <= 64
-    epochs: int = 60
+    epochs: int = Field(60, ge=1)
     batch_size: int = 128
     eval_batch_size: int = 512
     optimizer: Literal["adamw", "sgd"] = "adamw"

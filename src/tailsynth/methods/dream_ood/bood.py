@@ -7,6 +7,7 @@ class, and perturbs them across the decision boundary and a few steps beyond (:m
 """
 from __future__ import annotations
 
+from ...errors import TailsynthError
 from ...outliers import BoodConfig
 from ..registry import register
 from .method import DreamOod, OutlierExposureConfig
@@ -27,3 +28,12 @@ class Bood(DreamOod):
 
     def stage2_settings(self, cfg):
         return {"bood": cfg.outliers}
+
+    def check_class_sizes(self, cfg, sizes):
+        """BOOD keeps ``n_per_class`` boundary features of each head class: at most the class's training images."""
+        smallest, name = min((n, c) for c, n in sizes.items())
+        if cfg.outliers.n_per_class > smallest:
+            raise TailsynthError(
+                f"key 'method_params.{self.name}.outliers.n_per_class' = {cfg.outliers.n_per_class}: BOOD keeps that "
+                f"many boundary features of every head class, but class {name!r} has {smallest} training images; "
+                f"allowed: 1..{smallest}")

@@ -12,16 +12,20 @@ four stages, each a cached artifact; the tail-detection protocol of LoGex §4.1.
    diffusion model (head-only, no LoRA), DDIM with CFG; images with role ``outlier``.
 4. This method's classifier: a head-only network (tail logits absent) trained from scratch with the
    experiment's recipe on L = CE(ID) + w * CE(MLP(logsumexp(logits)), in/out), MLP 1 -> 512 -> 2 (the
-   official code; w = 1 for ImageNet-100, 2.5 for CIFAR-100). Dream-OOD never sees a tail class, so the real
-   tail training images join the generated outliers as out-of-distribution (LoGex §4.1: 1432 generated +
-   120 real). Test score: the energy over the in-distribution logits (``energy_head``); model selection on
-   the validation split by bAcc-head - FPR@95 of that score (LoGex's criterion with this row's score).
+   official code; w = 1 for ImageNet-100, 2.5 for CIFAR-100). As in the official loop, every step joins a batch
+   of in-distribution images with as many outliers, drawn from a cycle over the outlier set that is reshuffled
+   when it runs out (:class:`~tailsynth.training.batches.PairedBatches`); an epoch is one pass over the
+   in-distribution images. Dream-OOD never sees a tail class, so the real tail training images join the
+   generated outliers as out-of-distribution (LoGex §4.1: 1432 generated + 120 real). Test score: the energy
+   over the in-distribution logits (``energy_head``); model selection on the validation split by
+   bAcc-head - FPR@95 of that score (LoGex's criterion with this row's score).
 
 BOOD (``bood.py``) shares stages 1, 3 and 4; only stage 2 differs. The stages 2-3 and their report section:
 ``stages.py``.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, ClassVar
 
 import numpy as np
@@ -34,10 +38,13 @@ from ...config import StrictConfig, build_config
 from ...data.synthetic import SyntheticSet
 from ...diffusion import DiffusionConfig
 from ...engine.artifacts import load_base, read_split
+from ...errors import TailsynthError
 from ...losses import build_criterion
 from ...ood.metrics import balanced_accuracy_on
 from ...outliers import DecodeConfig, DreamOodSamplingConfig
+from ...outliers.dream_ood import k_of_class
 from ...training import ArrayData
+from ...training.batches import PairedBatches
 from ...training.objectives import CriterionObjective, Objective
 from ...utils import read_json
 from ..base import Method
@@ -45,6 +52,28 @@ from ..registry import register
 from .stages import outlier_embeddings, outlier_images
 
 OUTLIER_LABEL = -1  # training label of an out-of-distribution image (generated outlier or real tail image)
+
+
+def head_train_sizes(exp) -> dict[str, int] | None:
+    """Training images per head class of the experiment's split (the split built from the source index alone, no
+    pixels decoded); None when the source cannot be indexed on this machine (the split stage then says why)."""
+    from ...config import flatten_mapping
+    from ...data import load_benchmark_config
+    try:
+        bench = load_benchmark_config(exp.benchmark, flatten_mapping(exp.benchmark_overrides))
+        return dict(_head_train_sizes(bench.model_dump_json(), exp.split_seed))
+    except TailsynthError:
+        return None
+
+
+@functools.lru_cache(maxsize=8)
+def _head_train_sizes(benchmark_json: str, seed: int) -> tuple[tuple[str, int], ...]:
+    """(class name, training images) of each head class; cached per process (a config is checked at load and
+    again when it runs)."""
+    from ...data import BenchmarkConfig, build_split
+    split = build_split(BenchmarkConfig.model_validate_json(benchmark_json), seed=seed)
+    counts = split.counts()
+    return tuple((split.class_names[c], counts[split.class_names[c]]["train"]) for c in split.head_classes)
 
 
 class VmfEncoderConfig(StrictConfig):
@@ -175,6 +204,29 @@ class DreamOod(Method):
     def stage2_settings(self, cfg) -> dict[str, Any]:
         return {"dream_ood": cfg.outliers}
 
+    def check_config(self, exp) -> None:
+        """Stage 2's settings against the head classes' training-set sizes (from the source index, before any stage
+        runs), whenever the experiment names this method (``methods`` or ``method_params``), as a bad key is."""
+        cfg = exp.method_config(self.name)
+        sizes = head_train_sizes(exp)
+        if sizes:
+            self.check_class_sizes(cfg, sizes)
+
+    def check_class_sizes(self, cfg, sizes: dict[str, int]) -> None:
+        """k-th nearest neighbours among the other training embeddings of a class: k <= n_c - 1 for every head
+        class c (``k_fraction`` sets a k per class)."""
+        o = cfg.outliers
+        smallest = min(sizes.values())
+        for name, n in sorted(sizes.items(), key=lambda item: item[1]):
+            k = k_of_class(o, n)
+            if k > n - 1:
+                key, value = ("k", o.k) if o.k_fraction is None else ("k_fraction", o.k_fraction)
+                raise TailsynthError(
+                    f"key 'method_params.{self.name}.outliers.{key}' = {value}: k = {k} nearest neighbours asked of "
+                    f"head class {name!r}, which has {n} training images (at most {n - 1} besides the image itself); "
+                    f"allowed: k in 1..{smallest - 1} (the smallest head class has {smallest} training images), or "
+                    f"k_fraction (k_c = min(k, round(k_fraction * n_c)))")
+
     def classifier(self, graph, seed, per_class=None):
         cfg = graph.method_config(self)
         encoder = graph.classifier("vmf-encoder", cfg.encoder_seed)
@@ -194,6 +246,13 @@ class DreamOod(Method):
         keep = ~is_tail | cfg.real_tail_as_outliers
         return ArrayData(np.concatenate([real.images[keep], images]),
                          np.concatenate([labels[keep], np.full(len(images), OUTLIER_LABEL)]).astype(np.int64))
+
+    def batches(self, train, cfg):
+        """The official loop's steps: each batch of in-distribution images (label >= 0) joined by as many outliers
+        (label -1: decoded outliers and, by default, the real tail images), cycled and reshuffled when used up."""
+        is_out = train.labels == OUTLIER_LABEL
+        return PairedBatches(ArrayData(train.images[~is_out], train.labels[~is_out]),
+                             ArrayData(train.images[is_out], train.labels[is_out]), cfg.augment, self.sampler)
 
     def head_spec(self, split, inputs, params):
         return {"kind": "linear", "classes": list(split.head_classes)}

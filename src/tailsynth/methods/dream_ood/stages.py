@@ -159,7 +159,7 @@ def decoded_report(built: list[Built], context) -> tuple[list, dict[str, Any]]:
     return outlier_sections(sets, context.split, context.config.data)
 
 
-IMAGINE_OUTLIERS = Stage("imagine_outliers", "1", run_imagine_outliers,
+IMAGINE_OUTLIERS = Stage("imagine_outliers", "2", run_imagine_outliers,
                          "outlier embeddings in the conditioning space (Dream-OOD / BOOD stage 2)")
 DECODE_OUTLIERS = Stage("decode_outliers", "1", run_decode_outliers,
                         "outlier images decoded by the base diffusion model (Dream-OOD / BOOD stage 3)", sharded=True,

@@ -4,10 +4,12 @@
    paper's CE+LDMLR row), eval mode, no augmentation (``encode_augment: true``: the code's one augmented
    pass over the training images).
 2. A class-conditional diffusion model on the training features (Eq. 10; :mod:`tailsynth.diffusion.feature_diffusion`),
-   sampled per class (Eq. 11-12) -> max(round(ratio n_c), 5) pseudo-features for the chosen classes.
+   sampled per class (Eq. 11-12) -> max(round(ratio n_c), 5) pseudo-features for the chosen classes (or, with
+   ``pseudo.allocation: uniform``, Eq. 12's p(y) uniform: the same total, an equal count per class).
 3. Fine-tune the classifier layer G alone on cached features (the encoder stays bit-identical):
    L_FT = CE(real) + gamma CE(pseudo) (Eq. 13, gamma = 0.05); ``gamma: null`` is the code's plain CE over the
-   concatenation; ``only_generated: true`` trains on pseudo-features only (Table 5). Model selection on the
+   concatenation; ``gamma: 0`` is the control (the same re-fit, the pseudo-features weighted 0);
+   ``only_generated: true`` trains on pseudo-features only (Table 5). Model selection on the
    validation split's features, never the test split.
 The final classifier is f(x) = G(E(x)): an ordinary classifier artifact, evaluated and scored (P(tail), ...)
 as every other row. ``la-ldmlr`` adds label shift (``methods/ldmlr/label_shift.py``) on top, as the paper's

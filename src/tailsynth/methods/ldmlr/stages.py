@@ -8,7 +8,7 @@ report) -> the method's head fine-tune (an ordinary ``train_classifier`` stage o
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -37,14 +37,20 @@ class EncodeStageConfig(StrictConfig):
 
 
 class PseudoFeatureConfig(StrictConfig):
-    """Which pseudo-features to generate: per class max(round(ratio n_c), min_per_class) (LDMLR code), for the
-    classes of ``classes`` (all; a benchmark group: many / medium / few; tail: the split's tail classes)."""
+    """Which pseudo-features to generate, for the classes of ``classes`` (all; a benchmark group: many / medium /
+    few; tail: the split's tail classes). ``allocation: proportional``: per class max(round(ratio n_c),
+    min_per_class) (LDMLR code); ``uniform``: LDMLR Eq. 12's y ~ p(y) read as the uniform prior over the chosen
+    classes, the same total ratio x sum of their n_c split equally, max(round(ratio sum_c n_c / |chosen|),
+    min_per_class) per class."""
 
     ratio: float = Field(0.2, gt=0)
     min_per_class: int = Field(5, ge=0)
     classes: str = "all"
+    allocation: Literal["proportional", "uniform"] = "proportional"
     sampling: FeatureSamplingConfig = FeatureSamplingConfig()
     seed: int = 0
+
+    fingerprint_neutral = ("allocation",)
 
 
 class FeatureDiffusionStageConfig(StrictConfig):
@@ -115,12 +121,16 @@ def run_train_feature_diffusion(cfg: FeatureDiffusionStageConfig, inputs: dict[s
 
 
 def pseudo_counts(split, train_labels: np.ndarray, pseudo: PseudoFeatureConfig) -> dict[int, int]:
-    """{class: number of pseudo-features}: max(round(ratio n_c), min_per_class) for the chosen classes."""
+    """{class: number of pseudo-features} for the chosen classes: max(round(ratio n_c), min_per_class)
+    (proportional), or max(round(ratio sum_chosen n_c / |chosen|), min_per_class) for every one (uniform)."""
     n = np.bincount(train_labels, minlength=len(split.class_names))
     chosen = chosen_classes(split, pseudo.classes)
     empty = [split.class_names[c] for c in chosen if n[c] == 0]
     if empty:
         raise TailsynthError(f"pseudo-features: classes {empty} have no training features to learn from")
+    if pseudo.allocation == "uniform":
+        each = int(round(pseudo.ratio * sum(int(n[c]) for c in chosen) / len(chosen)))
+        return {c: max(each, pseudo.min_per_class) for c in chosen}
     return {c: max(int(round(pseudo.ratio * n[c])), pseudo.min_per_class) for c in chosen}
 
 
@@ -187,7 +197,8 @@ def _feature_diffusion_cost(cfg: FeatureDiffusionStageConfig) -> str:
 
 def _pseudo_cost(cfg: PseudoStageConfig) -> str:
     p = cfg.pseudo
-    return f"ratio {p.ratio} ({p.classes}), {p.sampling.sampler} {p.sampling.num_steps} steps"
+    return (f"ratio {p.ratio} ({p.classes}{', uniform' if p.allocation == 'uniform' else ''}), "
+            f"{p.sampling.sampler} {p.sampling.num_steps} steps")
 
 
 ENCODE = Stage("encode_features", "1", run_encode, "penultimate features of a classifier (train/val/test)")

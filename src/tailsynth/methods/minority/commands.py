@@ -20,14 +20,15 @@ from ...errors import TailsynthError
 from ...minority import MinorityClassifier
 from ...report.grids import labelled_rows
 from ...utils import atomic_write_bytes, atomic_write_json, read_json, resolve_device
-from ..registry import generator_named, register_command
-from .config import MinoritySettings
+from ..registry import register_command
+from .config import MinoritySettings, check_settings
 from .sampling import level_scale_rows
 from .stages import condition_ids, minority_classifier, minority_scores_of
 
 
 def _settings(graph) -> MinoritySettings:
-    return generator_named("minority").params(graph.synthesis)
+    """The experiment's minority settings, checked against its schedule and split as ``tailsynth run`` checks them."""
+    return check_settings(graph.config)
 
 
 def minority_score(graph) -> Artifact:

@@ -142,7 +142,7 @@ def run_minority_figures(cfg: MinorityFiguresStageConfig, inputs: dict[str, Arti
     atomic_write_bytes(workdir / "rarity_hist.png", rarity_histograms(pool_f, pool_y, feats, tail))
     timings["metrics"] = round(time.time() - t0, 1)
     holdout = read_json(inputs["minority"].path / "manifest.json").get("result", {})
-    result = {"distance": settings.distance, "num_levels": L, "scale": settings.guidance.scale,
+    result = {"mode": settings.mode, "distance": settings.distance, "num_levels": L, "scale": settings.guidance.scale,
               "target": resolve_target(settings.guidance.target, L), "sampler": settings.sampler,
               "n_pool_tail": int(keep.sum()), "sets": list(generated), "correlations": correlations, "generation": table,
               "oracle_accuracy": oracle_accuracy,
@@ -240,7 +240,7 @@ def figures_report(built: list[Built], context) -> tuple[list, dict[str, Any]]:
     return sections, {"minority": result}
 
 
-MINORITY_FIGURES = Stage("minority_figures", "1", run_minority_figures,
+MINORITY_FIGURES = Stage("minority_figures", "2", run_minority_figures,
                          "minority guidance figures: score vs rarity, level grids, ancestral vs guided (report only)",
                          cost=_figures_cost, report=figures_report)
 

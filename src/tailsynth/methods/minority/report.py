@@ -26,8 +26,10 @@ def correlation_table(result: dict[str, Any]) -> Table:
 
 
 def generation_table(result: dict[str, Any]) -> Table:
-    table = Table(f"Minority guidance: synthetic tail images (w = {result['scale']:g}, target level "
-                  f"{result['target']} of L = {result['num_levels']}; Um et al. Table 1, Figs. 3 / 6)",
+    pair = {"conditional": "class-conditional, Eq. 16/17; ", "unconditional": "unconditional, Eq. 7/8; "}
+    table = Table(f"Minority guidance: synthetic tail images ({pair.get(result.get('mode'), '')}w = "
+                  f"{result['scale']:g}, target level {result['target']} of L = {result['num_levels']}; "
+                  "Um et al. Table 1, Figs. 3 / 6)",
                   ["images"] + [label for _, label, _ in _METRICS] + ["oracle acc. %"],
                   caption="Mean over tail classes. AvgkNN, LOF, Rarity against the class's real non-test tail "
                           f"images ({result['n_pool_tail']} in all); precision, recall and Fréchet distance against "

@@ -1,12 +1,14 @@
 """Minority-guidance stages (Um et al. 2024): scores of real images, the minority classifier.
 
-- ``minority_score``: the minority score (Eq. 7 / 16) of every image of the chosen splits under the
-  LoRA-adapted diffusion model (it has a condition for every class: base tokens for the head, LoRA tokens for
-  the tail), all three distances in one pass over the same noise draws; chunked and resumable
-  (``chunks/NNNNN.npz``), then ``scores.npz`` (ids, labels, split, l2, l1, perceptual, eps_sq).
-- ``train_minority_classifier``: L quantile levels of one distance's score (per class for the conditional
-  classifier, App. B.2), then the noise-conditioned classifier on the training images
-  (:mod:`tailsynth.minority.classifier`); ``levels.json`` holds the thresholds and the level means (tau).
+- ``minority_score``: the minority score of every image of the chosen splits under the LoRA-adapted diffusion
+  model -- class-conditional (Eq. 16; the model has a condition for every class: base tokens for the head, LoRA
+  tokens for the tail) or with the null condition (Eq. 7), as ``mode`` says -- all three distances in one pass over
+  the same noise draws; chunked and resumable (``chunks/NNNNN.npz``), then ``scores.npz`` (ids, labels, split, l2,
+  l1, perceptual, eps_sq).
+- ``train_minority_classifier``: L quantile levels of one distance's score -- within each class for the
+  conditional classifier p(l~ | x_t, c) (App. B.2, Eq. 17), over all training images for p(l~ | x_t) (Eq. 8) --
+  then the noise-conditioned classifier on the training images (:mod:`tailsynth.minority.classifier`);
+  ``levels.json`` holds the thresholds and the level means (tau).
 
 The synthesis method ``minority`` (``method.py``) samples with the classifier's guidance.
 """
@@ -29,6 +31,7 @@ from ...minority import (MinorityClassifierConfig, MinorityScoreConfig, Perceptu
                          minority_scores, quantile_labels, train_minority_classifier)
 from ...training import TrainConfig
 from ...utils import atomic_write_bytes, atomic_write_json, progress_enabled, resolve_device
+from .config import score_config
 
 SCORES_FILE = "scores.npz"
 
@@ -61,8 +64,9 @@ def condition_ids(split, cond_of: dict[int, int], labels: np.ndarray) -> np.ndar
     return np.array([head[int(y)] if int(y) in head else cond_of[int(y)] for y in labels], dtype=np.int64)
 
 
-def working_images(split, data: DataConfig, diffusion: DiffusionConfig, which: list[str]):
-    """(ids, uint8 images at the backend's working size, labels, split name per image) of ``which`` splits."""
+def working_images(split, data: DataConfig, diffusion: DiffusionConfig, which: list[str], resize: bool = True):
+    """(ids, uint8 images at the backend's working size, labels, split name per image) of ``which`` splits;
+    ``resize=False``: at the data's size (the caller resizes a chunk at a time: a split at 512 px is GBs)."""
     arrays = load_images(split.source, data.image_size, data.channels, skip_corrupt=data.skip_corrupt)
     have = set(arrays.ids)
     ids, images, labels, names = [], [], [], []
@@ -74,7 +78,7 @@ def working_images(split, data: DataConfig, diffusion: DiffusionConfig, which: l
         names += [s] * len(y)
     images_np = np.concatenate(images)
     size = diffusion.working_size(data.image_size)
-    if size != data.image_size:
+    if resize and size != data.image_size:
         images_np = convert_array(images_np, size, 3)
     return ids, images_np, np.concatenate(labels), names
 
@@ -97,7 +101,8 @@ def run_minority_score(cfg: MinorityScoreStageConfig, inputs: dict[str, Artifact
     split = read_split(inputs["split"])
     device = resolve_device(cfg.device)
     backend, cond_of = load_adapted(inputs["base"].path, inputs["lora"].path, cfg.diffusion, split, device)
-    ids, images, labels, names = working_images(split, cfg.data, cfg.diffusion, cfg.splits)
+    ids, images, labels, names = working_images(split, cfg.data, cfg.diffusion, cfg.splits, resize=False)
+    size = cfg.diffusion.working_size(cfg.data.image_size)
     conds = condition_ids(split, cond_of, labels)
     perceptual = _perceptual(cfg, inputs, split, device)
     chunk_dir = workdir / "chunks"
@@ -108,7 +113,8 @@ def run_minority_score(cfg: MinorityScoreStageConfig, inputs: dict[str, Artifact
         lo, hi = k * cfg.score.chunk_size, min(len(ids), (k + 1) * cfg.score.chunk_size)
         path = chunk_dir / f"{k:05d}.npz"
         if not path.is_file():
-            x = torch.as_tensor(images[lo:hi]).permute(0, 3, 1, 2).float().div(255.0)
+            chunk = images[lo:hi] if size == cfg.data.image_size else convert_array(images[lo:hi], size, 3)
+            x = torch.as_tensor(chunk).permute(0, 3, 1, 2).float().div(255.0)
             scores = minority_scores(backend, x, torch.as_tensor(conds[lo:hi]), cfg.score, perceptual, k)
             _save_npz(path, scores)
         bar.update(hi - lo)
@@ -146,7 +152,7 @@ def run_train_minority(cfg: MinorityTrainStageConfig, inputs: dict[str, Artifact
     train = scores["split"] == "train"
     if not train.any():
         raise TailsynthError("the minority classifier trains on training-split scores; the score artifact has none")
-    ids, images, labels, _ = working_images(split, cfg.data, cfg.diffusion, ["train"])
+    ids, images, labels, _ = working_images(split, cfg.data, cfg.diffusion, ["train"], resize=False)
     if list(ids) != scores["ids"][train].tolist():
         raise TailsynthError("the minority scores were computed on other training images than this split's")
     values = scores[cfg.distance][train]
@@ -154,7 +160,8 @@ def run_train_minority(cfg: MinorityTrainStageConfig, inputs: dict[str, Artifact
     groups = labels if cfg.classifier.conditional else None
     levels = quantile_labels(values, L, groups)
     model, summary = train_minority_classifier(backend, images, condition_ids(split, cond_of, labels), levels,
-                                               cfg.classifier, workdir / "train", device)
+                                               cfg.classifier, workdir / "train", device,
+                                               cfg.diffusion.working_size(cfg.data.image_size))
     taus = {split.class_names[c]: level_means(values[labels == c], levels[labels == c], L).tolist()
             for c in np.unique(labels)} if cfg.classifier.conditional else {"all": level_means(values, levels, L).tolist()}
     model.save(workdir / "model", {"latent": summary["latent"], "distance": cfg.distance})
@@ -186,7 +193,8 @@ def minority_scores_of(graph, settings, splits: list[str] | None = None) -> Arti
     if settings.perceptual == "classifier":
         inputs["perceptual"] = graph.classifier(settings.perceptual_method, 0)
     cfg = MinorityScoreStageConfig(
-        score=settings.score, splits=list(splits or settings.score_splits), perceptual=settings.perceptual,
+        score=score_config(settings.score, graph.diffusion), splits=list(splits or settings.score_splits),
+        perceptual=settings.perceptual,
         classifier=graph.config.classifier.model_dump() if settings.perceptual == "random" else {},
         diffusion=graph.diffusion, data=graph.config.data, device=graph.config.device)
     return graph.run(MINORITY_SCORE, cfg, inputs, settings.score.seed, "minority scores")
