@@ -130,13 +130,16 @@ def test_outlier_settings_larger_than_a_class_fail_at_load_and_plan(tmp_path, ov
     from tailsynth.cli import cli
     from tailsynth.pipeline.experiment import load_experiment
     message = rf"(?s)key '{re.escape(key)}' = {value}:.*350 training images.*allowed: {re.escape(allowed)}\b"
+    rows = f"methods=[ce,{override.split('.')[1]}]"  # the row runs: its settings are held against the data
     with pytest.raises(TailsynthError, match=message):
-        load_experiment("demo", [override])
-    result = CliRunner().invoke(cli, ["run", "demo", "--plan", "--runs", str(tmp_path / "runs"), override])
+        load_experiment("demo", [override, rows])
+    result = CliRunner().invoke(cli, ["run", "demo", "--plan", "--runs", str(tmp_path / "runs"), override, rows])
     assert isinstance(result.exception, TailsynthError) and re.search(message, str(result.exception))
     assert not (tmp_path / "runs").exists()  # nothing planned, nothing made
     largest = override.replace("100000", allowed.split("..")[1])
-    assert load_experiment("demo", [largest])  # the top of the range is allowed
+    assert load_experiment("demo", [largest, rows])  # the top of the range is allowed
+    # a row that does not run is not held against the data (the shipped method_params on a user's small benchmark)
+    assert load_experiment("demo", [override, "methods=[ce]"])
 
 
 def linear(z):  # two classes split by x = 0: class 0 for x >= 0

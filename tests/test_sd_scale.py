@@ -124,7 +124,7 @@ def test_resnet50_trains_one_step_at_224(resnet, tmp_path):
 
     from tailsynth.training import ArrayData, CriterionObjective, ImageBatches, TrainConfig, fit
     from tailsynth.losses import build_criterion
-    model = copy.deepcopy(resnet)
+    model = copy.deepcopy(resnet).requires_grad_(True)  # the guide of the tests above froze the shared network
     before = model.head.weight.detach().clone()
     train = ArrayData(cells(4, 224, seed=2), np.array([0, 1, 4, 5]))
     cfg = TrainConfig(model="resnet50", epochs=1, batch_size=4, eval_batch_size=4, selection="last")

@@ -206,9 +206,11 @@ class DreamOod(Method):
 
     def check_config(self, exp) -> None:
         """Stage 2's settings against the head classes' training-set sizes (from the source index, before any stage
-        runs), whenever the experiment names this method (``methods`` or ``method_params``), as a bad key is."""
+        runs) when the experiment runs this method; settings of a method only named in ``method_params`` parse
+        (a bad key fails) but are not held against the data (a user's own, smaller benchmark with the shipped
+        ``method_params`` and other ``methods``)."""
         cfg = exp.method_config(self.name)
-        sizes = head_train_sizes(exp)
+        sizes = head_train_sizes(exp) if self.name in exp.methods else {}
         if sizes:
             self.check_class_sizes(cfg, sizes)
 
