@@ -655,3 +655,23 @@ def test_minority_figures_stage_in_the_report(tmp_path):
     zero = np.load(last / "ancestral.npz")
     np.testing.assert_array_equal(zero["plain"], zero["guided"])
     assert not list(last.glob("levels_*.png"))
+
+
+def test_minority_classifier_encodes_each_image_once_per_flip():
+    """The classifier's training latents (each image under every flip the loss may draw, encoded once instead of a
+    VAE call per image per step) are exactly the flipped images encoded; images stored smaller than the backend's
+    size are resized first, a batch at a time, as the score stage resizes them."""
+    from tailsynth.data import convert_array
+    from tailsynth.minority.classifier import encode_views, flip_views
+    backend = _backend(in_channels=3)
+    images = np.random.default_rng(0).integers(0, 256, (5, 4, 4, 3), dtype=np.uint8)
+    cfg = MinorityClassifierConfig(hflip=True, vflip=True)
+    z = encode_views(backend, images, cfg, torch.device("cpu"), working_size=8, batch_size=2)
+    assert flip_views(cfg) == [(False, False), (True, False), (False, True), (True, True)]
+    assert z.shape == (5, 4, 3, 8, 8)
+    x = torch.as_tensor(convert_array(images, 8, 3)).permute(0, 3, 1, 2).float().div(255.0)
+    for v, (h, vf) in enumerate(flip_views(cfg)):
+        xv = x.flip(-1) if h else x
+        torch.testing.assert_close(z[:, v], backend.encode(xv.flip(-2) if vf else xv), rtol=0, atol=0)
+    plain = encode_views(backend, images, MinorityClassifierConfig(hflip=False), torch.device("cpu"), working_size=8)
+    assert plain.shape == (5, 1, 3, 8, 8) and torch.equal(plain[:, 0], z[:, 0])
