@@ -17,7 +17,7 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "tailsynth"
 
 LAYERS = {
     "ground": ["version", "config", "registry", "errors", "utils", "distributed"],
-    "algorithms": ["data", "models", "losses", "training", "ood", "diffusion", "minority", "outliers", "report"],
+    "algorithms": ["data", "models", "losses", "training", "ood", "diffusion", "minority", "outliers", "guard", "report"],
     "engine": ["engine"],
     "methods": ["methods"],
     "pipeline": ["pipeline"],

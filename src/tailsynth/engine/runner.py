@@ -58,7 +58,7 @@ class Stage:
     """A named, versioned unit of work. Bump ``version`` when the stage's code changes its output.
 
     ``cost(cfg)``: a rough size of the work for ``--plan`` (epochs, steps, images); ``report``: the stage's
-    section of the experiment report, or None when it shows nothing there."""
+    section of the experiment report, or None when it shows nothing there; ``synthetic_set``: see below."""
 
     name: str
     version: str
@@ -67,6 +67,9 @@ class Stage:
     sharded: bool = False  # with several processes, every rank runs ``func`` on its share (tailsynth.distributed)
     cost: Callable[[Any], str] = _small
     report: ReportHook | None = None
+    # its artifact is a SyntheticSet of tail images named by its config's ``method`` (a synthesis, a judged set):
+    # the oracle's verdict on synthetic images (the synthetic-quality stage) covers it
+    synthetic_set: bool = False
 
 
 @dataclass

@@ -218,4 +218,4 @@ TRAIN_DIFFUSION = Stage("train_diffusion", "1", run_train_diffusion, "base denoi
 ADAPT_LORA = Stage("adapt_lora", "1", run_adapt_lora, "LoRA (+ tail tokens) on the tail images", sharded=True,
                    cost=_lora_cost)
 SYNTHESIZE = Stage("synthesize", "3", run_synthesize, "synthetic tail images (a SyntheticSet)", sharded=True,
-                   cost=_synthesis_cost, report=synthesis_report)
+                   cost=_synthesis_cost, report=synthesis_report, synthetic_set=True)

@@ -190,14 +190,16 @@ class StageGraph:
         ``name`` trained on real images with seeds ``aux_seed + i`` (i < ``aux_ensemble``) and
         ``synthesis.aux_train`` over the experiment's classifier settings (none: the table row's classifier)."""
         s = self.synthesis
-        train = aux_train_config(self.config) if s.aux_train else None
+        return {("aux" if i == 0 else f"aux_{i}"): self.aux_classifier(name, s.aux_seed + i)
+                for i in range(s.aux_ensemble)}
 
-        def member(seed: int) -> Artifact:
-            if train is None:
-                return self.classifier(name, seed)
-            return self.train(METHODS.get(name), seed, {}, train=train, prefix="aux ")
-
-        return {("aux" if i == 0 else f"aux_{i}"): member(s.aux_seed + i) for i in range(s.aux_ensemble)}
+    def aux_classifier(self, name: str, seed: int) -> Artifact:
+        """Method ``name`` trained on real images with ``seed`` under the auxiliary's recipe: the table row's
+        classifier, or with ``synthesis.aux_train`` over the experiment's classifier settings when set (an
+        ensemble member of the guidance, or a judge of its images of another seed)."""
+        if not self.synthesis.aux_train:
+            return self.classifier(name, seed)
+        return self.train(METHODS.get(name), seed, {}, train=aux_train_config(self.config), prefix="aux ")
 
     def synthetic(self, generator: SyntheticGenerator) -> Artifact:
         """base diffusion (head) -> LoRA (tail) -> auxiliary classifier -> the generator's synthetic tail set,
@@ -231,5 +233,5 @@ class StageGraph:
         """Oracle on the full pool (report only) and its verdict on every synthetic set made so far (LoGex §4.4)."""
         cfg = self.config
         inputs = {"split": self.split(), "oracle": self.oracle(),
-                  **{f"synthetic:{b.config.method}": b.artifact for b in self.built(SYNTHESIZE.name)}}
+                  **{f"synthetic:{b.config.method}": b.artifact for b in self.built() if b.stage.synthetic_set}}
         return self.run(QUALITY, QualityStageConfig(data=cfg.data, device=cfg.device), inputs, None, "synthetic quality")

@@ -1,0 +1,105 @@
+"""logex-guarded: the judge's rule (tailsynth.guard.judge) by hand, the judges' mean softmax, bad settings at load,
+and the judging stage end to end (kept images are byte-for-byte the guided or the un-guided image of the same x_T)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tailsynth.errors import TailsynthError
+from tailsynth.guard import decide, judge_probabilities
+from tailsynth.guard.judge import DROPPED, GUIDED, PLAIN
+from tailsynth.pipeline.experiment import load_experiment
+
+from tiny import quiet, tiny
+
+
+def _probs(rows):
+    return np.array(rows, dtype=float)
+
+
+def test_agree_rule_keeps_confirmed_replaces_rejected_and_falls_back_per_class():
+    # class 0: 3 of 4 confirmed (75 %); class 1: 1 of 4 (25 %) -> fall-back below 0.5
+    probs = _probs([[.6, .4], [.7, .3], [.2, .8], [.9, .1],
+                    [.1, .9], [.8, .2], [.7, .3], [.6, .4]])
+    targets = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    d = decide(probs, targets, np.ones(8, bool), fallback_below=0.5)
+    np.testing.assert_array_equal(d.accepted, [1, 1, 0, 1, 1, 0, 0, 0])
+    np.testing.assert_array_equal(d.source, [GUIDED, GUIDED, PLAIN, GUIDED, PLAIN, PLAIN, PLAIN, PLAIN])
+    assert d.acceptance == {0: 0.75, 1: 0.25} and d.fallback == {0: False, 1: True}
+    # no fall-back at 0: class 1 keeps its one confirmed guided image
+    d0 = decide(probs, targets, np.ones(8, bool), fallback_below=0.0)
+    np.testing.assert_array_equal(d0.source[4:], [GUIDED, PLAIN, PLAIN, PLAIN])
+    # drop instead of replace; a missing partner is dropped even under replace=plain
+    dd = decide(probs, targets, np.ones(8, bool), replace="drop", fallback_below=0.0)
+    np.testing.assert_array_equal(dd.source, [GUIDED, GUIDED, DROPPED, GUIDED, GUIDED, DROPPED, DROPPED, DROPPED])
+    partner = np.array([1, 1, 0, 1, 1, 1, 1, 0], bool)
+    dp = decide(probs, targets, partner, fallback_below=0.5)
+    np.testing.assert_array_equal(dp.source, [GUIDED, GUIDED, DROPPED, GUIDED, PLAIN, PLAIN, PLAIN, DROPPED])
+
+
+def test_confidence_rule_uses_the_target_probability_not_the_argmax():
+    probs = _probs([[.45, .30, .25], [.35, .40, .25], [.20, .30, .50]])
+    targets = np.array([0, 0, 0])
+    d = decide(probs, targets, np.ones(3, bool), rule="confidence", min_confidence=0.3, fallback_below=0.0)
+    np.testing.assert_array_equal(d.accepted, [True, True, False])  # 0.35 >= 0.3 though class 1 is the argmax
+    assert d.acceptance[0] == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="unknown replace"):
+        decide(probs, targets, np.ones(3, bool), replace="keep")
+
+
+def test_judge_probabilities_are_the_mean_softmax_of_the_judges():
+    from tailsynth.models import create_model
+    torch.manual_seed(0)
+    models = [create_model("resnet18", num_classes=3, in_channels=1, width=0.125, small_input=True) for _ in range(2)]
+    images = np.random.default_rng(0).integers(0, 256, (5, 8, 8, 1), dtype=np.uint8)
+    from tailsynth.training import predict
+    expected = sum(torch.softmax(torch.from_numpy(predict(m, images, torch.device("cpu"))[0]).double(), 1).numpy()
+                   for m in models) / 2
+    got = judge_probabilities(models, images, torch.device("cpu"), batch_size=2)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)  # float32 logits: batch size moves the last bits
+    np.testing.assert_allclose(got.sum(1), 1.0, atol=1e-12)
+
+
+@pytest.mark.parametrize("override, match", [
+    ("method_params.logex-guarded.judge_seeds=[0, 1]", r"judge_seeds: \[0\] are the auxiliary's own seeds"),
+    ("method_params.logex-guarded.judge_seeds=[]", r"judge_seeds"),
+    ("method_params.logex-guarded.judge_seeds=[3, 3]", r"repeats a seed"),
+    ("method_params.logex-guarded.judge_method=logex-lora", r"judge_method: 'logex-lora' trains on synthetic"),
+    ("method_params.logex-guarded.plain=logex", r"same generator 'logex'"),
+    ("method_params.logex-guarded.guided=dig-in", r"unknown synthetic generator 'dig-in'"),
+    ("method_params.logex-guarded.fallback_below=1.5", r"fallback_below"),
+])
+def test_bad_guard_settings_fail_at_load(override, match):
+    with pytest.raises(TailsynthError, match=match):
+        load_experiment("demo", tiny("methods=[logex-guarded]", override))
+
+
+@pytest.mark.slow
+def test_the_judged_set_end_to_end(tmp_path):
+    from tailsynth.data.synthetic import SyntheticSet
+    from tailsynth.pipeline.experiment_run import run_experiment
+    cfg = load_experiment("demo", tiny("methods=[logex-lora,logex,logex-guarded]",
+                                       "method_params.logex-guarded.fallback_below=0.0"))
+    result = run_experiment(cfg, tmp_path / "runs", log=quiet)
+    runs = tmp_path / "runs"
+    (judged_dir,) = [p.parent for p in (runs / "guard_synthetic").glob("*/manifest.json")]
+    manifest = json.loads((judged_dir / "manifest.json").read_text())
+    assert sorted(k for k in manifest["inputs"] if k.startswith("judge_")) == ["judge_0", "judge_1"]
+    guided = SyntheticSet.read(runs / "synthesize" / manifest["inputs"]["guided"]["fingerprint"])
+    plain = SyntheticSet.read(runs / "synthesize" / manifest["inputs"]["plain"]["fingerprint"])
+    kept = SyntheticSet.read(judged_dir)
+    verdict = np.load(judged_dir / "judge.npz")
+    assert len(verdict["source"]) == len(guided) and len(kept) == int((verdict["source"] != DROPPED).sum())
+    for row, src in zip((r for r, s in zip(guided.rows, verdict["source"]) if s != DROPPED),
+                        verdict["source"][verdict["source"] != DROPPED]):
+        origin = guided if src == GUIDED else plain
+        assert (judged_dir / row["file"]).read_bytes() == (origin.folder / row["file"]).read_bytes()
+    assert {r["method"] for r in kept.rows} == {"logex-guarded"}
+    judged = json.loads((judged_dir / "judge.json").read_text())
+    for name, e in judged["per_class"].items():
+        assert e["kept_guided"] + e["kept_plain"] + e["dropped"] == e["n"]
+    report = (result.report_dir / "report.md").read_text()
+    assert "Guided images judged by classifiers that never guided them" in report
+    quality = json.loads(next((runs / "synthetic_quality").glob("*/quality.json")).read_text())
+    assert "logex-guarded" in quality and "aux_accuracy" in quality["logex-guarded"]
