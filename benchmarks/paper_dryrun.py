@@ -242,8 +242,10 @@ def phase_report(args) -> None:
         "command": "python benchmarks/paper_dryrun.py",
         "experiment": CONFIG, "estimated_experiment": PAPER,
         "machine": machine_description(), "machine_key": machine_key(),
-        "note": ("CPU only, random weights of the real architectures; other processes shared the 2 cores during the "
-                 "run (load average above 2), so times are upper bounds for an idle machine of this kind"),
+        "note": ("CPU only, random weights of the real architectures; most stages were built while other "
+                 "CPU-heavy processes shared the 2 cores (load average up to 8), so their wall times are upper bounds "
+                 "for an idle machine of this kind; the units ran with nothing else on the machine (1-minute load "
+                 "average 2.0 = their own 2 threads, recorded per unit in dryrun.json), and the estimate uses only them"),
         "dry_run": {"stages": stages, "stages_built": len(built), "stages_planned": len(stages),
                     "wall_time_s": round(sum(r["wall_time_s"] for r in built), 1),
                     "peak_rss_gib": max((r["peak_rss_gib"] or 0) for r in built) if built else None},
