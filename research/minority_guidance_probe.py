@@ -321,7 +321,7 @@ def write_readme(out_dir: Path, result: dict) -> None:
     for mode, r in result.items():
         lines += [f"## mode {mode} ({'Eq. 16/17' if mode == 'conditional' else 'Eq. 7/8'})", "",
                   f"Command: `{r['command']}`", "",
-                  f"Machine: `{r['machine_key']}` (nice -n 5, shared with other jobs); probe wall time {r['wall_s']} s.",
+                  f"Machine: `{r['machine_key']}`; probe wall time {r['wall_s']} s.",
                   "",
                   f"{r['n_per_class']} x_T per tail class (the first of the shipped synthesis's shards), "
                   f"{r['sampler'].upper()} {r['num_steps']} steps, CFG {r['cfg']}, guidance w = {r['scale']} toward "
