@@ -43,7 +43,9 @@ def flat(data, prefix: str = "") -> dict:
 
 def test_paper_profile_names_every_method_and_plans_its_stages(sd_folder, tmp_path):
     cfg = load("pbc-lt-paper", sd_folder)
-    rows = set(METHODS.names()) - {"vmf-encoder"}  # Dream-OOD / BOOD's encoder stage, not a row of its own
+    # vmf-encoder: Dream-OOD / BOOD's encoder stage, not a row of its own; logex-guarded: no paper's method (LoGex with
+    # a judge of this project's, not chosen on validation yet: docs/guidance.md)
+    rows = set(METHODS.names()) - {"vmf-encoder", "logex-guarded"}
     assert set(cfg.methods) == rows
     assert (cfg.data.image_size, cfg.classifier.model, cfg.diffusion.backend, cfg.diffusion.sd_resolution) == (
         224, "resnet50", "sd", 512)
