@@ -9,8 +9,10 @@ gradient was not aimed at them. Its verdict is their mean softmax.
 The rule, per tail class c with guided images g_1..g_n and their un-guided partners p_1..p_n (the only-LoRA
 images drawn from the same x_T; DiG-IN starts from that x_T, so p_i is the image guidance moved away from):
 
-- the judge *accepts* g_i when its mean softmax picks c (``rule="agree"``) or gives c at least ``min_confidence``
-  (``rule="confidence"``);
+- the judge *accepts* g_i when its mean softmax picks c (``rule="agree"``), gives c at least ``min_confidence``
+  (``rule="confidence"``), or gives c more than it gives c on p_i (``rule="improves"``: the guidance raised the
+  confidence of a classifier it never saw, not only its auxiliary's; a weak judge that recognises neither image can
+  still say which of the two is more the class);
 - if the class's acceptance rate is below ``fallback_below``, the guidance is judged to have failed for the whole
   class (the generator cannot draw it) and every image of the class is its un-guided partner (per-class fall-back);
 - otherwise each accepted g_i is kept and each rejected one is replaced by p_i (``replace="plain"``) or dropped
@@ -54,19 +56,29 @@ class GuardDecision:
     acceptance: dict[int, float]
 
 
-def accepts(probs: np.ndarray, targets: np.ndarray, rule: str, min_confidence: float) -> np.ndarray:
-    """Whether the judge's mean softmax ``probs`` (N, K) confirms each image's target class."""
+def accepts(probs: np.ndarray, targets: np.ndarray, rule: str, min_confidence: float,
+            partner_probs: np.ndarray | None = None) -> np.ndarray:
+    """Whether the judge's mean softmax ``probs`` (N, K) confirms each image's target class; ``rule="improves"``
+    compares with ``partner_probs`` (N, K, the un-guided partners; a NaN row = no partner: then ``agree``)."""
+    rows = np.arange(len(targets))
     if rule == "agree":
         return probs.argmax(1) == targets
     if rule == "confidence":
-        return probs[np.arange(len(targets)), targets] >= min_confidence
-    raise ValueError(f"unknown judge rule {rule!r}; valid: agree, confidence")
+        return probs[rows, targets] >= min_confidence
+    if rule == "improves":
+        if partner_probs is None:
+            raise ValueError("rule 'improves' needs the judge's probabilities of the un-guided partners")
+        mine, theirs = probs[rows, targets], partner_probs[rows, targets]
+        return np.where(np.isnan(theirs), probs.argmax(1) == targets, mine > theirs)
+    raise ValueError(f"unknown judge rule {rule!r}; valid: agree, confidence, improves")
 
 
 def decide(guided_probs: np.ndarray, targets: np.ndarray, has_plain: np.ndarray, *, rule: str = "agree",
-           min_confidence: float = 0.5, replace: str = "plain", fallback_below: float = 0.5) -> GuardDecision:
+           min_confidence: float = 0.5, replace: str = "plain", fallback_below: float = 0.5,
+           plain_probs: np.ndarray | None = None) -> GuardDecision:
     """The module's rule on one synthetic set: ``guided_probs`` the judge's mean softmax on the guided images,
-    ``targets`` their classes, ``has_plain`` whether each has an un-guided partner (one drawn from the same x_T).
+    ``targets`` their classes, ``has_plain`` whether each has an un-guided partner (one drawn from the same x_T),
+    ``plain_probs`` the judge's mean softmax on those partners, row for row (NaN where none; ``rule="improves"``).
     A rejected image without a partner, or any image of a fall-back class without one, is dropped."""
     if replace not in ("plain", "drop"):
         raise ValueError(f"unknown replace {replace!r}; valid: plain, drop")
@@ -74,7 +86,7 @@ def decide(guided_probs: np.ndarray, targets: np.ndarray, has_plain: np.ndarray,
         raise ValueError(f"fallback_below must be in [0, 1], got {fallback_below}")
     targets = np.asarray(targets)
     has_plain = np.asarray(has_plain, dtype=bool)
-    ok = accepts(guided_probs, targets, rule, min_confidence)
+    ok = accepts(guided_probs, targets, rule, min_confidence, plain_probs)
     partner = np.where(has_plain, PLAIN, DROPPED) if replace == "plain" else np.full(len(targets), DROPPED)
     source = np.where(ok, GUIDED, partner)
     fallback, acceptance = {}, {}

@@ -31,7 +31,7 @@ class GuardConfig(StrictConfig):
     plain: str = "lora"
     judge_method: str | None = None
     judge_seeds: list[int] = Field(default_factory=lambda: [1, 2], min_length=1)
-    rule: Literal["agree", "confidence"] = "agree"
+    rule: Literal["agree", "confidence", "improves"] = "agree"
     min_confidence: float = Field(0.5, gt=0.0, le=1.0)
     replace: Literal["plain", "drop"] = "plain"
     fallback_below: float = Field(0.5, ge=0.0, le=1.0)
@@ -62,10 +62,14 @@ def run_guard(cfg: GuardStageConfig, inputs: dict[str, Artifact], workdir: Path)
     has_plain = np.array([r["file"] in plain_rows for r in guided.rows], dtype=bool)
     probs = judge_probabilities(judges, images, device)
     p_probs = judge_probabilities(judges, p_images, device) if len(p_images) else np.zeros((0, len(names)))
+    aligned = np.full_like(probs, np.nan)  # the partners' probabilities, row for row with the guided images
+    aligned[has_plain] = p_probs
     g = cfg.guard
     decision = decide(probs, labels, has_plain, rule=g.rule, min_confidence=g.min_confidence, replace=g.replace,
-                      fallback_below=g.fallback_below)
-    p_ok = accepts(p_probs, p_labels, g.rule, g.min_confidence) if len(p_images) else np.zeros(0, bool)
+                      fallback_below=g.fallback_below, plain_probs=aligned)
+    # the judge's verdict on the un-guided images themselves (by the absolute rule; "improves" compares a pair)
+    plain_rule = "agree" if g.rule == "improves" else g.rule
+    p_ok = accepts(p_probs, p_labels, plain_rule, g.min_confidence) if len(p_images) else np.zeros(0, bool)
     rows = []
     for row, src in zip(guided.rows, decision.source):
         if src == DROPPED:
@@ -120,6 +124,9 @@ def guard_report(built: list[Built], context) -> tuple[list, dict[str, Any]]:
         rule = judged["rule"]
         table.caption += (f" {b.config.method}: {judged['judges']} judge(s), rule {rule['rule']}"
                           + (f" (p >= {rule['min_confidence']})" if rule["rule"] == "confidence" else "")
+                          + (" (a guided image is accepted when the judge gives its class more than on its "
+                             "un-guided partner; the un-guided column: the judge's argmax)"
+                             if rule["rule"] == "improves" else "")
                           + f", rejected -> {rule['replace']}, fall-back below {rule['fallback_below']}.")
     return [table], {"guard": data}
 
