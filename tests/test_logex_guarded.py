@@ -48,18 +48,19 @@ def test_confidence_rule_uses_the_target_probability_not_the_argmax():
         decide(probs, targets, np.ones(3, bool), replace="keep")
 
 
-def test_improves_rule_compares_each_guided_image_with_its_unguided_partner():
-    guided = _probs([[.30, .70], [.20, .80], [.45, .55], [.60, .40]])
-    plain = _probs([[.20, .80], [.25, .75], [np.nan, np.nan], [.70, .30]])
-    targets = np.array([0, 0, 0, 0])
-    d = decide(guided, targets, np.array([1, 1, 0, 1], bool), rule="improves", plain_probs=plain, fallback_below=0.0)
-    # 0.30 > 0.20 accepted though the judge's argmax is class 1; 0.20 < 0.25 rejected; no partner: argmax (0.45 < 0.55)
-    np.testing.assert_array_equal(d.accepted, [True, False, False, False])
-    np.testing.assert_array_equal(d.source, [GUIDED, PLAIN, DROPPED, PLAIN])
-    assert decide(guided, targets, np.ones(4, bool), rule="improves", plain_probs=plain,
-                  fallback_below=0.5).fallback == {0: True}
+def test_not_lower_rule_compares_each_guided_image_with_its_unguided_partner():
+    guided = _probs([[.30, .70], [.20, .80], [.45, .55], [.60, .40], [.25, .75]])
+    plain = _probs([[.20, .80], [.25, .75], [np.nan, np.nan], [.70, .30], [.25, .75]])
+    targets = np.array([0, 0, 0, 0, 0])
+    has = np.array([1, 1, 0, 1, 1], bool)
+    d = decide(guided, targets, has, rule="not_lower", plain_probs=plain, fallback_below=0.0)
+    # 0.30 >= 0.20 accepted though the judge's argmax is class 1; 0.20 < 0.25 rejected; no partner: argmax
+    # (0.45 < 0.55, dropped); 0.60 < 0.70 rejected; an unchanged image (0.25 = 0.25) is its own partner: kept
+    np.testing.assert_array_equal(d.accepted, [True, False, False, False, True])
+    np.testing.assert_array_equal(d.source, [GUIDED, PLAIN, DROPPED, PLAIN, GUIDED])
+    assert decide(guided, targets, has, rule="not_lower", plain_probs=plain, fallback_below=0.5).fallback == {0: True}
     with pytest.raises(ValueError, match="needs the judge's probabilities"):
-        decide(guided, targets, np.ones(4, bool), rule="improves")
+        decide(guided, targets, has, rule="not_lower")
 
 
 def test_judge_probabilities_are_the_mean_softmax_of_the_judges():
@@ -94,7 +95,7 @@ def test_the_judged_set_end_to_end(tmp_path):
     from tailsynth.data.synthetic import SyntheticSet
     from tailsynth.pipeline.experiment_run import run_experiment
     cfg = load_experiment("demo", tiny("methods=[logex-lora,logex,logex-guarded]",
-                                       "method_params.logex-guarded={fallback_below: 0.0, rule: improves}"))
+                                       "method_params.logex-guarded={fallback_below: 0.0, rule: not_lower}"))
     result = run_experiment(cfg, tmp_path / "runs", log=quiet)
     runs = tmp_path / "runs"
     (judged_dir,) = [p.parent for p in (runs / "guard_synthetic").glob("*/manifest.json")]

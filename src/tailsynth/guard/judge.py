@@ -10,9 +10,10 @@ The rule, per tail class c with guided images g_1..g_n and their un-guided partn
 images drawn from the same x_T; DiG-IN starts from that x_T, so p_i is the image guidance moved away from):
 
 - the judge *accepts* g_i when its mean softmax picks c (``rule="agree"``), gives c at least ``min_confidence``
-  (``rule="confidence"``), or gives c more than it gives c on p_i (``rule="improves"``: the guidance raised the
-  confidence of a classifier it never saw, not only its auxiliary's; a weak judge that recognises neither image can
-  still say which of the two is more the class);
+  (``rule="confidence"``), or gives c at least as much as it gives c on p_i (``rule="not_lower"``: the guidance did
+  not lower the confidence of a classifier it never saw while it raised its auxiliary's; a weak judge that
+  recognises neither image can still rank the pair; an image DiG-IN left as it started, accepted at once by the
+  auxiliary, is its own partner and stays);
 - if the class's acceptance rate is below ``fallback_below``, the guidance is judged to have failed for the whole
   class (the generator cannot draw it) and every image of the class is its un-guided partner (per-class fall-back);
 - otherwise each accepted g_i is kept and each rejected one is replaced by p_i (``replace="plain"``) or dropped
@@ -58,19 +59,19 @@ class GuardDecision:
 
 def accepts(probs: np.ndarray, targets: np.ndarray, rule: str, min_confidence: float,
             partner_probs: np.ndarray | None = None) -> np.ndarray:
-    """Whether the judge's mean softmax ``probs`` (N, K) confirms each image's target class; ``rule="improves"``
+    """Whether the judge's mean softmax ``probs`` (N, K) confirms each image's target class; ``rule="not_lower"``
     compares with ``partner_probs`` (N, K, the un-guided partners; a NaN row = no partner: then ``agree``)."""
     rows = np.arange(len(targets))
     if rule == "agree":
         return probs.argmax(1) == targets
     if rule == "confidence":
         return probs[rows, targets] >= min_confidence
-    if rule == "improves":
+    if rule == "not_lower":
         if partner_probs is None:
-            raise ValueError("rule 'improves' needs the judge's probabilities of the un-guided partners")
+            raise ValueError("rule 'not_lower' needs the judge's probabilities of the un-guided partners")
         mine, theirs = probs[rows, targets], partner_probs[rows, targets]
-        return np.where(np.isnan(theirs), probs.argmax(1) == targets, mine > theirs)
-    raise ValueError(f"unknown judge rule {rule!r}; valid: agree, confidence, improves")
+        return np.where(np.isnan(theirs), probs.argmax(1) == targets, mine >= theirs)
+    raise ValueError(f"unknown judge rule {rule!r}; valid: agree, confidence, not_lower")
 
 
 def decide(guided_probs: np.ndarray, targets: np.ndarray, has_plain: np.ndarray, *, rule: str = "agree",
@@ -78,7 +79,7 @@ def decide(guided_probs: np.ndarray, targets: np.ndarray, has_plain: np.ndarray,
            plain_probs: np.ndarray | None = None) -> GuardDecision:
     """The module's rule on one synthetic set: ``guided_probs`` the judge's mean softmax on the guided images,
     ``targets`` their classes, ``has_plain`` whether each has an un-guided partner (one drawn from the same x_T),
-    ``plain_probs`` the judge's mean softmax on those partners, row for row (NaN where none; ``rule="improves"``).
+    ``plain_probs`` the judge's mean softmax on those partners, row for row (NaN where none; ``rule="not_lower"``).
     A rejected image without a partner, or any image of a fall-back class without one, is dropped."""
     if replace not in ("plain", "drop"):
         raise ValueError(f"unknown replace {replace!r}; valid: plain, drop")

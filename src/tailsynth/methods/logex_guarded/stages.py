@@ -31,7 +31,7 @@ class GuardConfig(StrictConfig):
     plain: str = "lora"
     judge_method: str | None = None
     judge_seeds: list[int] = Field(default_factory=lambda: [1, 2], min_length=1)
-    rule: Literal["agree", "confidence", "improves"] = "agree"
+    rule: Literal["agree", "confidence", "not_lower"] = "agree"
     min_confidence: float = Field(0.5, gt=0.0, le=1.0)
     replace: Literal["plain", "drop"] = "plain"
     fallback_below: float = Field(0.5, ge=0.0, le=1.0)
@@ -67,8 +67,8 @@ def run_guard(cfg: GuardStageConfig, inputs: dict[str, Artifact], workdir: Path)
     g = cfg.guard
     decision = decide(probs, labels, has_plain, rule=g.rule, min_confidence=g.min_confidence, replace=g.replace,
                       fallback_below=g.fallback_below, plain_probs=aligned)
-    # the judge's verdict on the un-guided images themselves (by the absolute rule; "improves" compares a pair)
-    plain_rule = "agree" if g.rule == "improves" else g.rule
+    # the judge's verdict on the un-guided images themselves (by the absolute rule; "not_lower" compares a pair)
+    plain_rule = "agree" if g.rule == "not_lower" else g.rule
     p_ok = accepts(p_probs, p_labels, plain_rule, g.min_confidence) if len(p_images) else np.zeros(0, bool)
     rows = []
     for row, src in zip(guided.rows, decision.source):
@@ -124,9 +124,9 @@ def guard_report(built: list[Built], context) -> tuple[list, dict[str, Any]]:
         rule = judged["rule"]
         table.caption += (f" {b.config.method}: {judged['judges']} judge(s), rule {rule['rule']}"
                           + (f" (p >= {rule['min_confidence']})" if rule["rule"] == "confidence" else "")
-                          + (" (a guided image is accepted when the judge gives its class more than on its "
+                          + (" (a guided image is accepted when the judge gives its class at least as much as on its "
                              "un-guided partner; the un-guided column: the judge's argmax)"
-                             if rule["rule"] == "improves" else "")
+                             if rule["rule"] == "not_lower" else "")
                           + f", rejected -> {rule['replace']}, fall-back below {rule['fallback_below']}.")
     return [table], {"guard": data}
 
