@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import time
 from pathlib import Path
 
@@ -193,7 +194,7 @@ def main() -> None:
     a = p.parse_args()
     import sys
     rows = run(a.config, a.runs, a.seeds, a.variants, a.overrides)
-    write(rows, Path(a.out), "python " + " ".join(sys.argv), a.seeds)
+    write(rows, Path(a.out), "python " + shlex.join(sys.argv), a.seeds)
     print(Path(f"{a.out}.md").read_text())
 
 
