@@ -61,8 +61,9 @@ def test_every_method_runs_on_the_tiny_experiment_sharing_stages(tmp_path):
     assert len(list((runs / "synthesize").glob("*/manifest.json"))) == 4  # lora, logex, fg-entropy, minority
     assert len(list((runs / "minority_score").glob("*/manifest.json"))) == 1
     # the auxiliary classifier (aux_method: ce, seed 0) is the ce row's own classifier, trained once
-    # (la and la-ldmlr retrain nothing: a label_shift stage each)
-    assert len(list((runs / "train_classifier").glob("*/manifest.json"))) == len(ALL) - 2
+    # (la and la-ldmlr retrain nothing: a label_shift stage each); logex-guarded's judges: ce seeds 1 and 2
+    assert len(list((runs / "train_classifier").glob("*/manifest.json"))) == len(ALL) - 2 + 2
+    assert len(list((runs / "guard_synthetic").glob("*/manifest.json"))) == 1
     assert len(list((runs / "label_shift").glob("*/manifest.json"))) == 2
 
 
