@@ -205,8 +205,9 @@ class Method:
         return "all"
 
     def objective(self, class_counts: list[int], split, params: StrictConfig) -> Objective:
+        own = params.model_dump() if isinstance(params, CriterionParams) else {}  # a typed Config is not the loss's
         crit = build_criterion(self.criterion, class_counts, tail_classes=split.tail_classes,
-                               **{**self.criterion_params, **params.model_dump()})
+                               **{**self.criterion_params, **own})
         return CriterionObjective(crit)
 
     def batches(self, train: ArrayData, cfg: TrainConfig):

@@ -15,8 +15,6 @@ cost: the judges' training (none when they are rows of the table) and one forwar
 from __future__ import annotations
 
 from ...errors import TailsynthError
-from ...losses import build_criterion
-from ...training.objectives import CriterionObjective
 from ..base import Method
 from ..registry import METHODS, generator_named, register
 from .stages import JUDGE_PREFIX, GuardConfig, guarded_set
@@ -60,7 +58,3 @@ class LogexGuarded(Method):
         judges = {f"{JUDGE_PREFIX}{i}": graph.aux_classifier(judge_method, s) for i, s in enumerate(cfg.judge_seeds)}
         kept = guarded_set(graph, self.name, cfg, guided, plain, graph.auxiliary(aux_method), judges)
         return graph.train(self, seed, {"synthetic": kept}, per_class=per_class)
-
-    def objective(self, class_counts, split, params):
-        """CE, as ``logex`` (its settings are the judge's, not the loss's)."""
-        return CriterionObjective(build_criterion(self.criterion, class_counts, tail_classes=split.tail_classes))
