@@ -36,7 +36,7 @@ def write_experiments(root):
                      "logex-lora": row([0.31, 0.32, 0.33], [0.93] * 3, [0.28, 0.36], [0.91, 0.95])},
          "method_seeds": {"ce": [0, 1, 2], "logex": [0, 1, 2], "logex-lora": [0, 1, 2]},
          "oracle_accuracy": {"logex": {"overall": 0.6}, "lora": {"overall": 0.4}, "real_tail_test": {"overall": 0.9}},
-         "meta": {"benchmark": "bench-x", "machine": "machine A", "timings": [
+         "meta": {"benchmark": "bench-x", "machine": "machine A", "code_commit": "abc123", "timings": [
              {"stage": "train", "label": "ce seed 0", "fingerprint": "a", "wall_time_s": 3600.0},
              {"stage": "evaluate", "label": "ce seed 0", "fingerprint": "b", "wall_time_s": 360.0},
              {"stage": "train_diffusion", "label": "base diffusion", "fingerprint": "c", "wall_time_s": 9e4},
@@ -49,7 +49,8 @@ def write_experiments(root):
                      "ldam": row([0.7], [0.7])},
          "method_seeds": {"ce": [0, 1, 2], "hod": [0, 1, 2], "ldam": [3]},
          "wall_time_s": {"ce": 720.0, "hod": 360.0, "ldam": None},
-         "meta": {"machine_keys": ["cpu | avx2 | torch 2 | 1 threads", "cpu | avx512 | torch 2 | 1 threads"]},
+         "meta": {"machine_keys": ["cpu | avx2 | torch 2 | 1 threads", "cpu | avx512 | torch 2 | 1 threads"],
+                  "results_commit": "def456 (2026-11-20)"},
          "method_commands": {"ce": "tailsynth run pbc-lt-cpu --runs runs"}}
     for name, data in (("exp-a", a), ("pbc-lt-cpu", b)):
         (root / name).mkdir(parents=True)
@@ -112,7 +113,10 @@ def test_leaderboard_rows_separability_and_identical_bytes(tmp_path):
     assert text.index("## bench-x") < text.index("## pbc-lt")
     assert "| exp-a | logex | 25.00 [20.0, 29.0] | 95.00 [93.0, 97.0] | bootstrap | lower FPR@95 than CE |" in text
     assert "| pbc-lt-cpu | ce | 55.00 [" in text and "0.200† |" in text
-    assert "[exp-a](exp-a/README.md): machine machine A" in text
+    assert "[exp-a](exp-a/README.md): machine machine A; made by code abc123" in text
+    assert "made by results committed in def456 (2026-11-20), code commit not recorded" in text
+    assert ce["made_by"] == "code abc123"
+    assert b_ce["made_by"] == "results committed in def456 (2026-11-20), code commit not recorded"
     assert f"tailsynth leaderboard {root.as_posix()}" in text and "never used to choose" in text
 
 

@@ -45,6 +45,8 @@ def test_tiny_experiment_end_to_end_and_cached_rerun(tmp_path, cache):
     assert len(trained) == 3
     from tailsynth.engine.machine import machine_key
     assert results["meta"]["machine_keys"] == [machine_key()]  # every stage built here, by this process
+    from tailsynth.provenance import code_commit
+    assert results["meta"].get("code_commit") == code_commit()  # the commit that made it (absent outside git)
     split = next((tmp_path / "runs" / "split").glob("*/manifest.json"))
     assert results["meta"]["split_fingerprint"] == split.parent.name
     manifest = json.loads(split.read_text())  # as if the split had been built on another kind of CPU

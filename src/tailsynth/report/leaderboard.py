@@ -29,7 +29,7 @@ BOOTSTRAP, T_OVER_SEEDS, NO_INTERVAL = "bootstrap", "t over seeds", "none (1 see
 REFERENCE, NOT_SEPARABLE = "reference", "not separable from CE"
 CSV_COLUMNS = ("benchmark", "experiment", "method", "fpr95", "fpr95_lo", "fpr95_hi", "auroc", "auroc_lo",
                "auroc_hi", "interval", "bacc_head", "bacc_tail", "val_fpr95", "seeds", "oracle_acc", "cpu_hours",
-               "cpu_hours_from", "machine", "vs_ce")
+               "cpu_hours_from", "machine", "made_by", "vs_ce")
 _CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "experiments"
 
 
@@ -49,6 +49,7 @@ class Row:
     cpu_hours: float | None
     cpu_hours_from: str
     machine: str
+    made_by: str = ""  # the code commit that made the experiment folder (made_by_of)
     vs_ce: str = ""
     far: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)  # far set -> (FPR@95, AUROC)
     rare: tuple[float | None, float | None] | None = None  # rare-case flag at alpha 0.05: (head flag rate, tail recall)
@@ -149,6 +150,18 @@ def machine_of(results: Mapping[str, Any]) -> str:
     return "; ".join(str(k) for k in keys) if keys else ""
 
 
+def made_by_of(results: Mapping[str, Any]) -> str:
+    """Which code made an experiment folder: ``code <commit>`` from ``meta.code_commit`` (every report records it),
+    else ``meta.results_commit`` for folders made before that (the commit that last changed their results.json,
+    written by ``benchmarks/mark_provenance.py``), else "not recorded"."""
+    meta = results.get("meta") or {}
+    if meta.get("code_commit"):
+        return f"code {meta['code_commit']}"
+    if meta.get("results_commit"):
+        return f"results committed in {meta['results_commit']}, code commit not recorded"
+    return "not recorded"
+
+
 def own_stage_hours(method: str, results: Mapping[str, Any]) -> tuple[float | None, str]:
     """(hours, source): the summed wall time of the stages whose label names ``method`` (its classifiers and
     evaluations: "logex seed 0") or its generator's synthesis ("synthesis logex"), each stage counted once, from
@@ -200,6 +213,7 @@ def _vs_ce(row: Row, ce: Row | None) -> str:
 def experiment_rows(experiment: str, results: Mapping[str, Any]) -> list[Row]:
     """The rows of one experiment's results.json: CE first, then by FPR@95 (lower first), then by name."""
     benchmark, machine = benchmark_of(experiment, results), machine_of(results)
+    made_by = made_by_of(results)
     rows = []
     for method, stats in results["methods"].items():
         fpr, kind = _interval(stats.get("fpr95"))
@@ -208,7 +222,7 @@ def experiment_rows(experiment: str, results: Mapping[str, Any]) -> list[Row]:
         seeds = list((results.get("method_seeds") or {}).get(method) or [])
         rows.append(Row(benchmark, experiment, method, fpr, auc, kind, _mean(stats.get("bacc_head")),
                         _mean(stats.get("bacc_tail")), _mean(stats.get("val_fpr95")), seeds,
-                        oracle_accuracy(method, results), hours, source, machine))
+                        oracle_accuracy(method, results), hours, source, machine, made_by))
         rows[-1].far = {name: (_mean(e.get("fpr95")), _mean(e.get("auroc")))
                         for name, e in ((results.get("far_ood") or {}).get(method) or {}).items()}
         at05 = (((results.get("rare_flag") or {}).get(method) or {}).get("alphas") or {}).get("0.05") or {}
@@ -270,7 +284,8 @@ def csv_text(rows: list[Row]) -> str:
         writer.writerow([r.benchmark, r.experiment, r.method, _pct(fpr[0]), _pct(fpr[1]), _pct(fpr[2]),
                          _pct(auc[0]), _pct(auc[1]), _pct(auc[2]), r.interval, _pct(r.bacc_head),
                          _pct(r.bacc_tail), _pct(r.val_fpr95), " ".join(str(s) for s in r.seeds),
-                         _pct(r.oracle_acc), _hours(r.cpu_hours), r.cpu_hours_from, r.machine, r.vs_ce] + far
+                         _pct(r.oracle_acc), _hours(r.cpu_hours), r.cpu_hours_from, r.machine, r.made_by,
+                         r.vs_ce] + far
                         + ([_pct(v) for v in (r.rare or (None, None))] if rare else []))
     return buffer.getvalue()
 
@@ -313,6 +328,9 @@ Columns:
   evaluation over all seeds plus its generator's synthesis); shared stages (split, base diffusion, LoRA, auxiliary
   classifier, oracle) are not counted, so it is an approximation. † marks rows whose `results.json` has no stage
   timings: classifier training only.
+
+Under each table, every experiment names its machine and the code commit that made it (*made by*): rows of
+experiments made by different commits or machines are not one run; compare rows within one experiment.
 """
 
 FAR_NOTE = ("far *set* FPR@95 ↓ / AUROC ↑: the row's primary score with the head test images as positives and the "
@@ -355,13 +373,13 @@ def readme_text(rows: list[Row], command: str, results_dir: Path | None = None) 
             lines += ["", RARE_NOTE]
         lines += ["", "Experiments:", ""]
         for experiment in sorted({r.experiment for r in group}):
-            machine = next(r.machine for r in group if r.experiment == experiment)
+            first = next(r for r in group if r.experiment == experiment)
             link = experiment
             if results_dir is not None:
                 page = next((name for name in (README, "report.md") if (results_dir / experiment / name).is_file()),
                             None)
                 link = f"[{experiment}]({experiment}/{page})" if page else experiment
-            lines.append(f"- {link}: machine {machine or 'not recorded'}")
+            lines.append(f"- {link}: machine {first.machine or 'not recorded'}; made by {first.made_by}")
         parts.append("\n".join(lines) + "\n")
     parts.append("## Regenerate\n\nThis page and `leaderboard.csv` (the same rows, percent with two decimals) are "
                  "written by\n\n```\n" + command + "\n```\n")

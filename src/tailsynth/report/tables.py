@@ -137,6 +137,8 @@ def meta_rows(results: Mapping[str, Any], meta: Mapping[str, Any]) -> list[tuple
     rows.append(("seeds", ", ".join(str(s) for s in seeds) or "–"))
     rows.append(("primary score", score_label(results.get("primary_score", "p_tail"))))
     rows.append(("package version", str(meta.get("package_version") or "–")))
+    if meta.get("code_commit"):
+        rows.append(("code commit", str(meta["code_commit"])))
     return rows
 
 

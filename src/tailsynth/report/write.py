@@ -14,7 +14,8 @@ from .tables import Table
 
 RESULTS_JSON, REPORT_MD, REPORT_HTML = "results.json", "report.md", "report.html"
 _META_KEYS = ("experiment", "benchmark", "profile", "timings", "machine", "machine_keys", "machine_key_stages",
-              "split_fingerprint", "settings", "package_version", "wall_time_s", "merged_from", "far_ood_skipped")
+              "split_fingerprint", "settings", "package_version", "code_commit", "results_commit", "wall_time_s",
+              "merged_from", "far_ood_skipped")
 
 
 def _kept_runs(results: Mapping[str, Any], new_methods: set[str]) -> list[RunResult]:
