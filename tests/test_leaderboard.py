@@ -145,3 +145,19 @@ def test_the_committed_leaderboard_is_current(tmp_path):
         assert (tmp_path / name).read_bytes() == (COMMITTED / name).read_bytes(), (
             f"benchmarks/results/{name} is stale: rerun `tailsynth leaderboard benchmarks/results` from the repository "
             "root and commit it")
+
+
+def test_the_readme_table_is_the_committed_results():
+    """The README's results table is what `python benchmarks/readme_table.py <experiment>` prints from the committed
+    results.json (the README names the command and the experiment)."""
+    import importlib.util
+    import re
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    found = re.search(r"python benchmarks/readme_table\.py ([\w.-]+)", readme)
+    assert found, "README.md must name the command that prints its results table"
+    spec = importlib.util.spec_from_file_location("readme_table", REPO / "benchmarks" / "readme_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    table = module.readme_table(found.group(1), COMMITTED)
+    assert table in readme, (f"README.md's results table is stale: paste `python benchmarks/readme_table.py "
+                             f"{found.group(1)}` into it")

@@ -44,6 +44,10 @@ def test_last_commit_of_a_file_and_the_backfill(tmp_path):
     (repo / "other.txt").write_text("later")
     git(repo, "add", ".")
     git(repo, "commit", "-q", "-m", "second")  # does not touch results.json: its last commit stays the first
+    git(repo, "mv", "results/old", "results/moved")
+    git(repo, "commit", "-q", "-m", "a move is not a change of content")
+    git(repo, "mv", "results/moved", "results/old")
+    git(repo, "commit", "-q", "-m", "moved back")
     commit, date = first.split()
     assert last_commit_of(repo / "results" / "old" / "results.json") == (commit, date)
     assert last_commit_of(repo / "untracked.json") is None

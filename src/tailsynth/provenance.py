@@ -36,9 +36,11 @@ def code_commit() -> str | None:
 
 
 def last_commit_of(path: str | Path) -> tuple[str, str] | None:
-    """(short commit, ISO date) of the last commit that changed ``path``; None when it is not tracked by git."""
+    """(short commit, ISO date) of the last commit that added or changed the content of ``path``, following renames
+    (a commit that only moved the file is not it); None when it is not tracked by git."""
     path = Path(path).resolve()
-    out = _git(path.parent, "log", "-1", "--format=%h %cs", "--abbrev=10", "--", path.name)
+    out = _git(path.parent, "log", "-1", "--follow", "--diff-filter=AM", "--format=%h %cs", "--abbrev=10", "--",
+               path.name)
     if out is None:
         return None
     commit, _, date = out.partition(" ")

@@ -56,6 +56,7 @@ def run_experiment(cfg: ExperimentConfig, runs_dir: str | Path, *, force: set[st
     ``cfg.threads`` pins torch's CPU thread count for the run; the caller's count is restored afterwards."""
     with torch_threads(cfg.threads):  # a pinned count holds for this run only (the API may run several)
         started = time.time()
+        code_commit()  # the commit of the code that runs, read now (cached): a commit made meanwhile is not it
         check_experiment(cfg)
         distributed.init()  # several processes (torchrun / accelerate launch): see tailsynth.distributed
         main = distributed.world()[0] == 0
