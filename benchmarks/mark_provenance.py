@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 from tailsynth.provenance import last_commit_of
+from tailsynth.report.aggregate import read_results
 from tailsynth.utils import atomic_write_text
 
 
@@ -23,7 +24,7 @@ def mark(results_dir: Path) -> list[tuple[str, str]]:
     commit; returns (experiment, what it says)."""
     marked = []
     for path in sorted(results_dir.glob("*/results.json")):
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_results(path)
         meta = data.setdefault("meta", {})
         if meta.get("code_commit") or meta.get("results_commit"):
             continue
@@ -32,6 +33,7 @@ def mark(results_dir: Path) -> list[tuple[str, str]]:
             marked.append((path.parent.name, "not tracked by git: left unmarked"))
             continue
         meta["results_commit"] = f"{found[0]} ({found[1]})"
+        # the key order of the report's own file is kept (utils.atomic_write_json sorts keys: a needless diff)
         atomic_write_text(path, json.dumps(data, indent=2) + "\n")
         marked.append((path.parent.name, meta["results_commit"]))
     return marked

@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from tailsynth.report.aggregate import read_results
-from tailsynth.report.leaderboard import Row, experiment_rows
+from tailsynth.report.leaderboard import experiment_rows, interval_cell
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LABELS = {"logex-lora": "logex-lora (only LoRA)"}
@@ -23,13 +23,6 @@ def _pct(value: float | None, digits: int = 2, suffix: str = "") -> str:
     return "–" if value is None else f"{100 * value:.{digits}f}{suffix}"
 
 
-def _fpr(row: Row) -> str:
-    if row.fpr95 is None:
-        return "–"
-    mean, lo, hi = row.fpr95
-    return f"{100 * mean:.2f}" if lo is None else f"{100 * mean:.2f} [{100 * lo:.1f}, {100 * hi:.1f}]"
-
-
 def _vs_ce(text: str) -> str:
     return {"not separable from CE": "not separable", "lower FPR@95 than CE": "lower FPR@95",
             "higher FPR@95 than CE": "higher FPR@95"}.get(text, text)
@@ -39,7 +32,8 @@ def readme_table(experiment: str, results_dir: Path = RESULTS) -> str:
     rows = experiment_rows(experiment, read_results(results_dir / experiment / "results.json"))
     lines = [HEADER]
     for r in rows:
-        lines.append(f"| {LABELS.get(r.method, r.method)} | {_fpr(r)} | {_pct(r.auroc[0] if r.auroc else None)} | "
+        auroc = r.auroc[0] if r.auroc else None
+        lines.append(f"| {LABELS.get(r.method, r.method)} | {interval_cell(r.fpr95)} | {_pct(auroc)} | "
                      f"{_pct(r.bacc_head)} | {_pct(r.bacc_tail)} | {_pct(r.val_fpr95)} | "
                      f"{_pct(r.oracle_acc, 1, ' %')} | {_vs_ce(r.vs_ce)} |")
     return "\n".join(lines)

@@ -184,7 +184,8 @@ def _write_report(cfg: ExperimentConfig, report_dir: Path, runner: Runner, resul
             "machine": machine_description(), "machine_keys": list(keys),
             "machine_key_stages": keys if len(keys) > 1 else None,
             "split_fingerprint": graph.split().fingerprint, "settings": digest_settings(to_dict(cfg)),
-            "package_version": __version__, "code_commit": code_commit(), "seeds": list(cfg.seeds), "methods": list(cfg.methods),
+            "package_version": __version__, "code_commit": code_commit(),  # read when the run started (cached)
+            "seeds": list(cfg.seeds), "methods": list(cfg.methods),
             "report_method": cfg.report_method, "config": to_dict(cfg),
             "timings": runner.timings,
             # compute time of every stage of the experiment, whether it ran now or earlier (cached)

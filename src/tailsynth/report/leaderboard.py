@@ -290,7 +290,8 @@ def csv_text(rows: list[Row]) -> str:
     return buffer.getvalue()
 
 
-def _cell(stat: tuple[float, float | None, float | None] | None) -> str:
+def interval_cell(stat: tuple[float, float | None, float | None] | None) -> str:
+    """"mean [lo, hi]" in percent (two / one decimals), "mean" without an interval, "–" without a value."""
     if stat is None:
         return "–"
     mean, lo, hi = stat
@@ -360,7 +361,7 @@ def readme_text(rows: list[Row], command: str, results_dir: Path | None = None) 
         for r in group:
             hours = _hours(r.cpu_hours) + ("†" if r.cpu_hours_from == "classifier training only" else "")
             lines.append("| " + " | ".join([
-                r.experiment, r.method, _cell(r.fpr95), _cell(r.auroc),
+                r.experiment, r.method, interval_cell(r.fpr95), interval_cell(r.auroc),
                 *[_or_dash(_pct(v)) for s in sets for v in r.far.get(s, (None, None))],
                 _or_dash(r.interval), r.vs_ce,
                 _or_dash(_pct(r.bacc_head)), _or_dash(_pct(r.bacc_tail)), _or_dash(_pct(r.val_fpr95)),
@@ -415,4 +416,5 @@ def rows_as_dicts(rows: list[Row]) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(csv_text(rows))))
 
 
-__all__ = ["GENERATORS", "collect_rows", "experiment_rows", "rows_as_dicts", "t_interval", "write_leaderboard"]
+__all__ = ["GENERATORS", "collect_rows", "experiment_rows", "interval_cell", "rows_as_dicts", "t_interval",
+           "write_leaderboard"]
