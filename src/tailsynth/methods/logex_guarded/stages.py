@@ -31,7 +31,9 @@ class GuardConfig(StrictConfig):
     plain: str = "lora"
     judge_method: str | None = None
     judge_seeds: list[int] = Field(default_factory=lambda: [1, 2], min_length=1)
-    rule: Literal["agree", "confidence", "not_lower"] = "agree"
+    # not_lower: val FPR@95 of the row 25.00 vs 27.22 (agree) on fashion-mnist-lt-cpu, 17.50 vs 18.33 on pbc-lt-cpu
+    # (research/results/{fashion-mnist,pbc-lt}-guarded{,-not-lower}/)
+    rule: Literal["agree", "confidence", "not_lower"] = "not_lower"
     min_confidence: float = Field(0.5, gt=0.0, le=1.0)
     replace: Literal["plain", "drop"] = "plain"
     fallback_below: float = Field(0.5, ge=0.0, le=1.0)
