@@ -112,8 +112,8 @@ def test_gradients_reach_only_x_T_and_deltas_with_lora():
     d_u = torch.zeros(4, 2, *uncond.shape[1:], requires_grad=True)
     from tailsynth.diffusion.guidance.common import frozen
     with frozen(backend, guide):
-        conf, _, _ = evaluate(backend, guide, x, [cond.detach() + d_c[s] for s in range(4)],
-                              [uncond.detach() + d_u[s] for s in range(4)], torch.tensor([0, 1]), cfg, False, False)
+        conf = evaluate(backend, guide, x, [cond.detach() + d_c[s] for s in range(4)],
+                        [uncond.detach() + d_u[s] for s in range(4)], torch.tensor([0, 1]), cfg, False, False).weighted
         (-conf.sum()).backward()
     assert all(t.grad is not None and t.grad.abs().sum() > 0 for t in (x, d_c, d_u))
     assert all(p.grad is None for p in list(backend.parameters()) + list(guide.parameters()))
@@ -133,8 +133,8 @@ def test_checkpointing_gives_the_same_gradients():
         x = x_T.clone().requires_grad_(True)
         d_c = torch.zeros(4, 2, *cond.shape[1:], requires_grad=True)
         d_u = torch.zeros(4, 2, *uncond.shape[1:], requires_grad=True)
-        conf, _, _ = evaluate(backend, guide, x, [cond.detach() + d_c[s] for s in range(4)],
-                              [uncond.detach() + d_u[s] for s in range(4)], torch.tensor([1, 2]), cfg, ckpt, False)
+        conf = evaluate(backend, guide, x, [cond.detach() + d_c[s] for s in range(4)],
+                        [uncond.detach() + d_u[s] for s in range(4)], torch.tensor([1, 2]), cfg, ckpt, False).weighted
         grads.append(torch.autograd.grad(conf.sum(), [x, d_c, d_u]))
     for a, b in zip(*grads):
         assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
@@ -302,3 +302,75 @@ def test_cutouts_change_the_objective_and_batched_still_equals_reference():
     assert not torch.allclose(ours.trace[0], plain.trace[0], atol=1e-4)
     other = dig_in(backend, guide, targets, cond, uncond, x_T, cfg, torch.Generator().manual_seed(6))
     assert not torch.allclose(ours.trace[0], other.trace[0], atol=1e-6)
+
+
+def test_prototypes_and_their_cosine_distance_by_hand():
+    """prototypes: per member and class the mean of the L2-normalised pooled features of the real images (zero row
+    for a class without images); prototype_distance: 1 - cos(features, prototype of the target), mean over members."""
+    members = [TinyClassifier(seed=s) for s in (0, 1)]
+    guide = ClassifierGuide(members, 16, 3)
+    real = torch.rand(5, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    labels = torch.tensor([0, 2, 0, 2, 2])
+    proto = guide.prototypes(real, labels, 4, batch_size=2)  # batches of 2 give the same means
+    assert proto.shape == (2, 4, 24)
+    for m, model in enumerate(members):
+        f = F.normalize(model.forward_features(real * 2 - 1), dim=1)
+        assert torch.allclose(proto[m, 0], f[[0, 2]].mean(0), atol=1e-6)
+        assert torch.allclose(proto[m, 2], f[[1, 3, 4]].mean(0), atol=1e-6)
+        assert torch.equal(proto[m, 1], torch.zeros(24)) and torch.equal(proto[m, 3], torch.zeros(24))
+    x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(2), requires_grad=True)
+    t = torch.tensor([2, 0, 2])
+    want = torch.stack([1 - F.cosine_similarity(mod.forward_features(x * 2 - 1), proto[m, t], dim=1)
+                        for m, mod in enumerate(members)]).mean(0)
+    got = guide.prototype_distance(x, t, proto)
+    assert torch.allclose(got, want, atol=1e-6)
+    assert torch.allclose(guide.prototype_distance(real[[0]], torch.tensor([0]), guide.prototypes(real[[0]],
+                          torch.tensor([0]), 4)), torch.zeros(1), atol=1e-6)  # an image is at its own prototype
+    (g,) = torch.autograd.grad(got.sum(), x)
+    assert g.abs().sum() > 0
+    with pytest.raises(TailsynthError, match="labels must lie"):
+        guide.prototypes(real, torch.tensor([0, 1, 2, 3, 4]), 4)
+
+
+def test_realism_term_enters_the_objective_not_the_stopping_confidence():
+    """objective = weighted confidence - realism_weight x (sum_j w_j prototype distance of x0-hat j), recomputed
+    from the sampler and the guide; the weighted confidence (the stopping rule's) is the realism-free one."""
+    backend, guide, ids, cond, uncond, x_T = _setup(n=2)
+    targets = torch.tensor([1, 2])
+    real = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    proto = guide.prototypes(real, torch.tensor([1, 2, 1, 2, 1, 2]), 4)
+    cfg = DigInConfig(**CFG, last_k=3, realism_weight=0.7)
+    with torch.no_grad():
+        ev = evaluate(backend, guide, x_T, [cond] * 4, [uncond] * 4, targets, cfg, False, False, prototypes=proto)
+        out = ddim_sample(backend.eps, x_T, cond, uncond, backend.alphas_cumprod, num_steps=4, guidance_scale=3.0,
+                          return_x0_hats=True, clip_x0=backend.clip_x0)
+        imgs = [backend.decode(x0) for x0 in out.x0_hats[1:]]
+        conf = sum(w * guide.target_prob(i, targets) for w, i in zip((1 / 6, 2 / 6, 3 / 6), imgs))
+        dist = sum(w * guide.prototype_distance(i, targets, proto) for w, i in zip((1 / 6, 2 / 6, 3 / 6), imgs))
+    assert torch.allclose(ev.weighted, conf, atol=1e-6)
+    assert torch.allclose(ev.objective, conf - 0.7 * dist, atol=1e-6) and bool((dist > 0).all())
+    with pytest.raises(TailsynthError, match="prototypes"):
+        evaluate(backend, guide, x_T, [cond] * 4, [uncond] * 4, targets, cfg, False, False)
+    with pytest.raises(ValueError, match="realism_weight"):
+        DigInConfig(realism_weight=-0.1)
+
+
+def test_realism_term_pulls_the_images_toward_their_class_prototype():
+    """The same x_T, never stopping (threshold above 1): with the realism term the kept images end nearer their
+    class prototype than without it, and the batched loop equals the batch-1 reference with it on."""
+    backend, guide, ids, cond, uncond, x_T = _setup(n=3)
+    targets = torch.tensor([1, 2, 1])
+    real = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    proto = guide.prototypes(real, torch.tensor([1, 2, 1, 2, 1, 2]), 4)
+    base = dict(CFG, threshold=1.1, max_opt_steps=6, batch_size=3)
+    plain = dig_in(backend, guide, targets, cond, uncond, x_T, DigInConfig(**base))
+    real_cfg = DigInConfig(**base, realism_weight=20.0)
+    pulled = dig_in(backend, guide, targets, cond, uncond, x_T, real_cfg, prototypes=proto)
+    with torch.no_grad():
+        d_plain = guide.prototype_distance(plain.images, targets, proto)
+        d_pulled = guide.prototype_distance(pulled.images, targets, proto)
+    assert float(d_pulled.mean()) < float(d_plain.mean())
+    short = DigInConfig(**dict(base, max_opt_steps=3), realism_weight=20.0)  # as the batched-vs-reference test
+    ours = dig_in(backend, guide, targets, cond, uncond, x_T, short, prototypes=proto)
+    ref = dig_in_reference(backend, guide, targets, cond, uncond, x_T, short, prototypes=proto)
+    assert torch.allclose(ours.images, ref.images, atol=1e-4) and torch.allclose(ours.trace, ref.trace, atol=1e-5)

@@ -269,3 +269,46 @@ def test_centred_pixel_backend_takes_the_mean_of_its_training_images(tmp_path):
     synth_dir = next(p for p in (tmp_path / "runs" / "synthesize").iterdir() if not p.name.startswith("."))
     images, _ = SyntheticSet.read(synth_dir).load_images(split.class_names, cfg.data.image_size, cfg.data.channels)
     assert len(images) == 2 * len(split.tail_classes)
+
+
+def test_dig_in_realism_term_through_the_pipeline(tmp_path):
+    """synthesis.params.logex.realism_weight > 0: the generator builds the auxiliary's class prototypes from the real
+    training images of the tail classes (zero rows for the head), and its images differ from the weight-0 set made
+    from the same base, LoRA, auxiliary and x_T."""
+    import torch
+    from tailsynth.engine import Artifact
+    from tailsynth.engine.artifacts import images_of, read_split
+    from tailsynth.methods.registry import generator_named
+    from tailsynth.pipeline.diffusion_stages import aux_guide
+
+    def overrides(weight):
+        return [o for o in TINY if not o.startswith(("methods", "synthesis"))] + [
+            "methods=[logex]", "synthesis={n_per_class: 2, shard_size: 2, num_steps: 3, aux_method: ce, params: "
+            f"{{logex: {{max_opt_steps: 2, threshold: 0.99, batch_size: 2, realism_weight: {weight}}}}}}}"]
+
+    runs = tmp_path / "runs"
+    for weight in (0.0, 5.0):
+        run_experiment(load_experiment("demo", overrides(weight)), runs, log=quiet)
+    made = {json.loads(m.read_text())["config"]["synthesis"]["params"]["logex"]["realism_weight"]: m.parent
+            for m in (runs / "synthesize").glob("*/manifest.json")}
+    assert set(made) == {0.0, 5.0}
+    assert digest(made[0.0]).keys() == digest(made[5.0]).keys() and digest(made[0.0]) != digest(made[5.0])
+    cfg = load_experiment("demo", overrides(5.0))
+    split_dir = next((runs / "split").glob("*/manifest.json")).parent
+    aux_dir = next(m.parent for m in (runs / "train_classifier").glob("*/manifest.json")
+                   if json.loads(m.read_text())["config"].get("method") == "ce")
+    guide = aux_guide([aux_dir], torch.device("cpu"), cfg.synthesis.guide_resize)
+
+    art = Artifact("split", split_dir.name, split_dir)
+    gen = generator_named("logex")
+    proto = gen.prepare({"split": art}, None, torch.device("cpu"), gen.params(cfg.synthesis), guide=guide,
+                        data=cfg.data)
+    split = read_split(art)
+    tail = list(split.tail_classes)
+    images, positions = images_of(split, cfg.data, tail)
+    c = tail[0]
+    x = torch.as_tensor(images[positions == 0]).permute(0, 3, 1, 2).float().div(255.0)
+    assert torch.allclose(proto[0, c], guide.member_features(x)[0].mean(0), atol=1e-5)
+    head = [k for k in range(len(split.class_names)) if k not in tail]
+    assert torch.equal(proto[:, head], torch.zeros_like(proto[:, head]))
+    assert gen.prepare({}, None, None, gen.params(load_experiment("demo", overrides(0.0)).synthesis)) is None

@@ -105,8 +105,9 @@ class SyntheticGenerator:
         classifier), requested from the stage graph; they join the stage's inputs (and fingerprint)."""
         return {}
 
-    def prepare(self, inputs: dict, backend, device: torch.device, params: StrictConfig):
-        """Load what :meth:`inputs` asked for, once per synthesis stage; handed to every :meth:`generate` call."""
+    def prepare(self, inputs: dict, backend, device: torch.device, params: StrictConfig, guide=None, data=None):
+        """Load what :meth:`inputs` asked for, once per synthesis stage; handed to every :meth:`generate` call.
+        ``guide``: the auxiliary classifier(s) as a guide; ``data``: the experiment's data settings."""
         return None
 
     def generate(self, backend, guide, targets: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,

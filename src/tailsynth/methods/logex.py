@@ -12,9 +12,11 @@ Step 4: CE on real + synthetic images; the test score is P(tail) = sum over tail
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ..diffusion import sample_images
+from ..engine.artifacts import images_of, read_split
 from ..diffusion.guidance import DigInConfig, dig_in
 from .base import Method, SyntheticGenerator
 from .registry import register
@@ -32,13 +34,25 @@ class LoraSampling(SyntheticGenerator):
 
 
 class DigInSampling(SyntheticGenerator):
-    """Full LoGex: DiG-IN through the DDIM chain (:func:`tailsynth.diffusion.guidance.dig_in`)."""
+    """Full LoGex: DiG-IN through the DDIM chain (:func:`tailsynth.diffusion.guidance.dig_in`). With
+    ``realism_weight > 0`` the auxiliary's class prototypes of the real training images of the tail classes are
+    computed once per synthesis stage (:meth:`ClassifierGuide.prototypes`)."""
 
     name = "logex"
     Config = DigInConfig
 
+    def prepare(self, inputs, backend, device, params, guide=None, data=None):
+        if params.realism_weight == 0:
+            return None
+        split = read_split(inputs["split"])
+        tail = list(split.tail_classes)
+        images, positions = images_of(split, data, tail)
+        labels = torch.as_tensor(np.asarray(tail)[positions], dtype=torch.long)
+        x = torch.as_tensor(images).permute(0, 3, 1, 2).float().div(255.0)
+        return guide.prototypes(x, labels, len(split.class_names))
+
     def generate(self, backend, guide, targets, cond, uncond, x_T, synthesis, params, generator, prepared=None):
-        result = dig_in(backend, guide, targets, cond, uncond, x_T, params, generator)
+        result = dig_in(backend, guide, targets, cond, uncond, x_T, params, generator, prototypes=prepared)
         return result.images.clamp(0, 1), result.confidence
 
 

@@ -122,7 +122,7 @@ def run_synthesize(cfg: SynthStageConfig, inputs: dict[str, Artifact], workdir: 
     guide = aux_guide([inputs[key].path for key in aux_keys(inputs)], device, s.guide_resize)
     method = generator_named(cfg.method)
     params = method.params(s)
-    prepared = method.prepare(inputs, backend, device, params)
+    prepared = method.prepare(inputs, backend, device, params, guide=guide, data=cfg.data)
     size = cfg.diffusion.working_size(cfg.data.image_size)
     latent = backend.latent_shape(size)
     shard_dir = workdir / "shards"

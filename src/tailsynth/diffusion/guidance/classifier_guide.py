@@ -25,6 +25,12 @@ classifier on one exact image rarely survives every crop and noise draw, which i
 views of image b are drawn from a generator seeded by ``seeds[b]``, so a sample's views depend only on its own
 seed (the batched and the batch-1 loops see the same views, and a recomputation under gradient checkpointing
 reproduces them).
+
+Class prototypes (the DiG-IN realism term, :class:`~tailsynth.diffusion.guidance.dig_in.DigInConfig`
+``realism_weight``): :meth:`prototypes` is, per member and class, the mean of the L2-normalised pooled features of
+real images; :meth:`prototype_distance` is 1 - cos(features(x), prototype of the target class), averaged over the
+members. Confidence alone can be reached by a perturbation that moves the logits; a small cosine distance asks the
+image to look, to the same network, like the real images of its class.
 """
 from __future__ import annotations
 
@@ -98,6 +104,36 @@ class ClassifierGuide(nn.Module):
     def target_prob(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """softmax(logits)[b, targets[b]], shape (B,)."""
         return self(images).softmax(dim=1).gather(1, targets.view(-1, 1)).squeeze(1)
+
+    def member_features(self, images: torch.Tensor) -> torch.Tensor:
+        """(M, B, D) L2-normalised pooled features of every member for images (B, C, H, W) in [0, 1]."""
+        x = self.preprocess(images)
+        return torch.stack([F.normalize(m.forward_features(x).float(), dim=1) for m in self.members])
+
+    @torch.no_grad()
+    def prototypes(self, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                   batch_size: int = 64) -> torch.Tensor:
+        """(M, K, D): per member, the mean normalised features of the images of each class (images (N, C, H, W)
+        in [0, 1], labels (N,) in [0, K)); a class without images gets a zero row (it has no prototype)."""
+        labels = torch.as_tensor(labels, dtype=torch.long)
+        if images.shape[0] != labels.numel() or images.shape[0] == 0:
+            raise TailsynthError(f"ClassifierGuide.prototypes: {images.shape[0]} images for {labels.numel()} labels")
+        if int(labels.min()) < 0 or int(labels.max()) >= num_classes:
+            raise TailsynthError(f"ClassifierGuide.prototypes: labels must lie in [0, {num_classes}), got "
+                                 f"{int(labels.min())}..{int(labels.max())}")
+        dev = self.luma.device
+        feats = torch.cat([self.member_features(images[i:i + batch_size].to(dev))
+                           for i in range(0, images.shape[0], batch_size)], dim=1)
+        onehot = F.one_hot(labels.to(dev), num_classes).float()  # (N, K)
+        counts = onehot.sum(dim=0).clamp_min(1.0)
+        return torch.einsum("mnd,nk->mkd", feats, onehot) / counts.view(1, -1, 1)
+
+    def prototype_distance(self, images: torch.Tensor, targets: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+        """(B,) 1 - cos(member features of image b, its member's prototype of class targets[b]), mean over members
+        (differentiable w.r.t. the images)."""
+        feats = self.member_features(images)  # (M, B, D)
+        proto = F.normalize(prototypes[:, targets].to(feats.dtype), dim=2)  # (M, B, D)
+        return (1.0 - (feats * proto).sum(dim=2)).mean(dim=0)
 
     def views(self, images: torch.Tensor, seeds: torch.Tensor, cutouts: int, min_scale: float,
               noise: float) -> torch.Tensor:

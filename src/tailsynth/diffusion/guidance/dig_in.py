@@ -57,6 +57,10 @@ class DigInConfig(StrictConfig):
     cutouts: int = 0
     cutout_min_scale: float = 0.75
     cutout_noise: float = 0.0
+    # realism term (tailsynth's, in neither DiG-IN nor LoGex): the loss adds realism_weight x the cosine distance of
+    # each x0-hat's auxiliary features to its class's prototype (mean normalised features of the real training
+    # images of the class), with the confidence's last-k weights. 0 = off (LoGex).
+    realism_weight: float = 0.0
 
     @model_validator(mode="after")
     def _check(self) -> "DigInConfig":
@@ -65,6 +69,8 @@ class DigInConfig(StrictConfig):
         if self.max_opt_steps < 0 or self.batch_size < 1:
             raise ValueError(f"max_opt_steps ({self.max_opt_steps}) must be >= 0 and "
                              f"batch_size ({self.batch_size}) >= 1")
+        if self.realism_weight < 0:
+            raise ValueError(f"realism_weight ({self.realism_weight}) must be >= 0")
         if self.cutouts < 0 or not 0.0 < self.cutout_min_scale <= 1.0 or self.cutout_noise < 0:
             raise ValueError(f"need cutouts ({self.cutouts}) >= 0, 0 < cutout_min_scale ({self.cutout_min_scale}) "
                              f"<= 1 and cutout_noise ({self.cutout_noise}) >= 0")
@@ -103,33 +109,55 @@ def view_seeds(base: int, sample: torch.Tensor, step: torch.Tensor) -> torch.Ten
     return base + sample.long().cpu() * SAMPLE_STRIDE + step.long().cpu() * STEP_STRIDE
 
 
+@dataclass
+class Evaluation:
+    """One pass through the DDIM chain: the weighted confidence (B,) and the objective (B,) DiG-IN ascends (both
+    with graph), the clean confidence (B,) and the final images."""
+    weighted: torch.Tensor
+    objective: torch.Tensor
+    clean: torch.Tensor
+    images: torch.Tensor
+
+
 def evaluate(backend, guide: ClassifierGuide, x: torch.Tensor, conds: list[torch.Tensor], unconds: list[torch.Tensor],
              targets: torch.Tensor, cfg: DigInConfig, checkpoint: bool, bf16: bool,
-             seeds: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One pass through the DDIM chain: (weighted confidence (B,) with graph, clean confidence (B,), images).
+             seeds: torch.Tensor | None = None, prototypes: torch.Tensor | None = None) -> Evaluation:
+    """One pass through the DDIM chain.
 
     With ``cfg.cutouts > 0`` the weighted confidence is over augmented views (seeded by ``seeds + j`` for the
-    j-th of the last k x0-hats); the clean confidence is always that of the un-augmented final image.
+    j-th of the last k x0-hats); the clean confidence is always that of the un-augmented final image. The
+    objective is the weighted confidence minus ``cfg.realism_weight`` x the weighted prototype distance
+    (:meth:`ClassifierGuide.prototype_distance`; ``prototypes`` (M, K, D) needed when the weight is > 0); the
+    stopping rule reads the weighted confidence alone.
     """
+    realism = cfg.realism_weight > 0
+    if realism and prototypes is None:
+        raise TailsynthError("DiG-IN: realism_weight > 0 needs the class prototypes of the real images")
 
-    def score(z: torch.Tensor, j: int) -> torch.Tensor:  # D then f, softmax of the target class
+    def score(z: torch.Tensor, j: int) -> torch.Tensor:  # D then f: (target softmax, prototype distance)
+        img = backend.decode(z)
         if cfg.cutouts == 0:
-            return guide.target_prob(backend.decode(z), targets)
-        return guide.augmented_target_prob(backend.decode(z), targets, seeds + j, cfg.cutouts,
-                                           cfg.cutout_min_scale, cfg.cutout_noise)
+            p = guide.target_prob(img, targets)
+        else:
+            p = guide.augmented_target_prob(img, targets, seeds + j, cfg.cutouts, cfg.cutout_min_scale,
+                                            cfg.cutout_noise)
+        d = guide.prototype_distance(img, targets, prototypes) if realism else torch.zeros_like(p)
+        return torch.stack([p.float(), d.float()])
 
     with autocast_for(x.device, bf16, cpu=cfg.cpu_bf16):
         out = ddim_sample(backend.eps, x, conds, unconds, backend.alphas_cumprod, num_steps=cfg.num_steps,
                           guidance_scale=cfg.guidance_scale, eta=0.0, checkpoint=checkpoint, return_x0_hats=True,
                           clip_x0=backend.clip_x0)
         conf = torch.zeros(x.shape[0], device=x.device)
+        dist = torch.zeros(x.shape[0], device=x.device)
         for j, (w, x0) in enumerate(zip(last_k_weights(cfg.last_k), out.x0_hats[-cfg.last_k:])):
-            p = torch_checkpoint(score, x0, j, use_reentrant=False) if checkpoint else score(x0, j)
-            conf = conf + w * p.float()
+            p, d = torch_checkpoint(score, x0, j, use_reentrant=False) if checkpoint else score(x0, j)
+            conf, dist = conf + w * p, dist + w * d
         with torch.no_grad():
             images = backend.decode(out.sample.detach()).float()
             clean = guide.target_prob(images, targets).float()
-    return conf, clean, images
+    objective = conf - cfg.realism_weight * dist if realism else conf
+    return Evaluation(conf, objective, clean, images)
 
 
 def prepare_inputs(backend, guide, target_classes, cond, uncond, x_T, where):
@@ -152,11 +180,11 @@ def reproject_to_norm(x: torch.Tensor, norm0: torch.Tensor) -> None:
 
 def dig_in_reference(backend, guide: ClassifierGuide, target_classes: torch.Tensor, cond: torch.Tensor,
                      uncond: torch.Tensor, x_T: torch.Tensor, cfg: DigInConfig,
-                     generator: torch.Generator | None = None) -> GuidanceResult:
+                     generator: torch.Generator | None = None, prototypes: torch.Tensor | None = None) -> GuidanceResult:
     """The official loop: one image at a time, batch 1, fp32, per-step checkpointing, torch.optim.Adam.
 
     ``generator`` seeds the augmented views when ``cfg.cutouts > 0`` (DDIM with eta 0 is deterministic; x_T
-    carries the seed of the chain).
+    carries the seed of the chain). ``prototypes``: the realism term's (:func:`evaluate`).
     """
     targets, cond, uncond = prepare_inputs(backend, guide, target_classes, cond, uncond, x_T, "dig_in_reference")
     S, n = cfg.num_steps, x_T.shape[0]
@@ -176,15 +204,16 @@ def dig_in_reference(backend, guide: ClassifierGuide, target_classes: torch.Tens
                 conds = [cond[i:i + 1] + d_c[s] for s in range(S)]
                 unconds = [uncond[i:i + 1] + d_u[s] for s in range(S)]
                 seeds = view_seeds(base, torch.tensor([i]), torch.tensor([k]))
-                weighted, clean, img = evaluate(backend, guide, x, conds, unconds, targets[i:i + 1], cfg,
-                                                checkpoint=True, bf16=False, seeds=seeds)
+                ev = evaluate(backend, guide, x, conds, unconds, targets[i:i + 1], cfg, checkpoint=True, bf16=False,
+                              seeds=seeds, prototypes=prototypes)
+                weighted, clean, img = ev.weighted, ev.clean, ev.images
                 trace[k, i] = weighted.item()
                 if clean.item() > best:
                     best, best_img, best_x = clean.item(), img, x.detach().clone()
                 if trace[k, i] >= cfg.threshold or k == cfg.max_opt_steps:
                     break
                 opt.zero_grad()
-                (-weighted.sum()).backward()
+                (-ev.objective.sum()).backward()
                 opt.step()
                 reproject_to_norm(x, norm0)
                 steps[i] = k + 1

@@ -69,12 +69,14 @@ class _Batch:
 
 
 def dig_in(backend, guide: ClassifierGuide, target_classes: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
-           x_T: torch.Tensor, cfg: DigInConfig, generator: torch.Generator | None = None) -> GuidanceResult:
+           x_T: torch.Tensor, cfg: DigInConfig, generator: torch.Generator | None = None,
+           prototypes: torch.Tensor | None = None) -> GuidanceResult:
     """Batched DiG-IN for N images: x_T (N, C, h, w) seeded, cond/uncond (N, L, D), target classes (N,).
 
     Returns per input sample the kept iterate's images (N, C, H, W) in [0, 1], clean confidences, Adam step
     counts and acceptance. ``generator`` seeds the augmented views when ``cfg.cutouts > 0`` (each sample's views
-    depend only on its index and Adam step, so they equal :func:`dig_in_reference`'s).
+    depend only on its index and Adam step, so they equal :func:`dig_in_reference`'s). ``prototypes``: the
+    realism term's (:func:`~tailsynth.diffusion.guidance.dig_in.evaluate`).
     """
     targets, cond, uncond = prepare_inputs(backend, guide, target_classes, cond, uncond, x_T, "dig_in")
     n, S, dev = x_T.shape[0], cfg.num_steps, x_T.device
@@ -97,9 +99,9 @@ def dig_in(backend, guide: ClassifierGuide, target_classes: torch.Tensor, cond: 
             unconds = [u_rows + d_u[s] for s in range(S)]
             last = bool((batch.steps >= cfg.max_opt_steps).all())  # no Adam step follows: no graph needed
             with torch.set_grad_enabled(not last):
-                weighted, clean, img = evaluate(backend, guide, x, conds, unconds, targets[batch.idx], cfg,
-                                                checkpoint=cfg.checkpoint, bf16=cfg.bf16,
-                                                seeds=view_seeds(base, batch.idx, batch.steps))
+                ev = evaluate(backend, guide, x, conds, unconds, targets[batch.idx], cfg, checkpoint=cfg.checkpoint,
+                              bf16=cfg.bf16, seeds=view_seeds(base, batch.idx, batch.steps), prototypes=prototypes)
+            weighted, clean, img = ev.weighted, ev.clean, ev.images
             trace[batch.steps, batch.idx] = weighted.detach()
             better = clean > batch.best  # keep the iterate with the highest clean confidence
             batch.best = torch.where(better, clean, batch.best)
@@ -117,7 +119,7 @@ def dig_in(backend, guide: ClassifierGuide, target_classes: torch.Tensor, cond: 
             if stay.numel() == 0:
                 batch.keep(stay)
                 continue
-            grads = torch.autograd.grad(-weighted[stay].sum(), [x, d_c, d_u])
+            grads = torch.autograd.grad(-ev.objective[stay].sum(), [x, d_c, d_u])
             batch.keep(stay)
             batch.steps += 1
             t = batch.steps.float()

@@ -48,7 +48,7 @@ class MinoritySampling(SyntheticGenerator):
     def inputs(self, graph, synthesis) -> dict:
         return {"minority": minority_classifier(graph, self.params(synthesis))}
 
-    def prepare(self, inputs, backend, device, params):
+    def prepare(self, inputs, backend, device, params, guide=None, data=None):
         classifier, _ = MinorityClassifier.load(inputs["minority"].path / "model", backend)
         levels = read_json(inputs["minority"].path / "levels.json")
         split_names = None
