@@ -171,10 +171,11 @@ def test_extends_merges_a_profile_over_its_parent(tmp_path):
     assert child["diffusion"]["base"]["steps"] == 3000
     assert child["synthesis"]["params"]["logex"]["checkpoint"] is True
     assert (child["synthesis"]["n_per_class"], child["classifier"]["epochs"]) == (200, 20)
-    assert child["classifier"]["lr"] == parent["classifier"]["lr"] and child["methods"] == ["ce", "logex-lora", "logex"] and child["synthetic_sweep"] == {}
+    rows = ["ce", "logex-lora", "logex", "logex-guarded"]
+    assert child["classifier"]["lr"] == parent["classifier"]["lr"] and child["methods"] == rows
+    assert child["synthetic_sweep"] == {}
     expected = json.loads(json.dumps(parent))
-    expected.update(name="pbc-lt-cpu-long", profile="cpu-long", methods=["ce", "logex-lora", "logex"],
-                    synthetic_sweep={})
+    expected.update(name="pbc-lt-cpu-long", profile="cpu-long", methods=rows, synthetic_sweep={})
     expected["diffusion"]["pixel"]["block_out_channels"] = [64, 128, 128]
     expected["diffusion"]["base"]["steps"] = 3000
     expected["synthesis"]["params"]["logex"]["checkpoint"] = True
