@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from ..diffusion import sample_images
-from ..engine.artifacts import images_of, read_split
 from ..diffusion.guidance import DigInConfig, dig_in
+from ..engine.artifacts import images_of, read_split
 from .base import Method, SyntheticGenerator
 from .registry import register
 
