@@ -130,7 +130,7 @@ def memory_child(args) -> dict:
     def once():
         conds = [cond[:b] + d_c[s] for s in range(S)]
         unconds = [uncond[:b] + d_u[s] for s in range(S)]
-        conf, _, _ = evaluate(backend, guide, x, conds, unconds, targets[:b], cfg, cfg.checkpoint, cfg.bf16)
+        conf = evaluate(backend, guide, x, conds, unconds, targets[:b], cfg, cfg.checkpoint, cfg.bf16).weighted
         return conf
 
     with frozen(backend, guide):

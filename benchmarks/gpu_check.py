@@ -179,8 +179,8 @@ def check_memory(size: dict, device: torch.device) -> dict:
         with frozen(backend, guide):
             reset_peak(device)
             base = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
-            conf, _, _ = evaluate(backend, guide, x, [cond[:b] + d_c[s] for s in range(S)], [uncond[:b]] * S,
-                                  targets[:b], cfg, ckpt, device.type == "cuda")
+            conf = evaluate(backend, guide, x, [cond[:b] + d_c[s] for s in range(S)], [uncond[:b]] * S,
+                            targets[:b], cfg, ckpt, device.type == "cuda").weighted
             torch.autograd.grad(-conf.sum(), [x, d_c])
             sync(device)
         peak = peak_bytes(device)
