@@ -63,6 +63,23 @@ def test_not_lower_rule_compares_each_guided_image_with_its_unguided_partner():
         decide(guided, targets, has, rule="not_lower")
 
 
+def test_not_lower_with_a_margin_asks_the_guidance_to_raise_the_judges_confidence():
+    guided = _probs([[.30, .70], [.26, .74], [.45, .55], [.60, .40], [.25, .75]])
+    plain = _probs([[.20, .80], [.25, .75], [np.nan, np.nan], [.50, .50], [.25, .75]])
+    targets = np.zeros(5, int)
+    has = np.array([1, 1, 0, 1, 1], bool)
+    d = decide(guided, targets, has, rule="not_lower", plain_probs=plain, fallback_below=0.0, min_gain=0.05)
+    # +0.10 kept; +0.01 < 0.05 replaced; no partner: argmax (0.45 < 0.55) dropped; +0.10 kept; unchanged (+0)
+    # replaced by its partner
+    np.testing.assert_array_equal(d.accepted, [True, False, False, True, False])
+    np.testing.assert_array_equal(d.source, [GUIDED, PLAIN, DROPPED, GUIDED, PLAIN])
+    assert d.acceptance[0] == pytest.approx(2 / 5)
+    np.testing.assert_array_equal(decide(guided, targets, has, rule="not_lower", plain_probs=plain,
+                                         fallback_below=0.0, min_gain=0.0).accepted, [1, 1, 0, 1, 1])
+    with pytest.raises(ValueError, match="min_gain applies to rule 'not_lower' only"):
+        decide(guided, targets, has, rule="agree", min_gain=0.05)
+
+
 def test_judge_probabilities_are_the_mean_softmax_of_the_judges():
     from tailsynth.models import create_model
     torch.manual_seed(0)
@@ -84,6 +101,8 @@ def test_judge_probabilities_are_the_mean_softmax_of_the_judges():
     ("method_params.logex-guarded.plain=logex", r"same generator 'logex'"),
     ("method_params.logex-guarded.guided=dig-in", r"unknown synthetic generator 'dig-in'"),
     ("method_params.logex-guarded.fallback_below=1.5", r"fallback_below"),
+    ("method_params.logex-guarded.min_gain=1.0", r"min_gain"),
+    ("method_params.logex-guarded={rule: agree, min_gain: 0.1}", r"min_gain: 0.1 applies to rule 'not_lower' only"),
 ])
 def test_bad_guard_settings_fail_at_load(override, match):
     with pytest.raises(TailsynthError, match=match):

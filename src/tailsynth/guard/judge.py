@@ -13,7 +13,9 @@ images drawn from the same x_T; DiG-IN starts from that x_T, so p_i is the image
   (``rule="confidence"``), or gives c at least as much as it gives c on p_i (``rule="not_lower"``: the guidance did
   not lower the confidence of a classifier it never saw while it raised its auxiliary's; a weak judge that
   recognises neither image can still rank the pair; an image DiG-IN left as it started, accepted at once by the
-  auxiliary, is its own partner and stays);
+  auxiliary, is its own partner and stays), or by at least ``min_gain`` more (``not_lower`` with ``min_gain`` > 0:
+  the guidance must have *raised* the judge's confidence, not only the auxiliary's; an unchanged image is then
+  replaced by its partner, i.e. by itself);
 - if the class's acceptance rate is below ``fallback_below``, the guidance is judged to have failed for the whole
   class (the generator cannot draw it) and every image of the class is its un-guided partner (per-class fall-back);
 - otherwise each accepted g_i is kept and each rejected one is replaced by p_i (``replace="plain"``) or dropped
@@ -58,9 +60,10 @@ class GuardDecision:
 
 
 def accepts(probs: np.ndarray, targets: np.ndarray, rule: str, min_confidence: float,
-            partner_probs: np.ndarray | None = None) -> np.ndarray:
+            partner_probs: np.ndarray | None = None, min_gain: float = 0.0) -> np.ndarray:
     """Whether the judge's mean softmax ``probs`` (N, K) confirms each image's target class; ``rule="not_lower"``
-    compares with ``partner_probs`` (N, K, the un-guided partners; a NaN row = no partner: then ``agree``)."""
+    compares with ``partner_probs`` (N, K, the un-guided partners; a NaN row = no partner: then ``agree``): the
+    target's probability must be at least the partner's plus ``min_gain``."""
     rows = np.arange(len(targets))
     if rule == "agree":
         return probs.argmax(1) == targets
@@ -70,13 +73,13 @@ def accepts(probs: np.ndarray, targets: np.ndarray, rule: str, min_confidence: f
         if partner_probs is None:
             raise ValueError("rule 'not_lower' needs the judge's probabilities of the un-guided partners")
         mine, theirs = probs[rows, targets], partner_probs[rows, targets]
-        return np.where(np.isnan(theirs), probs.argmax(1) == targets, mine >= theirs)
+        return np.where(np.isnan(theirs), probs.argmax(1) == targets, mine >= theirs + min_gain)
     raise ValueError(f"unknown judge rule {rule!r}; valid: agree, confidence, not_lower")
 
 
 def decide(guided_probs: np.ndarray, targets: np.ndarray, has_plain: np.ndarray, *, rule: str = "agree",
            min_confidence: float = 0.5, replace: str = "plain", fallback_below: float = 0.5,
-           plain_probs: np.ndarray | None = None) -> GuardDecision:
+           plain_probs: np.ndarray | None = None, min_gain: float = 0.0) -> GuardDecision:
     """The module's rule on one synthetic set: ``guided_probs`` the judge's mean softmax on the guided images,
     ``targets`` their classes, ``has_plain`` whether each has an un-guided partner (one drawn from the same x_T),
     ``plain_probs`` the judge's mean softmax on those partners, row for row (NaN where none; ``rule="not_lower"``).
@@ -87,7 +90,9 @@ def decide(guided_probs: np.ndarray, targets: np.ndarray, has_plain: np.ndarray,
         raise ValueError(f"fallback_below must be in [0, 1], got {fallback_below}")
     targets = np.asarray(targets)
     has_plain = np.asarray(has_plain, dtype=bool)
-    ok = accepts(guided_probs, targets, rule, min_confidence, plain_probs)
+    if min_gain and rule != "not_lower":
+        raise ValueError(f"min_gain applies to rule 'not_lower' only, not {rule!r}")
+    ok = accepts(guided_probs, targets, rule, min_confidence, plain_probs, min_gain)
     partner = np.where(has_plain, PLAIN, DROPPED) if replace == "plain" else np.full(len(targets), DROPPED)
     source = np.where(ok, GUIDED, partner)
     fallback, acceptance = {}, {}

@@ -46,6 +46,9 @@ class LogexGuarded(Method):
                 raise TailsynthError(f"{where}.judge_seeds: {overlap} are the auxiliary's own seeds (aux_seed "
                                      f"{s.aux_seed}, aux_ensemble {s.aux_ensemble}): a judge must never have guided; "
                                      f"use other seeds")
+        if cfg.min_gain and cfg.rule != "not_lower":
+            raise TailsynthError(f"{where}.min_gain: {cfg.min_gain} applies to rule 'not_lower' only (rule is "
+                                 f"{cfg.rule!r})")
         if len(set(cfg.judge_seeds)) != len(cfg.judge_seeds):
             raise TailsynthError(f"{where}.judge_seeds: {cfg.judge_seeds} repeats a seed")
 

@@ -25,7 +25,7 @@ class GuardConfig(StrictConfig):
     """``method_params.logex-guarded``. ``guided`` / ``plain``: the generators of the guided set and of its un-guided
     partners (same x_T); ``judge_method`` (None: the guided set's auxiliary method) trained with seeds
     ``judge_seeds`` (never the auxiliary's own seeds; with ``synthesis.aux_train`` as the auxiliary is);
-    ``rule`` / ``min_confidence`` / ``replace`` / ``fallback_below``: :func:`tailsynth.guard.decide`."""
+    ``rule`` / ``min_confidence`` / ``min_gain`` / ``replace`` / ``fallback_below``: :func:`tailsynth.guard.decide`."""
 
     guided: str = "logex"
     plain: str = "lora"
@@ -35,6 +35,8 @@ class GuardConfig(StrictConfig):
     # (research/results/{fashion-mnist,pbc-lt}-guarded{,-not-lower}/)
     rule: Literal["agree", "confidence", "not_lower"] = "not_lower"
     min_confidence: float = Field(0.5, gt=0.0, le=1.0)
+    # rule not_lower only: the judge's confidence in the class must rise by at least this much (0: not fall)
+    min_gain: float = Field(0.0, ge=0.0, lt=1.0)
     replace: Literal["plain", "drop"] = "plain"
     fallback_below: float = Field(0.5, ge=0.0, le=1.0)
 
@@ -68,7 +70,7 @@ def run_guard(cfg: GuardStageConfig, inputs: dict[str, Artifact], workdir: Path)
     aligned[has_plain] = p_probs
     g = cfg.guard
     decision = decide(probs, labels, has_plain, rule=g.rule, min_confidence=g.min_confidence, replace=g.replace,
-                      fallback_below=g.fallback_below, plain_probs=aligned)
+                      fallback_below=g.fallback_below, plain_probs=aligned, min_gain=g.min_gain)
     # the judge's verdict on the un-guided images themselves (by the absolute rule; "not_lower" compares a pair)
     plain_rule = "agree" if g.rule == "not_lower" else g.rule
     p_ok = accepts(p_probs, p_labels, plain_rule, g.min_confidence) if len(p_images) else np.zeros(0, bool)
@@ -127,10 +129,14 @@ def guard_report(built: list[Built], context) -> tuple[list, dict[str, Any]]:
         table.caption += (f" {b.config.method}: {judged['judges']} judge(s), rule {rule['rule']}"
                           + (f" (p >= {rule['min_confidence']})" if rule["rule"] == "confidence" else "")
                           + (" (a guided image is accepted when the judge gives its class at least as much as on its "
-                             "un-guided partner; the un-guided column: the judge's argmax)"
+                             f"un-guided partner{_gain(rule)}; the un-guided column: the judge's argmax)"
                              if rule["rule"] == "not_lower" else "")
                           + f", rejected -> {rule['replace']}, fall-back below {rule['fallback_below']}.")
     return [table], {"guard": data}
+
+
+def _gain(rule: dict) -> str:
+    return f" plus {rule['min_gain']}" if rule.get("min_gain") else ""
 
 
 def _cost(cfg: GuardStageConfig) -> str:
