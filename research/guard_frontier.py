@@ -135,11 +135,18 @@ def main() -> None:
     ap.add_argument("--guard", nargs="*", help="guard_synthetic stage folders (default: every one in --runs)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
+    from tailsynth.utils import read_json
     torch.set_num_threads(1)
     runs = Path(args.runs)
     dirs = [Path(d) for d in args.guard] if args.guard else sorted(
         p.parent for p in runs.glob("guard_synthetic/*/manifest.json"))
-    out = [frontier(runs, d) for d in dirs]
+    out, seen = [], set()
+    for d in dirs:  # guard stages that differ only in their rule map the same frontier: once
+        inputs = read_json(d / "manifest.json")["inputs"]
+        key = tuple(sorted((k, v["fingerprint"]) for k, v in inputs.items()))
+        if key not in seen:
+            seen.add(key)
+            out.append(frontier(runs, d))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1))
     pct = lambda v: "  –  " if v is None else f"{100 * v:5.1f}"  # noqa: E731
