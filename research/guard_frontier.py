@@ -33,42 +33,35 @@ def rules() -> list[tuple[str, dict]]:
 
 def evaluate_rule(ok: np.ndarray, labels: np.ndarray, has_plain: np.ndarray, replace: str, fallback_below: float,
                   g_oracle: np.ndarray, p_oracle: np.ndarray, g_aux: np.ndarray, p_aux: np.ndarray) -> dict:
-    """The kept set's size and quality for one verdict vector ``ok`` (per guided image), by the module's rule for
-    replacement and fall-back (:func:`tailsynth.guard.decide` with a precomputed verdict)."""
-    from tailsynth.guard.judge import DROPPED, GUIDED, PLAIN
-    partner = np.where(has_plain, PLAIN, DROPPED) if replace == "plain" else np.full(len(labels), DROPPED)
-    source = np.where(ok, GUIDED, partner)
-    fallback = []
-    for c in sorted(set(labels.tolist())):
-        mask = labels == c
-        if ok[mask].mean() < fallback_below:
-            fallback.append(int(c))
-            source[mask] = np.where(has_plain[mask], PLAIN, DROPPED)
-    g, p = source == GUIDED, source == PLAIN
+    """The kept set's size and quality for one verdict vector ``ok`` (per guided image), kept by the module's
+    replacement and fall-back (:func:`tailsynth.guard.judge.keep`)."""
+    from tailsynth.guard.judge import GUIDED, PLAIN, keep
+    decision = keep(ok, labels, has_plain, replace=replace, fallback_below=fallback_below)
+    g, p = decision.source == GUIDED, decision.source == PLAIN
     n = int(g.sum() + p.sum())
     oracle_right = (g & g_oracle) | (p & p_oracle)
     adversarial = (g & g_aux & ~g_oracle) | (p & p_aux & ~p_oracle)
-    return {"kept": n, "guided": int(g.sum()), "plain": int(p.sum()), "fallback_classes": fallback,
+    return {"kept": n, "guided": int(g.sum()), "plain": int(p.sum()),
+            "fallback_classes": [int(c) for c, f in decision.fallback.items() if f],
             "oracle_acc": float(oracle_right.sum() / n) if n else None,
             "aux_right_oracle_wrong": float(adversarial.sum() / n) if n else None}
 
 
 def frontier(runs: Path, guard_dir: Path) -> dict:
+    from tailsynth.data.split import Split
     from tailsynth.data.synthetic import SyntheticSet
-    from tailsynth.engine.artifacts import load_classifier
+    from tailsynth.engine.artifacts import SPLIT_FILE, load_classifier
     from tailsynth.guard import judge_probabilities
     from tailsynth.guard.judge import accepts
     from tailsynth.pipeline.diffusion_stages import aux_guide, aux_keys
+    from tailsynth.pipeline.quality_stages import aux_predictions
     from tailsynth.training import predict
-    from tailsynth.data.split import Split
-    from tailsynth.engine.artifacts import SPLIT_FILE
-    from tailsynth.training.augment import to_float
     from tailsynth.utils import read_json
 
     dev = torch.device("cpu")
     manifest = read_json(guard_dir / "manifest.json")
     inputs = manifest["inputs"]
-    where = lambda key: runs / inputs[key]["stage"] / inputs[key]["fingerprint"]  # noqa: E731
+    where = lambda key: runs / inputs[key]["stage"] / inputs[key]["fingerprint"]
     split = Split.read(where("split") / SPLIT_FILE)
     names = split.class_names
     cfg = manifest["config"]
@@ -89,14 +82,9 @@ def frontier(runs: Path, guard_dir: Path) -> dict:
                       if read_json(p)["inputs"]["split"]["fingerprint"] == inputs["split"]["fingerprint"])
     oracle, _ = load_classifier(oracle_dir)
     guide = aux_guide([where(k) for k in aux_keys(inputs)], dev, cfg["synthesis"]["guide_resize"])
-
-    def aux_pred(images):
-        with torch.no_grad():
-            return np.concatenate([guide(to_float(torch.from_numpy(images[i:i + 512])).add(1).div(2))
-                                   .argmax(1).numpy() for i in range(0, len(images), 512)])
     g_oracle = predict(oracle, g_images, dev)[0].argmax(1) == labels
     p_oracle = predict(oracle, p_images, dev)[0].argmax(1) == labels
-    g_aux, p_aux = aux_pred(g_images) == labels, aux_pred(p_images) == labels
+    g_aux, p_aux = aux_predictions(guide, g_images, dev) == labels, aux_predictions(guide, p_images, dev) == labels
     rows_ = np.arange(len(labels))
     verdicts = {name: accepts(g_probs, labels, kw["rule"], kw.get("min_confidence", 0.5), p_probs)
                 for name, kw in rules()}
@@ -115,7 +103,7 @@ def frontier(runs: Path, guard_dir: Path) -> dict:
                     ok, labels, has_plain, replace, fb, g_oracle, p_oracle, g_aux, p_aux) | {
                     "accepted": float(ok.mean())}
     sets = {"guided": (g_oracle, g_aux), "plain": (p_oracle, p_aux)}
-    return {"guard_dir": str(guard_dir), "guided": inputs["guided"]["fingerprint"], "n": int(len(labels)),
+    return {"guard_dir": str(guard_dir), "guided": inputs["guided"]["fingerprint"], "n": len(labels),
             "judges": len(judges), "rule_shipped": cfg["guard"],
             "sets": {k: {"oracle_acc": float(o.mean()), "aux_right_oracle_wrong": float((a & ~o).mean())}
                      for k, (o, a) in sets.items()},
@@ -149,7 +137,7 @@ def main() -> None:
             out.append(frontier(runs, d))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1))
-    pct = lambda v: "  –  " if v is None else f"{100 * v:5.1f}"  # noqa: E731
+    pct = lambda v: "  –  " if v is None else f"{100 * v:5.1f}"
     for r in out:
         print(f"## {r['guard_dir']} (guided {r['guided']}, n {r['n']}, {r['judges']} judges): guided oracle "
               f"{pct(r['sets']['guided']['oracle_acc'])} adv {pct(r['sets']['guided']['aux_right_oracle_wrong'])}; "

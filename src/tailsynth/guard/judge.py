@@ -93,6 +93,15 @@ def decide(guided_probs: np.ndarray, targets: np.ndarray, has_plain: np.ndarray,
     if min_gain and rule != "not_lower":
         raise ValueError(f"min_gain applies to rule 'not_lower' only, not {rule!r}")
     ok = accepts(guided_probs, targets, rule, min_confidence, plain_probs, min_gain)
+    return keep(ok, targets, has_plain, replace=replace, fallback_below=fallback_below)
+
+
+def keep(ok: np.ndarray, targets: np.ndarray, has_plain: np.ndarray, *, replace: str = "plain",
+         fallback_below: float = 0.5) -> GuardDecision:
+    """What is kept given the judge's verdict ``ok`` per guided image: accepted images, rejected ones replaced by
+    their partners (or dropped), and the per-class fall-back (:func:`decide` after its verdict)."""
+    targets = np.asarray(targets)
+    has_plain = np.asarray(has_plain, dtype=bool)
     partner = np.where(has_plain, PLAIN, DROPPED) if replace == "plain" else np.full(len(targets), DROPPED)
     source = np.where(ok, GUIDED, partner)
     fallback, acceptance = {}, {}

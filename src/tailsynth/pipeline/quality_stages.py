@@ -142,12 +142,17 @@ def _aux_agreement(synthetic: Artifact, images: np.ndarray, labels: np.ndarray, 
     root = synthetic.path.parent.parent  # the runs folder
     guide = aux_guide([root / recorded[k]["stage"] / recorded[k]["fingerprint"] for k in keys], device,
                       manifest["config"]["synthesis"]["guide_resize"])  # the guidance's decision (ensemble mean)
-    with torch.no_grad():
-        aux_pred = np.concatenate([guide(to_float(torch.from_numpy(images[i:i + 512])).add(1).div(2).to(device))
-                                   .argmax(1).cpu().numpy() for i in range(0, len(images), 512)])
+    aux_pred = aux_predictions(guide, images, device)
     aux_right, oracle_right = aux_pred == labels, oracle_pred == labels
     return {"aux_accuracy": float(aux_right.mean()), "aux_right_oracle_wrong": float((aux_right & ~oracle_right).mean()),
             "agreement": float((aux_pred == oracle_pred).mean())}
+
+
+def aux_predictions(guide, images: np.ndarray, device: torch.device, batch_size: int = 512) -> np.ndarray:
+    """The guide's class decision (argmax of its ensemble mean) on uint8 images (N, H, W, C), as DiG-IN saw them."""
+    with torch.no_grad():
+        return np.concatenate([guide(to_float(torch.from_numpy(images[i:i + batch_size])).add(1).div(2).to(device))
+                               .argmax(1).cpu().numpy() for i in range(0, len(images), batch_size)])
 
 
 def _accuracy(pred: np.ndarray, labels: np.ndarray, split) -> dict[str, Any]:
