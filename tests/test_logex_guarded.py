@@ -137,3 +137,22 @@ def test_the_judged_set_end_to_end(tmp_path):
     assert "Guided images judged by classifiers that never guided them" in report
     quality = json.loads(next((runs / "synthetic_quality").glob("*/quality.json")).read_text())
     assert "logex-guarded" in quality and "aux_accuracy" in quality["logex-guarded"]
+
+
+def test_a_row_trains_on_what_a_dropping_judge_kept(tmp_path):
+    """replace: drop leaves a class fewer images than were drawn: that row takes at most per_class kept images
+    (none for a class the judge emptied); every other row, and replace: plain, still asks for exactly per_class."""
+    from tailsynth.data.synthetic import SyntheticSet
+    from tailsynth.methods.logex_guarded.stages import GuardConfig
+    from tailsynth.methods.registry import METHODS
+    rows = [{"file": f"{c}_{i}.png", "class": c, "role": "tail", "method": "logex-guarded", "score": "0.9"}
+            for c, n in (("a", 4), ("b", 1)) for i in range(n)]
+    kept = SyntheticSet(tmp_path, rows)
+    guarded = METHODS.get("logex-guarded")
+    chosen = guarded.synthetic_rows(kept, 3, GuardConfig(replace="drop"))
+    assert [r["file"] for r in chosen.rows] == ["a_0.png", "a_1.png", "a_2.png", "b_0.png"]
+    assert len(guarded.synthetic_rows(kept, None, GuardConfig(replace="drop"))) == 5
+    with pytest.raises(TailsynthError, match=r"asked for 3 synthetic images per class, but it holds only \{'b': 1\}"):
+        guarded.synthetic_rows(kept, 3, GuardConfig(replace="plain"))
+    with pytest.raises(TailsynthError, match="asked for 3 synthetic images per class"):
+        METHODS.get("logex").synthetic_rows(kept, 3, METHODS.get("logex").Config())

@@ -56,15 +56,16 @@ class SyntheticSet:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def select(self, per_class: int | None = None, role: str | None = None) -> "SyntheticSet":
-        """The first ``per_class`` rows of each class (None: all), optionally of one role."""
+    def select(self, per_class: int | None = None, role: str | None = None, at_most: bool = False) -> "SyntheticSet":
+        """The first ``per_class`` rows of each class (None: all), optionally of one role; a class with fewer rows
+        is an error unless ``at_most`` (a filtered set, e.g. a judged set that drops images: take what is there)."""
         rows = [r for r in self.rows if role is None or r["role"] == role]
         if per_class is not None:
             by_class: dict[str, list[dict]] = {}
             for r in rows:
                 by_class.setdefault(r["class"], []).append(r)
             short = {c: len(rs) for c, rs in by_class.items() if len(rs) < per_class}
-            if short:
+            if short and not at_most:
                 raise TailsynthError(f"{Path(self.folder) / FILE}: asked for {per_class} synthetic images per "
                                      f"class, but it holds only {short}")
             rows = [r for rs in by_class.values() for r in rs[:per_class]]

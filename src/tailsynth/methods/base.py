@@ -176,9 +176,13 @@ class Method:
         if "synthetic" not in inputs:
             return real
         from ..data.synthetic import SyntheticSet
-        syn = SyntheticSet.read(inputs["synthetic"].path).select(per_class)
+        syn = self.synthetic_rows(SyntheticSet.read(inputs["synthetic"].path), per_class, params)
         images, labels = syn.load_images(split.class_names, data_cfg.image_size, data_cfg.channels)
         return ArrayData(np.concatenate([real.images, images]), np.concatenate([real.labels, labels]))
+
+    def synthetic_rows(self, synthetic, per_class: int | None, params: StrictConfig):
+        """The synthetic images this row trains on: the first ``per_class`` of each tail class (None: all)."""
+        return synthetic.select(per_class)
 
     def validation_data(self, split, val: ArrayData, inputs: dict):
         """What model selection scores each epoch: the validation images (default) or, for a method that

@@ -61,3 +61,9 @@ class LogexGuarded(Method):
         judges = {f"{JUDGE_PREFIX}{i}": graph.aux_classifier(judge_method, s) for i, s in enumerate(cfg.judge_seeds)}
         kept = guarded_set(graph, self.name, cfg, guided, plain, graph.auxiliary(aux_method), judges)
         return graph.train(self, seed, {"synthetic": kept}, per_class=per_class)
+
+    def synthetic_rows(self, synthetic, per_class: int | None, params: GuardConfig):
+        """With ``replace: drop`` the judged set holds fewer images of a class than were drawn (what the judge
+        rejected is left out): the row trains on at most ``per_class`` kept images per class, fewer where the judge
+        dropped some (a class may keep none and trains on its real images only)."""
+        return synthetic.select(per_class, at_most=params.replace == "drop")
