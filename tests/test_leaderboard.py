@@ -136,6 +136,14 @@ def test_generator_map_matches_the_method_registry():
     assert registered == GENERATORS
 
 
+def test_a_judged_set_is_looked_up_under_its_row():
+    from tailsynth.report.leaderboard import oracle_accuracy
+    results = {"oracle_accuracy": {"logex": {"overall": 0.6}, "lora": {"overall": 0.4},
+                                   "logex-guarded": {"overall": 0.756}}}
+    assert [oracle_accuracy(m, results) for m in ("logex", "logex-lora", "logex-guarded", "logex@25", "ce")] == [
+        0.6, 0.4, 0.756, 0.6, None]
+
+
 def test_the_committed_leaderboard_is_current(tmp_path):
     if not (COMMITTED / "README.md").is_file():
         pytest.skip("benchmarks/results/README.md is not committed yet: run `tailsynth leaderboard benchmarks/results` "

@@ -187,9 +187,10 @@ def own_stage_hours(method: str, results: Mapping[str, Any]) -> tuple[float | No
 
 
 def oracle_accuracy(method: str, results: Mapping[str, Any]) -> float | None:
-    """The oracle's accuracy on the synthetic images of ``method``'s generator (results.json ``oracle_accuracy``)."""
-    generator = GENERATORS.get(method.split("@")[0])
-    entry = (results.get("oracle_accuracy") or {}).get(generator) if generator else None
+    """The oracle's accuracy on the synthetic images of ``method``'s generator (results.json ``oracle_accuracy``), or
+    on the set named after the row itself (a judged set: ``logex-guarded``)."""
+    name = method.split("@")[0]
+    entry = (results.get("oracle_accuracy") or {}).get(GENERATORS.get(name, name))
     if isinstance(entry, Mapping) and entry.get("overall") is not None:
         return float(entry["overall"])
     return None
