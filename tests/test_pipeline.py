@@ -182,6 +182,7 @@ def test_extends_merges_a_profile_over_its_parent(tmp_path):
     expected["synthesis"]["aux_train"] = {"epochs": 15, "selection": "val_bacc"}
     expected["synthesis"]["n_per_class"] = 200
     expected["classifier"]["epochs"] = 20
+    expected["method_params"]["logex-guarded"] = {"min_gain": 0.05, "replace": "drop", "fallback_below": 0.0}
     assert child == expected
     # a user's file extends a shipped config, a command-line override still wins, a cycle is named
     mine = tmp_path / "mine.yaml"
