@@ -61,7 +61,7 @@ def frontier(runs: Path, guard_dir: Path) -> dict:
     dev = torch.device("cpu")
     manifest = read_json(guard_dir / "manifest.json")
     inputs = manifest["inputs"]
-    where = lambda key: runs / inputs[key]["stage"] / inputs[key]["fingerprint"]
+    where = lambda key: runs / inputs[key]["stage"] / inputs[key]["fingerprint"]  # noqa: E731
     split = Split.read(where("split") / SPLIT_FILE)
     names = split.class_names
     cfg = manifest["config"]
@@ -137,7 +137,7 @@ def main() -> None:
             out.append(frontier(runs, d))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1))
-    pct = lambda v: "  –  " if v is None else f"{100 * v:5.1f}"
+    pct = lambda v: "  –  " if v is None else f"{100 * v:5.1f}"  # noqa: E731
     for r in out:
         print(f"## {r['guard_dir']} (guided {r['guided']}, n {r['n']}, {r['judges']} judges): guided oracle "
               f"{pct(r['sets']['guided']['oracle_acc'])} adv {pct(r['sets']['guided']['aux_right_oracle_wrong'])}; "

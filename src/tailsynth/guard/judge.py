@@ -84,12 +84,7 @@ def decide(guided_probs: np.ndarray, targets: np.ndarray, has_plain: np.ndarray,
     ``targets`` their classes, ``has_plain`` whether each has an un-guided partner (one drawn from the same x_T),
     ``plain_probs`` the judge's mean softmax on those partners, row for row (NaN where none; ``rule="not_lower"``).
     A rejected image without a partner, or any image of a fall-back class without one, is dropped."""
-    if replace not in ("plain", "drop"):
-        raise ValueError(f"unknown replace {replace!r}; valid: plain, drop")
-    if not 0.0 <= fallback_below <= 1.0:
-        raise ValueError(f"fallback_below must be in [0, 1], got {fallback_below}")
     targets = np.asarray(targets)
-    has_plain = np.asarray(has_plain, dtype=bool)
     if min_gain and rule != "not_lower":
         raise ValueError(f"min_gain applies to rule 'not_lower' only, not {rule!r}")
     ok = accepts(guided_probs, targets, rule, min_confidence, plain_probs, min_gain)
@@ -100,6 +95,10 @@ def keep(ok: np.ndarray, targets: np.ndarray, has_plain: np.ndarray, *, replace:
          fallback_below: float = 0.5) -> GuardDecision:
     """What is kept given the judge's verdict ``ok`` per guided image: accepted images, rejected ones replaced by
     their partners (or dropped), and the per-class fall-back (:func:`decide` after its verdict)."""
+    if replace not in ("plain", "drop"):
+        raise ValueError(f"unknown replace {replace!r}; valid: plain, drop")
+    if not 0.0 <= fallback_below <= 1.0:
+        raise ValueError(f"fallback_below must be in [0, 1], got {fallback_below}")
     targets = np.asarray(targets)
     has_plain = np.asarray(has_plain, dtype=bool)
     partner = np.where(has_plain, PLAIN, DROPPED) if replace == "plain" else np.full(len(targets), DROPPED)
