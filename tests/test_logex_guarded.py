@@ -103,10 +103,40 @@ def test_judge_probabilities_are_the_mean_softmax_of_the_judges():
     ("method_params.logex-guarded.fallback_below=1.5", r"fallback_below"),
     ("method_params.logex-guarded.min_gain=1.0", r"min_gain"),
     ("method_params.logex-guarded={rule: agree, min_gain: 0.1}", r"min_gain: 0.1 applies to rule 'not_lower' only"),
+    ("method_params.logex-guarded.judge_train={modle: resnet32}",
+     r"(?s)method_params\.logex-guarded\.judge_train.*unknown key 'modle'"),
+    ("method_params.logex-guarded.judge_train={epochs: 0}", r"(?s)method_params\.logex-guarded\.judge_train.*epochs"),
+    # settings that leave the recipe as it is do not make the auxiliary's own seed a judge
+    ("method_params.logex-guarded={judge_seeds: [0], judge_train: {model: resnet18}}",
+     r"judge_seeds: \[0\] are the auxiliary's own seeds"),
 ])
 def test_bad_guard_settings_fail_at_load(override, match):
     with pytest.raises(TailsynthError, match=match):
         load_experiment("demo", tiny("methods=[logex-guarded]", override))
+
+
+def test_judges_of_another_architecture_are_their_own_stages_and_leave_the_default_fingerprints(tmp_path):
+    """judge_train trains the judges with other settings (here another architecture) as stages of their own, may use
+    the auxiliary's seed (a judge of another recipe never guided), and, left empty, changes no fingerprint."""
+    from tailsynth.pipeline.experiment_run import run_experiment
+
+    def plan(*extra):
+        cfg = load_experiment("demo", tiny("methods=[logex-lora,logex,logex-guarded]", *extra))
+        return run_experiment(cfg, tmp_path / "runs", plan_only=True, log=quiet).plan
+
+    from tailsynth.methods.logex_guarded.stages import GuardConfig
+    assert "judge_train" not in GuardConfig().model_dump()  # runs folders made before it existed stay valid
+    assert GuardConfig(judge_train={"model": "resnet32"}).model_dump()["judge_train"] == {"model": "resnet32"}
+    default = plan()
+    other = plan("method_params.logex-guarded={judge_seeds: [0, 1], judge_train: {model: resnet32}}")
+    judges = [p for p in other if p["label"].startswith("judge ")]
+    assert [p["label"] for p in judges] == ["judge ce seed 0", "judge ce seed 1"]  # demo's auxiliary is ce
+    assert not {p["fingerprint"] for p in judges} & {p["fingerprint"] for p in default}
+    guard = [p for p in other if p["stage"] == "guard_synthetic"]
+    assert len(guard) == 1 and guard[0]["fingerprint"] not in {p["fingerprint"] for p in default}
+    # everything upstream of the judged set is shared with the default plan
+    shared = {(p["stage"], p["fingerprint"]) for p in default if p["stage"] in ("synthesize", "adapt_lora")}
+    assert shared and shared <= {(p["stage"], p["fingerprint"]) for p in other}
 
 
 @pytest.mark.slow

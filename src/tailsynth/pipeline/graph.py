@@ -193,13 +193,18 @@ class StageGraph:
         return {("aux" if i == 0 else f"aux_{i}"): self.aux_classifier(name, s.aux_seed + i)
                 for i in range(s.aux_ensemble)}
 
-    def aux_classifier(self, name: str, seed: int) -> Artifact:
+    def aux_classifier(self, name: str, seed: int, over: dict[str, Any] | None = None, where: str = "") -> Artifact:
         """Method ``name`` trained on real images with ``seed`` under the auxiliary's recipe: the table row's
         classifier, or with ``synthesis.aux_train`` over the experiment's classifier settings when set (an
-        ensemble member of the guidance, or a judge of its images of another seed)."""
-        if not self.synthesis.aux_train:
+        ensemble member of the guidance, or a judge of its images of another seed). ``over``: settings over that
+        recipe, key by key as ``aux_train`` (a judge of another architecture or augmentation; ``where`` names the
+        key in errors)."""
+        if not self.synthesis.aux_train and not over:
             return self.classifier(name, seed)
-        return self.train(METHODS.get(name), seed, {}, train=aux_train_config(self.config), prefix="aux ")
+        train = aux_train_config(self.config)
+        if over:
+            train = build_config(TrainConfig, {**train.model_dump(), **over}, where or "aux classifier settings")
+        return self.train(METHODS.get(name), seed, {}, train=train, prefix="judge " if over else "aux ")
 
     def synthetic(self, generator: SyntheticGenerator) -> Artifact:
         """base diffusion (head) -> LoRA (tail) -> auxiliary classifier -> the generator's synthetic tail set,

@@ -9,12 +9,15 @@ from: same x_T) and a class whose guided images the judge mostly rejects keeps o
 (:mod:`tailsynth.guard.judge`). Then CE on real + kept images, P(tail) as the test score, as ``logex``.
 
 The guided and un-guided sets are the ``logex`` and ``logex-lora`` rows' own (shared, built once); the judges are
-table rows when the auxiliary has no ``aux_train`` (then ``ce-rw`` seeds 1 and 2 beside the aux's seed 0). Extra
-cost: the judges' training (none when they are rows of the table) and one forward pass per image.
+table rows when the auxiliary has no ``aux_train`` and ``judge_train`` is empty (then ``ce-rw`` seeds 1 and 2 beside
+the aux's seed 0); ``judge_train`` gives them another architecture or augmentation than the auxiliary's. Extra cost:
+the judges' training (none when they are rows of the table) and one forward pass per image.
 """
 from __future__ import annotations
 
+from ...config import build_config
 from ...errors import TailsynthError
+from ...training import TrainConfig
 from ..base import Method
 from ..registry import METHODS, generator_named, register
 from .stages import JUDGE_PREFIX, GuardConfig, guarded_set
@@ -39,7 +42,13 @@ class LogexGuarded(Method):
         if judge.generator is not None:
             raise TailsynthError(f"{where}.judge_method: {judge.name!r} trains on synthetic images itself; a judge "
                                  f"must be trained on real images")
-        if judge.name == guided.aux_method(s):
+        if cfg.judge_train:
+            base = {**exp.classifier.model_dump(), **s.aux_train}
+            recipe = build_config(TrainConfig, {**base, **cfg.judge_train}, f"{where}.judge_train")
+            same_recipe = recipe == build_config(TrainConfig, base, "synthesis.aux_train")
+        else:
+            same_recipe = True
+        if judge.name == guided.aux_method(s) and same_recipe:
             guiding = {s.aux_seed + i for i in range(s.aux_ensemble)}
             overlap = sorted(guiding & set(cfg.judge_seeds))
             if overlap:
@@ -58,7 +67,9 @@ class LogexGuarded(Method):
         guided, plain = graph.synthetic(guided_gen), graph.synthetic(generator_named(cfg.plain))
         aux_method = guided_gen.aux_method(graph.synthesis)
         judge_method = cfg.judge_method or aux_method
-        judges = {f"{JUDGE_PREFIX}{i}": graph.aux_classifier(judge_method, s) for i, s in enumerate(cfg.judge_seeds)}
+        judges = {f"{JUDGE_PREFIX}{i}": graph.aux_classifier(judge_method, s, cfg.judge_train,
+                                                             f"method_params.{self.name}.judge_train")
+                  for i, s in enumerate(cfg.judge_seeds)}
         kept = guarded_set(graph, self.name, cfg, guided, plain, graph.auxiliary(aux_method), judges)
         return graph.train(self, seed, {"synthetic": kept}, per_class=per_class)
 

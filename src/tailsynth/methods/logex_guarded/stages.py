@@ -24,13 +24,17 @@ JUDGE_PREFIX = "judge_"
 class GuardConfig(StrictConfig):
     """``method_params.logex-guarded``. ``guided`` / ``plain``: the generators of the guided set and of its un-guided
     partners (same x_T); ``judge_method`` (None: the guided set's auxiliary method) trained with seeds
-    ``judge_seeds`` (never the auxiliary's own seeds; with ``synthesis.aux_train`` as the auxiliary is);
+    ``judge_seeds`` (never the auxiliary's own seeds; with ``synthesis.aux_train`` as the auxiliary is, and
+    ``judge_train`` over that);
     ``rule`` / ``min_confidence`` / ``min_gain`` / ``replace`` / ``fallback_below``: :func:`tailsynth.guard.decide`."""
 
     guided: str = "logex"
     plain: str = "lora"
     judge_method: str | None = None
     judge_seeds: list[int] = Field(default_factory=lambda: [1, 2], min_length=1)
+    # the judges' classifier settings over the auxiliary's recipe, key by key as synthesis.aux_train (each key
+    # replaces the recipe's value): a judge of another architecture ({model: resnet32}) or augmentation
+    judge_train: dict[str, Any] = {}
     # not_lower: val FPR@95 of the row 25.00 vs 27.22 (agree) on fashion-mnist-lt-cpu, 17.50 vs 18.33 on pbc-lt-cpu
     # (research/results/{fashion-mnist,pbc-lt}-guarded{,-not-lower}/)
     rule: Literal["agree", "confidence", "not_lower"] = "not_lower"
@@ -39,6 +43,8 @@ class GuardConfig(StrictConfig):
     min_gain: float = Field(0.0, ge=0.0, lt=1.0)
     replace: Literal["plain", "drop"] = "plain"
     fallback_below: float = Field(0.5, ge=0.0, le=1.0)
+
+    fingerprint_neutral = ("judge_train",)
 
 
 class GuardStageConfig(StrictConfig):
@@ -126,13 +132,20 @@ def guard_report(built: list[Built], context) -> tuple[list, dict[str, Any]]:
                                (num(e["judge_conf_plain"]), ""), ("yes" if e["fallback"] else "no", ""),
                                (f"{e['kept_guided']} / {e['kept_plain']} / {e['dropped']}", "")])
         rule = judged["rule"]
-        table.caption += (f" {b.config.method}: {judged['judges']} judge(s), rule {rule['rule']}"
+        table.caption += (f" {b.config.method}: {judged['judges']} judge(s){_recipe(b.config.guard)}, "
+                          f"rule {rule['rule']}"
                           + (f" (p >= {rule['min_confidence']})" if rule["rule"] == "confidence" else "")
                           + (" (a guided image is accepted when the judge gives its class at least as much as on its "
                              f"un-guided partner{_gain(rule)}; the un-guided column: the judge's argmax)"
                              if rule["rule"] == "not_lower" else "")
                           + f", rejected -> {rule['replace']}, fall-back below {rule['fallback_below']}.")
     return [table], {"guard": data}
+
+
+def _recipe(g: GuardConfig) -> str:
+    method = g.judge_method or "the auxiliary's method"
+    over = ", ".join(f"{k} {v}" for k, v in g.judge_train.items())
+    return f" ({method}, seeds {g.judge_seeds}{'; ' + over if over else ''})"
 
 
 def _gain(rule: dict) -> str:
