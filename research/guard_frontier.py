@@ -13,6 +13,9 @@ auxiliary as DiG-IN saw it), the same oracle. The oracle only measures; no rule 
 what a rule could reach, reported in the issue's terms.
 
     python research/guard_frontier.py --runs runs-fashion-canon --out research/results/guard-frontier/fashion.json
+
+``--pool`` adds, per guided set judged by several sets of judges (rows with another ``judge_train``), the frontier of
+all of them at once (an ensemble of recipes, e.g. of two architectures), without training anything.
 """
 from __future__ import annotations
 
@@ -47,7 +50,9 @@ def evaluate_rule(ok: np.ndarray, labels: np.ndarray, has_plain: np.ndarray, rep
             "aux_right_oracle_wrong": float(adversarial.sum() / n) if n else None}
 
 
-def frontier(runs: Path, guard_dir: Path) -> dict:
+def frontier(runs: Path, guard_dir: Path, pooled: list[Path] | None = None) -> dict:
+    """The frontier of ``guard_dir``'s guided set; with ``pooled``, judged by the judges of all these guard stages
+    together (their mean softmax: e.g. two architectures' judges of the same guided set)."""
     from tailsynth.data.split import Split
     from tailsynth.data.synthetic import SyntheticSet
     from tailsynth.engine.artifacts import SPLIT_FILE, load_classifier
@@ -76,7 +81,15 @@ def frontier(runs: Path, guard_dir: Path) -> dict:
     p_images, p_labels = SyntheticSet(plain.folder, [plain_rows[r["file"]] for r in guided.rows]).load_images(
         names, size, ch)
     assert (p_labels == labels).all()
-    judges = [load_classifier(where(k))[0] for k in sorted(inputs) if k.startswith("judge_")]
+    judge_dirs = [where(k) for k in sorted(inputs) if k.startswith("judge_")]
+    for other in pooled or []:
+        o_inputs = read_json(other / "manifest.json")["inputs"]
+        if (o_inputs["guided"], o_inputs["plain"]) != (inputs["guided"], inputs["plain"]):
+            raise SystemExit(f"{other}: judges another guided / un-guided pair than {guard_dir}; cannot pool")
+        judge_dirs += [runs / o_inputs[k]["stage"] / o_inputs[k]["fingerprint"] for k in sorted(o_inputs)
+                       if k.startswith("judge_") and runs / o_inputs[k]["stage"] / o_inputs[k]["fingerprint"]
+                       not in judge_dirs]
+    judges = [load_classifier(d)[0] for d in judge_dirs]
     g_probs, p_probs = judge_probabilities(judges, g_images, dev), judge_probabilities(judges, p_images, dev)
     oracle_dir = next(p.parent for p in runs.glob("train_oracle/*/manifest.json")
                       if read_json(p)["inputs"]["split"]["fingerprint"] == inputs["split"]["fingerprint"])
@@ -103,7 +116,8 @@ def frontier(runs: Path, guard_dir: Path) -> dict:
                     ok, labels, has_plain, replace, fb, g_oracle, p_oracle, g_aux, p_aux) | {
                     "accepted": float(ok.mean())}
     sets = {"guided": (g_oracle, g_aux), "plain": (p_oracle, p_aux)}
-    return {"guard_dir": str(guard_dir), "guided": inputs["guided"]["fingerprint"], "n": len(labels),
+    label = str(guard_dir) + "".join(f" + judges of {p.name}" for p in pooled or [])
+    return {"guard_dir": label, "guided": inputs["guided"]["fingerprint"], "n": len(labels),
             "judges": len(judges), "rule_shipped": cfg["guard"],
             "sets": {k: {"oracle_acc": float(o.mean()), "aux_right_oracle_wrong": float((a & ~o).mean())}
                      for k, (o, a) in sets.items()},
@@ -121,6 +135,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", required=True)
     ap.add_argument("--guard", nargs="*", help="guard_synthetic stage folders (default: every one in --runs)")
+    ap.add_argument("--pool", action="store_true",
+                    help="also map the guard stages of one guided set with all their judges together")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     from tailsynth.utils import read_json
@@ -135,6 +151,17 @@ def main() -> None:
         if key not in seen:
             seen.add(key)
             out.append(frontier(runs, d))
+    if args.pool:  # every guided set judged by more than one set of judges: all of them at once
+        by_set: dict[tuple, list[tuple]] = {}
+        for d in dirs:
+            inputs = read_json(d / "manifest.json")["inputs"]
+            judges = tuple(sorted(v["fingerprint"] for k, v in inputs.items() if k.startswith("judge_")))
+            pair = (inputs["guided"]["fingerprint"], inputs["plain"]["fingerprint"])
+            if judges not in {j for j, _ in by_set.get(pair, [])}:
+                by_set.setdefault(pair, []).append((judges, d))
+        for stages in by_set.values():
+            if len(stages) > 1:
+                out.append(frontier(runs, stages[0][1], [d for _, d in stages[1:]]))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1))
     pct = lambda v: "  –  " if v is None else f"{100 * v:5.1f}"  # noqa: E731
