@@ -130,7 +130,7 @@ def test_judges_of_another_architecture_are_their_own_stages_and_leave_the_defau
     default = plan()
     other = plan("method_params.logex-guarded={judge_seeds: [0, 1], judge_train: {model: resnet32}}")
     judges = [p for p in other if p["label"].startswith("judge ")]
-    assert [p["label"] for p in judges] == ["judge ce seed 0", "judge ce seed 1"]  # demo's auxiliary is ce
+    assert [p["label"] for p in judges] == ["judge ce seed 0", "judge ce seed 1"]  # tiny()'s auxiliary is ce
     assert not {p["fingerprint"] for p in judges} & {p["fingerprint"] for p in default}
     guard = [p for p in other if p["stage"] == "guard_synthetic"]
     assert len(guard) == 1 and guard[0]["fingerprint"] not in {p["fingerprint"] for p in default}
