@@ -86,9 +86,9 @@ def frontier(runs: Path, guard_dir: Path, pooled: list[Path] | None = None) -> d
         o_inputs = read_json(other / "manifest.json")["inputs"]
         if (o_inputs["guided"], o_inputs["plain"]) != (inputs["guided"], inputs["plain"]):
             raise SystemExit(f"{other}: judges another guided / un-guided pair than {guard_dir}; cannot pool")
-        judge_dirs += [runs / o_inputs[k]["stage"] / o_inputs[k]["fingerprint"] for k in sorted(o_inputs)
-                       if k.startswith("judge_") and runs / o_inputs[k]["stage"] / o_inputs[k]["fingerprint"]
-                       not in judge_dirs]
+        more = [runs / o_inputs[k]["stage"] / o_inputs[k]["fingerprint"] for k in sorted(o_inputs)
+                if k.startswith("judge_")]
+        judge_dirs += [d for d in more if d not in judge_dirs]
     judges = [load_classifier(d)[0] for d in judge_dirs]
     g_probs, p_probs = judge_probabilities(judges, g_images, dev), judge_probabilities(judges, p_images, dev)
     oracle_dir = next(p.parent for p in runs.glob("train_oracle/*/manifest.json")
@@ -145,23 +145,16 @@ def main() -> None:
     dirs = [Path(d) for d in args.guard] if args.guard else sorted(
         p.parent for p in runs.glob("guard_synthetic/*/manifest.json"))
     out, seen = [], set()
+    by_set: dict[tuple, list[Path]] = {}  # (guided, plain) -> one guard stage per set of judges
     for d in dirs:  # guard stages that differ only in their rule map the same frontier: once
         inputs = read_json(d / "manifest.json")["inputs"]
         key = tuple(sorted((k, v["fingerprint"]) for k, v in inputs.items()))
         if key not in seen:
             seen.add(key)
             out.append(frontier(runs, d))
+            by_set.setdefault((inputs["guided"]["fingerprint"], inputs["plain"]["fingerprint"]), []).append(d)
     if args.pool:  # every guided set judged by more than one set of judges: all of them at once
-        by_set: dict[tuple, list[tuple]] = {}
-        for d in dirs:
-            inputs = read_json(d / "manifest.json")["inputs"]
-            judges = tuple(sorted(v["fingerprint"] for k, v in inputs.items() if k.startswith("judge_")))
-            pair = (inputs["guided"]["fingerprint"], inputs["plain"]["fingerprint"])
-            if judges not in {j for j, _ in by_set.get(pair, [])}:
-                by_set.setdefault(pair, []).append((judges, d))
-        for stages in by_set.values():
-            if len(stages) > 1:
-                out.append(frontier(runs, stages[0][1], [d for _, d in stages[1:]]))
+        out += [frontier(runs, stages[0], stages[1:]) for stages in by_set.values() if len(stages) > 1]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1))
     pct = lambda v: "  –  " if v is None else f"{100 * v:5.1f}"  # noqa: E731

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..config import StrictConfig, build_config, flatten_mapping
+from ..config import StrictConfig, flatten_mapping
 from ..data import index_source, load_benchmark_config
 from ..data.content_hash import file_sha256
 from ..diffusion import BACKENDS, LoraAdaptConfig
@@ -66,8 +66,7 @@ def check_experiment(cfg: ExperimentConfig) -> None:
 
 def aux_train_config(cfg: ExperimentConfig) -> TrainConfig:
     """The experiment's classifier settings with ``synthesis.aux_train`` over them."""
-    return build_config(TrainConfig, {**cfg.classifier.model_dump(), **cfg.synthesis.aux_train},
-                        "experiment key 'synthesis.aux_train'")
+    return cfg.classifier.with_settings(cfg.synthesis.aux_train, "experiment key 'synthesis.aux_train'")
 
 
 def check_pretrained(cfg: ExperimentConfig) -> None:
@@ -201,9 +200,7 @@ class StageGraph:
         key in errors)."""
         if not self.synthesis.aux_train and not over:
             return self.classifier(name, seed)
-        train = aux_train_config(self.config)
-        if over:
-            train = build_config(TrainConfig, {**train.model_dump(), **over}, where or "aux classifier settings")
+        train = aux_train_config(self.config).with_settings(over or {}, where or "aux classifier settings")
         return self.train(METHODS.get(name), seed, {}, train=train, prefix="judge " if over else "aux ")
 
     def synthetic(self, generator: SyntheticGenerator) -> Artifact:

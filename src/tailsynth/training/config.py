@@ -1,11 +1,11 @@
 """Configs of the classifier trainer (one loop for every method)."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
-from ..config import StrictConfig
+from ..config import StrictConfig, build_config
 from .adversarial import AdversarialConfig
 
 
@@ -70,3 +70,8 @@ class TrainConfig(StrictConfig):
     calibration: CalibrationConfig = CalibrationConfig()
 
     fingerprint_neutral = ("adversarial", "calibration")
+
+    def with_settings(self, settings: dict[str, Any], where: str) -> TrainConfig:
+        """These settings with ``settings`` over them, key by key (each key replaces this config's value), validated
+        (``where`` names the key in errors): the auxiliary's ``synthesis.aux_train``, a judge's ``judge_train``."""
+        return build_config(TrainConfig, {**self.model_dump(), **settings}, where) if settings else self

@@ -15,9 +15,7 @@ the judges' training (none when they are rows of the table) and one forward pass
 """
 from __future__ import annotations
 
-from ...config import build_config
 from ...errors import TailsynthError
-from ...training import TrainConfig
 from ..base import Method
 from ..registry import METHODS, generator_named, register
 from .stages import JUDGE_PREFIX, GuardConfig, guarded_set
@@ -42,12 +40,8 @@ class LogexGuarded(Method):
         if judge.generator is not None:
             raise TailsynthError(f"{where}.judge_method: {judge.name!r} trains on synthetic images itself; a judge "
                                  f"must be trained on real images")
-        if cfg.judge_train:
-            base = {**exp.classifier.model_dump(), **s.aux_train}
-            recipe = build_config(TrainConfig, {**base, **cfg.judge_train}, f"{where}.judge_train")
-            same_recipe = recipe == build_config(TrainConfig, base, "synthesis.aux_train")
-        else:
-            same_recipe = True
+        aux_recipe = exp.classifier.with_settings(s.aux_train, "synthesis.aux_train")
+        same_recipe = aux_recipe.with_settings(cfg.judge_train, f"{where}.judge_train") == aux_recipe
         if judge.name == guided.aux_method(s) and same_recipe:
             guiding = {s.aux_seed + i for i in range(s.aux_ensemble)}
             overlap = sorted(guiding & set(cfg.judge_seeds))

@@ -33,8 +33,9 @@ class GuardConfig(StrictConfig):
     judge_method: str | None = None
     judge_seeds: list[int] = Field(default_factory=lambda: [1, 2], min_length=1)
     # the judges' classifier settings over the auxiliary's recipe, key by key as synthesis.aux_train (each key
-    # replaces the recipe's value): a judge of another architecture ({model: resnet32}) or augmentation
-    judge_train: dict[str, Any] = {}
+    # replaces the recipe's value): a judge of another architecture ({model: resnet32}) or augmentation. A plain {}
+    # (pydantic copies it), not a default_factory: fingerprint_neutral compares with the field's default
+    judge_train: dict[str, Any] = {}  # noqa: RUF012
     # not_lower: val FPR@95 of the row 25.00 vs 27.22 (agree) on fashion-mnist-lt-cpu, 17.50 vs 18.33 on pbc-lt-cpu
     # (research/results/{fashion-mnist,pbc-lt}-guarded{,-not-lower}/)
     rule: Literal["agree", "confidence", "not_lower"] = "not_lower"
